@@ -1,0 +1,291 @@
+"""ReXNetConfig: one network described completely as data (format ``rexsearch.config/1``).
+
+Presets and search spaces only produce configs; the model builder and the cost model
+are pure functions of a config. Configs are immutable, round-trip through JSON and
+have a stable content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rexsearch.errors import ConfigError
+
+FORMAT = "rexsearch.config/1"
+
+#: Nonlinearities a config may name (``rexsearch.model.make_activation`` builds them).
+ACTIVATIONS: tuple[str, ...] = (
+    "identity",
+    "relu",
+    "relu6",
+    "silu",
+    "elu",
+    "leaky_relu",
+    "softplus",
+    "hardswish",
+    "gelu",
+    "mish",
+    "tanh",
+)
+
+SHORTCUTS: tuple[str, ...] = ("partial", "identity", "none")
+
+
+def _check_activation(where: str, name: Any) -> None:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{where} must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+
+
+def _check_positive_int(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """One ReXNet inverted bottleneck (expand 1x1, depthwise kxk, SE, project 1x1)."""
+
+    in_channels: int
+    out_channels: int
+    expansion: int = 6
+    kernel: int = 3
+    stride: int = 1
+    se: bool = False
+    activation: str | None = None
+    dw_activation: str | None = None
+
+    @property
+    def dw_channels(self) -> int:
+        """Width of the depthwise conv: ``in_channels * expansion``."""
+        return self.in_channels * self.expansion
+
+    def validate(self, where: str) -> None:
+        _check_positive_int(f"{where}.in_channels", self.in_channels)
+        _check_positive_int(f"{where}.out_channels", self.out_channels)
+        _check_positive_int(f"{where}.expansion", self.expansion)
+        if isinstance(self.kernel, bool) or not isinstance(self.kernel, int):
+            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {self.kernel!r}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {self.kernel!r}")
+        if self.stride not in (1, 2) or isinstance(self.stride, bool):
+            raise ConfigError(f"{where}.stride must be 1 or 2, got {self.stride!r}")
+        if not isinstance(self.se, bool):
+            raise ConfigError(f"{where}.se must be true or false, got {self.se!r}")
+        if self.activation is not None:
+            _check_activation(f"{where}.activation", self.activation)
+        if self.dw_activation is not None:
+            _check_activation(f"{where}.dw_activation", self.dw_activation)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "expansion": self.expansion,
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "se": self.se,
+        }
+        if self.activation is not None:
+            out["activation"] = self.activation
+        if self.dw_activation is not None:
+            out["dw_activation"] = self.dw_activation
+        return out
+
+
+_BLOCK_FIELDS = {f.name for f in fields(BlockConfig)}
+
+
+@dataclass(frozen=True)
+class ReXNetConfig:
+    """A ReXNet-style network: stem, a chain of blocks, penultimate conv and classifier.
+
+    Validation runs on construction; every error is one sentence naming the field
+    and the offending value.
+    """
+
+    blocks: tuple[BlockConfig, ...]
+    stem_channels: int = 32
+    stem_stride: int = 2
+    se_ratio: int = 12
+    penultimate_channels: int = 1280
+    num_classes: int = 1000
+    activation: str = "silu"
+    dw_activation: str = "relu6"
+    dropout: float = 0.2
+    shortcut: str = "partial"
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        _check_positive_int("stem_channels", self.stem_channels)
+        if self.stem_stride not in (1, 2) or isinstance(self.stem_stride, bool):
+            raise ConfigError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
+        _check_positive_int("se_ratio", self.se_ratio)
+        _check_positive_int("penultimate_channels", self.penultimate_channels)
+        _check_positive_int("num_classes", self.num_classes)
+        _check_activation("activation", self.activation)
+        _check_activation("dw_activation", self.dw_activation)
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not math.isfinite(self.dropout)
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {self.shortcut!r}")
+        if not isinstance(self.blocks, tuple) or not self.blocks:
+            raise ConfigError("blocks must be a non-empty list of blocks")
+        previous = self.stem_channels
+        for i, block in enumerate(self.blocks):
+            where = f"blocks[{i}]"
+            if not isinstance(block, BlockConfig):
+                raise ConfigError(f"{where} must be a block object, got {block!r}")
+            block.validate(where)
+            if block.in_channels != previous:
+                source = "stem_channels" if i == 0 else f"blocks[{i - 1}].out_channels"
+                raise ConfigError(
+                    f"{where}.in_channels must equal {source} ({previous}), got {block.in_channels}"
+                )
+            if block.se and block.dw_channels // self.se_ratio < 1:
+                raise ConfigError(
+                    f"se_ratio {self.se_ratio} leaves no SE channels in {where} "
+                    f"(depthwise width {block.dw_channels}); use a smaller se_ratio or disable se"
+                )
+            previous = block.out_channels
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Output width of every block, in order."""
+        return [b.out_channels for b in self.blocks]
+
+    @property
+    def expand_layers(self) -> int:
+        """Number of blocks whose output is wider than their input."""
+        return sum(b.out_channels > b.in_channels for b in self.blocks)
+
+    def block_activation(self, block: BlockConfig) -> str:
+        return block.activation or self.activation
+
+    def block_dw_activation(self, block: BlockConfig) -> str:
+        return block.dw_activation or self.dw_activation
+
+    def uses_shortcut(self, block: BlockConfig) -> bool:
+        if block.stride != 1 or self.shortcut == "none":
+            return False
+        if self.shortcut == "identity":
+            return block.in_channels == block.out_channels
+        return block.in_channels <= block.out_channels
+
+    def with_num_classes(self, num_classes: int) -> ReXNetConfig:
+        return replace(self, num_classes=num_classes)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": FORMAT}
+        if self.name is not None:
+            out["name"] = self.name
+        out.update(
+            {
+                "stem_channels": self.stem_channels,
+                "stem_stride": self.stem_stride,
+                "blocks": [b.to_dict() for b in self.blocks],
+                "se_ratio": self.se_ratio,
+                "penultimate_channels": self.penultimate_channels,
+                "num_classes": self.num_classes,
+                "activation": self.activation,
+                "dw_activation": self.dw_activation,
+                "dropout": self.dropout,
+                "shortcut": self.shortcut,
+            }
+        )
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON form atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReXNetConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", FORMAT)
+        if fmt != FORMAT:
+            raise ConfigError(f"format must be {FORMAT!r}, got {fmt!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config field {unknown[0]!r}; known fields: {', '.join(sorted(known))}"
+            )
+        if "blocks" not in data:
+            raise ConfigError("blocks is missing: a config needs a list of blocks")
+        raw_blocks = data.pop("blocks")
+        if not isinstance(raw_blocks, list):
+            raise ConfigError(f"blocks must be a list, got {type(raw_blocks).__name__}")
+        blocks = []
+        for i, raw in enumerate(raw_blocks):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"blocks[{i}] must be an object, got {raw!r}")
+            extra = sorted(set(raw) - _BLOCK_FIELDS)
+            if extra:
+                raise ConfigError(
+                    f"blocks[{i}] has unknown field {extra[0]!r}; known: {', '.join(sorted(_BLOCK_FIELDS))}"
+                )
+            for required in ("in_channels", "out_channels"):
+                if required not in raw:
+                    raise ConfigError(f"blocks[{i}].{required} is missing")
+            blocks.append(BlockConfig(**raw))
+        return cls(blocks=tuple(blocks), **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReXNetConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReXNetConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        try:
+            return cls.from_json(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the architecture (the name is not part of it)."""
+        data = self.to_dict()
+        data.pop("name", None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def short_hash(self) -> str:
+        return self.content_hash()[:12]
