@@ -1,0 +1,41 @@
+"""The CIFAR proxy of a config designed for 224x224.
+
+Rule: channels, kernels, expansions, SE and activations are unchanged; the classifier gets
+``num_classes`` outputs; and stride-2 layers become stride 1, earliest first (the stem,
+then the first stride-2 block, ...), until the total downsampling is at most
+``resolution / min_feature`` (default 32 / 4 = 8). For the ReXNet and MobileNetV2
+presets at 32x32 that removes the stem's and the first block-stage's stride, so the
+last feature map is 4x4 instead of 1x1 — the usual CIFAR adaptation of ImageNet
+networks. The budget is always computed on the target config at its resolution; the
+proxy's MACs are recorded next to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rexsearch.config import ReXNetConfig
+
+
+def proxy_config(
+    config: ReXNetConfig, resolution: int = 32, num_classes: int = 100, min_feature: int = 4
+) -> ReXNetConfig:
+    """``config`` adapted to ``resolution``x``resolution`` inputs (see the module docstring)."""
+    max_stride = max(1, resolution // min_feature)
+    stem_stride = config.stem_stride
+    strides = [b.stride for b in config.blocks]
+    total = stem_stride
+    for s in strides:
+        total *= s
+    if total > max_stride and stem_stride == 2:
+        stem_stride = 1
+        total //= 2
+    for i, s in enumerate(strides):
+        if total <= max_stride:
+            break
+        if s == 2:
+            strides[i] = 1
+            total //= 2
+    blocks = tuple(replace(b, stride=s) for b, s in zip(config.blocks, strides, strict=True))
+    name = f"{config.name}@proxy{resolution}" if config.name else None
+    return replace(config, blocks=blocks, stem_stride=stem_stride, num_classes=num_classes, name=name)
