@@ -1,0 +1,666 @@
+"""Search spaces: YAML file -> Optuna distributions -> ReXNetConfig inside the budget.
+
+A space file (format ``rexsearch.space/1``) names a ``generator`` (how the variables
+become a channel schedule), the searched ``variables`` (each ``{choices: [...]}`` or
+``{low, high[, type, log, step]}``) and the ``fixed`` arguments. The width multiplier is
+never sampled: after the shape variables are drawn, :func:`fit_budget` solves it by
+bisection on the analytic cost so that every candidate's MACs land in
+``[0.97 * budget, budget]`` (and its parameters under the params budget, when given).
+
+Generators:
+
+* ``linear`` — the paper's principles (:func:`~rexsearch.principles.expand_layers_schedule`):
+  the fraction of blocks that expand, start width and total growth of a linear schedule,
+  nonlinearities, expansion ratio, SE per stage and its ratio, penultimate width, depth.
+* ``stagewise`` — MobileNetV2-like: constant width inside each of 7 stages, per-stage
+  width ratios and depths.
+* ``piecewise`` — the CVPR version's ``c_i = a * f(i) + b`` with ``f`` piecewise linear
+  (non-decreasing, three segments whose slopes are sampled), on ReXNet's stage plan.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rexsearch.config import ACTIVATIONS, SHORTCUTS, ReXNetConfig
+from rexsearch.cost import Cost, count_cost
+from rexsearch.errors import ConfigError, UserError
+from rexsearch.principles import (
+    MOBILENETV2_STAGES,
+    StagePlan,
+    config_from_widths,
+    expand_layers_schedule,
+    linear_schedule,
+    stagewise_schedule,
+)
+
+SPACE_FORMAT = "rexsearch.space/1"
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+LOWER_FRACTION = 0.97
+WIDTH_RANGE = (0.02, 16.0)
+
+
+class SpaceError(UserError):
+    """A space file is malformed; the message names the file, line, key and allowed values."""
+
+
+class InfeasibleError(UserError):
+    """No width puts this candidate inside the budget window."""
+
+
+# ---------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Param:
+    """A generator argument: its kind and the values it allows."""
+
+    kind: str  # "int", "float", "bool", "choice"
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, value: Any) -> str | None:
+        """None when ``value`` is allowed, else a description of what is allowed."""
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else "true or false"
+        if self.kind == "choice":
+            return None if value in (self.choices or ()) else ", ".join(map(str, self.choices or ()))
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.kind == "int" and not (numeric and float(value).is_integer()):
+            return f"integers in [{self.low:g}, {self.high:g}]"
+        if not numeric or not self.low <= value <= self.high:
+            return f"{'integers' if self.kind == 'int' else 'numbers'} in [{self.low:g}, {self.high:g}]"
+        return None
+
+
+def _common_params() -> dict[str, Param]:
+    return {
+        "activation": Param("choice", "silu", choices=ACTIVATIONS),
+        "dw_activation": Param("choice", "relu6", choices=ACTIVATIONS),
+        "expansion": Param("int", 6, 1, 6),
+        "kernel": Param("choice", 3, choices=(3, 5, 7)),
+        "se_ratio": Param("int", 12, 1, 64),
+        "stem": Param("int", 32, 4, 128),
+        "penultimate": Param("int", 1280, 16, 4096),
+        "num_classes": Param("int", 1000, 1, 100000),
+        "dropout": Param("float", 0.2, 0.0, 0.9),
+        "shortcut": Param("choice", "partial", choices=SHORTCUTS),
+    }
+
+
+def _se_params(defaults: tuple[bool, ...]) -> dict[str, Param]:
+    return {f"se_stage{i + 1}": Param("bool", d) for i, d in enumerate(defaults)}
+
+
+LINEAR_PARAMS: dict[str, Param] = {
+    **_common_params(),
+    "depth_mult": Param("float", 1.0, 0.25, 3.0),
+    "expand_fraction": Param("float", 1.0, 0.0, 1.0),
+    "start": Param("float", 16, 4, 256),
+    "growth": Param("float", 180, 0, 2048),
+    **_se_params((False, False, True, True, True, True)),
+}
+STAGEWISE_PARAMS: dict[str, Param] = {
+    **_common_params(),
+    "start": Param("float", 16, 4, 256),
+    **{f"ratio{i}": Param("float", r, 1.0, 4.0) for i, r in enumerate((1.5, 4 / 3, 2.0, 1.5, 5 / 3, 2.0), 2)},
+    **{f"depth{i}": Param("int", n, 1, 8) for i, (_, _, n, _) in enumerate(MOBILENETV2_STAGES, 1)},
+    **_se_params((False,) * 7),
+}
+STAGEWISE_PARAMS.update(
+    activation=Param("choice", "relu6", choices=ACTIVATIONS),
+    shortcut=Param("choice", "identity", choices=SHORTCUTS),
+)
+PIECEWISE_PARAMS: dict[str, Param] = {
+    **_common_params(),
+    "depth_mult": Param("float", 1.0, 0.25, 3.0),
+    "start": Param("float", 16, 4, 256),
+    "growth": Param("float", 180, 0, 2048),
+    "slope1": Param("float", 1.0, 0.0, 1.0),
+    "slope2": Param("float", 1.0, 0.0, 1.0),
+    "slope3": Param("float", 1.0, 0.0, 1.0),
+    **_se_params((False, False, True, True, True, True)),
+}
+
+
+def _se_tuple(p: Mapping[str, Any], n: int) -> tuple[bool, ...]:
+    return tuple(bool(p[f"se_stage{i + 1}"]) for i in range(n))
+
+
+def _common_kwargs(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "activation": p["activation"],
+        "dw_activation": p["dw_activation"],
+        "se_ratio": int(p["se_ratio"]),
+        "num_classes": int(p["num_classes"]),
+        "dropout": float(p["dropout"]),
+        "shortcut": p["shortcut"],
+    }
+
+
+def _build_linear(p: Mapping[str, Any], width: float) -> ReXNetConfig:
+    plan = StagePlan(se=_se_tuple(p, 6), expansion=int(p["expansion"])).scaled(float(p["depth_mult"]))
+    n_expand = round(float(p["expand_fraction"]) * (plan.depth - 1))
+    return expand_layers_schedule(
+        n_expand,
+        width_mult=width,
+        start=float(p["start"]),
+        final_increment=float(p["growth"]),
+        stem=int(p["stem"]),
+        penultimate=int(p["penultimate"]),
+        plan=plan,
+        kernel=int(p["kernel"]),
+        **_common_kwargs(p),
+    )
+
+
+def _build_stagewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
+    channels = [float(p["start"])]
+    for i in range(2, 8):
+        channels.append(channels[-1] * float(p[f"ratio{i}"]))
+    stages = [
+        (1 if i == 0 else int(p["expansion"]), c, int(p[f"depth{i + 1}"]), s)
+        for i, (c, (_, _, _, s)) in enumerate(zip(channels, MOBILENETV2_STAGES, strict=True))
+    ]
+    return stagewise_schedule(
+        stages,
+        width_mult=width,
+        stem=int(p["stem"]),
+        penultimate=int(p["penultimate"]),
+        ch_div=1,
+        se=_se_tuple(p, 7),
+        kernel=int(p["kernel"]),
+        **_common_kwargs(p),
+    )
+
+
+def _piecewise_f(x: float, slopes: tuple[float, float, float]) -> float:
+    """Non-decreasing piecewise-linear f on [0, 1] with f(0)=0, f(1)=1, knots at 1/3, 2/3."""
+    total = sum(slopes) or 3.0
+    s = slopes if sum(slopes) else (1.0, 1.0, 1.0)
+    value, left = 0.0, 0.0
+    for k in range(3):
+        right = (k + 1) / 3
+        seg = min(max(x - left, 0.0), right - left)
+        value += s[k] * seg * 3 / total
+        left = right
+    return value
+
+
+def _build_piecewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
+    plan = StagePlan(se=_se_tuple(p, 6), expansion=int(p["expansion"])).scaled(float(p["depth_mult"]))
+    d = plan.depth
+    slopes = (float(p["slope1"]), float(p["slope2"]), float(p["slope3"]))
+    a, b = float(p["growth"]), float(p["start"])
+    raw = [b + a * _piecewise_f(i / max(d - 1, 1), slopes) for i in range(d)]
+    widths = [max(1, round(c * width)) for c in raw]
+    return config_from_widths(
+        max(1, round(int(p["stem"]) * width)),
+        widths,
+        plan.block_strides(),
+        plan.block_expansions(),
+        plan.block_se(),
+        int(p["kernel"]),
+        penultimate_channels=max(1, int(int(p["penultimate"]) * width)),
+        **_common_kwargs(p),
+    )
+
+
+GENERATORS: dict[str, tuple[dict[str, Param], Callable[[Mapping[str, Any], float], ReXNetConfig]]] = {
+    "linear": (LINEAR_PARAMS, _build_linear),
+    "stagewise": (STAGEWISE_PARAMS, _build_stagewise),
+    "piecewise": (PIECEWISE_PARAMS, _build_piecewise),
+}
+
+
+# ---------------------------------------------------------------------------- variables
+@dataclass(frozen=True)
+class Variable:
+    """One searched variable: categorical ``choices`` or a numeric range."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    kind: str = "float"  # "int" | "float" | "categorical"
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw the value from an Optuna trial (or a trial-like object)."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"choices": list(self.choices)}
+        out: dict[str, Any] = {"low": self.low, "high": self.high, "type": self.kind}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+class _RandomTrial:
+    """A seeded stand-in for an Optuna trial: uniform draws (log-uniform where asked)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.params[name] = self.rng.choice(choices)
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.params[name] = low + step * self.rng.randint(0, (high - low) // step)
+        return self.params[name]
+
+    def suggest_float(
+        self, name: str, low: float, high: float, step: float | None = None, log: bool = False
+    ) -> float:
+        if log:
+            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = self.rng.uniform(low, high)
+        if step:
+            value = low + round((value - low) / step) * step
+        self.params[name] = value
+        return value
+
+
+# ---------------------------------------------------------------------------- the space
+@dataclass(frozen=True)
+class Candidate:
+    """A decoded sample: the config inside the budget, its cost, and the variables drawn."""
+
+    config: ReXNetConfig
+    cost: Cost
+    sampled: dict[str, Any]
+    width: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "macs": self.cost.macs,
+            "params": self.cost.params,
+            "sampled": self.sampled,
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """MACs budget (and optional params budget) at a resolution; MACs must be in [0.97 B, B]."""
+
+    macs: int
+    params: int | None = None
+    resolution: int = 224
+
+    @property
+    def lower(self) -> int:
+        return math.ceil(LOWER_FRACTION * self.macs)
+
+    def fits(self, cost: Cost) -> bool:
+        return self.lower <= cost.macs <= self.macs and (self.params is None or cost.params <= self.params)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A parsed, validated space file."""
+
+    name: str
+    generator: str
+    variables: tuple[Variable, ...]
+    fixed: dict[str, Any]
+    description: str = ""
+    path: str | None = None
+    lines: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def defaults(self) -> dict[str, Any]:
+        params, _ = GENERATORS[self.generator]
+        return {name: p.default for name, p in params.items()} | self.fixed
+
+    def build(self, values: Mapping[str, Any], width: float) -> ReXNetConfig:
+        """The config for sampled ``values`` (fixed parts and defaults filled in) at ``width``."""
+        _, builder = GENERATORS[self.generator]
+        return builder({**self.defaults(), **values}, width)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        return {v.name: v.suggest(trial) for v in self.variables}
+
+    def decode(self, values: Mapping[str, Any], budget: Budget) -> Candidate:
+        """Solve the width for ``values`` so the candidate fits ``budget``."""
+        config, cost, width = fit_budget(lambda w: self.build(values, w), budget)
+        return Candidate(config, cost, dict(values), width)
+
+    def sample(self, budget: Budget, n: int, seed: int = 0, max_tries: int | None = None) -> list[Candidate]:
+        """``n`` candidates from seeded uniform draws (infeasible draws are skipped)."""
+        rng = random.Random(seed)
+        out: list[Candidate] = []
+        tries = 0
+        limit = max_tries if max_tries is not None else 20 * n + 100
+        while len(out) < n and tries < limit:
+            tries += 1
+            trial = _RandomTrial(rng)
+            values = self.suggest(trial)
+            try:
+                out.append(self.decode(values, budget))
+            except InfeasibleError:
+                continue
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPACE_FORMAT,
+            "name": self.name,
+            "generator": self.generator,
+            "description": self.description,
+            "fixed": dict(self.fixed),
+            "variables": {v.name: v.to_dict() for v in self.variables},
+        }
+
+
+def fit_budget(
+    build: Callable[[float], ReXNetConfig], budget: Budget, iterations: int = 18
+) -> tuple[ReXNetConfig, Cost, float]:
+    """Largest width (bisection in log space, then nearby round numbers) whose config fits the budget.
+
+    MACs and params never decrease with the width (every channel count is a rounded,
+    non-decreasing function of it), so bisection finds the boundary. Raises
+    :class:`InfeasibleError` when even the smallest width is over budget, or when the
+    largest fitting width stays under the window's lower edge (rounding steps or the
+    params budget bind first).
+    """
+    lo, hi = WIDTH_RANGE
+
+    def cost_at(w: float) -> tuple[ReXNetConfig, Cost] | None:
+        try:
+            cfg = build(w)
+        except ConfigError:  # too narrow to be valid (e.g. no SE channels left)
+            return None
+        return cfg, count_cost(cfg, budget.resolution)
+
+    def ok(c: Cost) -> bool:
+        return c.macs <= budget.macs and (budget.params is None or c.params <= budget.params)
+
+    narrowest = cost_at(lo)
+    while narrowest is None and lo < hi:
+        lo *= 1.25
+        narrowest = cost_at(lo)
+    if narrowest is None:
+        raise InfeasibleError("no width gives a valid network of this shape")
+    best_cfg, best = narrowest
+    if not ok(best):
+        raise InfeasibleError(
+            f"even the narrowest network of this shape needs {best.macs:,} MACs and {best.params:,} params"
+        )
+    widest = cost_at(hi)
+    if widest is not None and ok(widest[1]):
+        (best_cfg, best), lo = widest, hi
+    else:
+        llo, lhi = math.log(lo), math.log(hi)
+        for _ in range(iterations):
+            mid = math.exp((llo + lhi) / 2)
+            found = cost_at(mid)
+            if found is None:
+                llo = math.log(mid)
+            elif ok(found[1]):
+                llo, (best_cfg, best) = math.log(mid), found
+            else:
+                lhi = math.log(mid)
+        lo = math.exp(llo)
+        # Round widths (1.0, 1.25, ...) sit exactly on rounding boundaries that bisection
+        # only approaches; try the nearby round numbers and keep the largest fitting one.
+        for digits in (1, 2, 3):
+            w = round(math.exp(lhi), digits)
+            found = cost_at(w) if lo < w else None
+            if found is not None and ok(found[1]) and found[1].macs > best.macs:
+                (best_cfg, best), lo = found, w
+    if best.macs < budget.lower:
+        why = (
+            "the params budget binds first" if budget.params is not None else "rounding steps are too coarse"
+        )
+        raise InfeasibleError(
+            f"the widest fitting network has {best.macs:,} MACs, under {budget.lower:,} "
+            f"(97% of the budget); {why}"
+        )
+    return best_cfg, best, lo
+
+
+def smallest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
+    """The smallest cost over ``samples`` random shapes of ``space`` at the narrowest width."""
+    rng = random.Random(seed)
+    best: Cost | None = None
+    for _ in range(samples):
+        values = space.suggest(_RandomTrial(rng))
+        try:
+            c = count_cost(space.build(values, WIDTH_RANGE[0]), budget.resolution)
+        except ConfigError:
+            continue
+        if best is None or (c.macs, c.params) < (best.macs, best.params):
+            best = c
+    if best is None:
+        raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
+    return best
+
+
+def check_feasible(space: Space, budget: Budget, samples: int = 50, seed: int = 0) -> None:
+    """Raise a UserError (before any trial runs) when the space cannot meet the budget."""
+    if space.sample(budget, 1, seed=seed, max_tries=samples):
+        return
+    small = smallest_reachable(space, budget, seed=seed)
+    params = f" and {budget.params:,} params" if budget.params is not None else ""
+    raise UserError(
+        f"the space {space.name!r} cannot meet a budget of {budget.macs:,} MACs{params} at "
+        f"{budget.resolution}x{budget.resolution}: the smallest reachable cost is {small.macs:,} MACs "
+        f"and {small.params:,} params, and no sampled shape landed in "
+        f"[{budget.lower:,}, {budget.macs:,}] MACs"
+    )
+
+
+# ---------------------------------------------------------------------------- baselines
+BASELINES = ("rexnet-linear", "mobilenetv2-stagewise")
+
+
+def baseline_candidate(name: str, budget: Budget, num_classes: int = 1000) -> Candidate:
+    """A baseline scaled to the budget: ``rexnet-linear`` (the paper's linear ReXNet, by its
+    width multiplier) or ``mobilenetv2-stagewise`` (MobileNetV2's stages, widths rounded to
+    1 instead of 8 so that the budget window can be met)."""
+    if name == "rexnet-linear":
+
+        def build(w: float) -> ReXNetConfig:
+            return linear_schedule(width_mult=w, num_classes=num_classes)
+
+    elif name == "mobilenetv2-stagewise":
+
+        def build(w: float) -> ReXNetConfig:
+            return stagewise_schedule(width_mult=w, ch_div=1, num_classes=num_classes)
+
+    else:
+        raise UserError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
+    config, cost, width = fit_budget(build, budget)
+    return Candidate(config, cost, {"width": round(width, 4)}, width)
+
+
+def baseline_configs(budget: Budget, num_classes: int = 1000) -> dict[str, Candidate]:
+    """The baselines that can be scaled into ``budget`` (an infeasible one is left out)."""
+    out = {}
+    for name in BASELINES:
+        try:
+            out[name] = baseline_candidate(name, budget, num_classes)
+        except InfeasibleError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------- loading
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _to_python(node: yaml.Node) -> Any:
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _mapping(
+    node: yaml.Node, where: str, err: Callable[[int, str], SpaceError]
+) -> dict[str, tuple[yaml.Node, int]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise err(_line(node), f"{where} must be a mapping")
+    out: dict[str, tuple[yaml.Node, int]] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key in out:
+            raise err(_line(key_node), f"{where} repeats the key {key!r}")
+        out[key] = (value_node, _line(key_node))
+    return out
+
+
+_TOP_KEYS = ("format", "name", "description", "generator", "fixed", "variables")
+_VAR_KEYS = ("choices", "low", "high", "type", "log", "step")
+
+
+def parse_space(text: str, source: str = "<space>") -> Space:
+    """Parse and validate a space file's text; errors name the file, line, key and allowed values."""
+
+    def err(line: int, message: str) -> SpaceError:
+        return SpaceError(f"{source} line {line}: {message}")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise err(line, f"not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if root is None:
+        raise SpaceError(f"{source}: the file is empty")
+    top = _mapping(root, "the space", err)
+    for key, (_, line) in top.items():
+        if key not in _TOP_KEYS:
+            raise err(line, f"unknown key {key!r}; allowed: {', '.join(_TOP_KEYS)}")
+    if "format" in top:
+        fmt = _to_python(top["format"][0])
+        if fmt != SPACE_FORMAT:
+            raise err(top["format"][1], f"format must be {SPACE_FORMAT!r}, got {fmt!r}")
+    if "generator" not in top:
+        raise err(_line(root), f"generator is missing; allowed: {', '.join(GENERATORS)}")
+    generator = _to_python(top["generator"][0])
+    if generator not in GENERATORS:
+        raise err(top["generator"][1], f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
+    allowed, _ = GENERATORS[generator]
+    lines: dict[str, int] = {}
+
+    fixed: dict[str, Any] = {}
+    if "fixed" in top:
+        for key, (node, line) in _mapping(top["fixed"][0], "fixed", err).items():
+            if key not in allowed:
+                raise err(
+                    line,
+                    f"unknown fixed parameter {key!r} for generator {generator}; "
+                    f"allowed: {', '.join(allowed)}",
+                )
+            value = _to_python(node)
+            problem = allowed[key].check(value)
+            if problem:
+                raise err(line, f"fixed {key} = {value!r} is not allowed; allowed values: {problem}")
+            fixed[key] = value
+            lines[f"fixed.{key}"] = line
+
+    variables: list[Variable] = []
+    if "variables" not in top:
+        raise err(_line(root), "variables is missing: a space needs at least one searched variable")
+    for key, (node, line) in _mapping(top["variables"][0], "variables", err).items():
+        if key not in allowed:
+            raise err(
+                line, f"unknown variable {key!r} for generator {generator}; allowed: {', '.join(allowed)}"
+            )
+        if key in fixed:
+            raise err(line, f"{key!r} is both fixed and a variable")
+        spec_nodes = _mapping(node, f"variables.{key}", err)
+        for sub, (_, sub_line) in spec_nodes.items():
+            if sub not in _VAR_KEYS:
+                raise err(
+                    sub_line, f"unknown key {sub!r} in variables.{key}; allowed: {', '.join(_VAR_KEYS)}"
+                )
+        spec = {sub: _to_python(n) for sub, (n, _) in spec_nodes.items()}
+        variables.append(_variable(key, spec, allowed[key], lambda m, ln=line: err(ln, m)))
+        lines[f"variables.{key}"] = line
+    if not variables:
+        raise err(top["variables"][1], "variables is empty: a space needs at least one searched variable")
+
+    name = _to_python(top["name"][0]) if "name" in top else Path(source).stem
+    description = _to_python(top["description"][0]) if "description" in top else ""
+    return Space(str(name), generator, tuple(variables), fixed, str(description or ""), source, lines)
+
+
+def _variable(name: str, spec: dict[str, Any], param: Param, err: Callable[[str], SpaceError]) -> Variable:
+    if "choices" in spec:
+        extra = sorted(set(spec) - {"choices"})
+        if extra:
+            raise err(f"variables.{name} mixes choices with {extra[0]!r}")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise err(f"variables.{name}.choices must be a non-empty list")
+        for c in choices:
+            problem = param.check(c)
+            if problem:
+                raise err(f"variables.{name} choice {c!r} is not allowed; allowed values: {problem}")
+        return Variable(name, choices=tuple(choices), kind="categorical")
+    if param.kind in ("bool", "choice"):
+        raise err(f"variables.{name} must list choices (allowed values: {param.check(object())})")
+    if "low" not in spec or "high" not in spec:
+        raise err(f"variables.{name} needs choices, or low and high")
+    low, high = spec["low"], spec["high"]
+    for bound in (low, high):
+        problem = param.check(bound)
+        if problem:
+            raise err(f"variables.{name} bound {bound!r} is not allowed; allowed values: {problem}")
+    if low >= high:
+        raise err(f"variables.{name}: low ({low}) must be below high ({high})")
+    kind = spec.get("type", "int" if param.kind == "int" else "float")
+    if kind not in ("int", "float") or (param.kind == "int" and kind != "int"):
+        raise err(
+            f"variables.{name}.type must be {'int' if param.kind == 'int' else 'int or float'}, got {kind!r}"
+        )
+    log = spec.get("log", False)
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise err(f"variables.{name}.log must be true or false, and needs low > 0")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
+        raise err(f"variables.{name}.step must be a positive number, got {step!r}")
+    return Variable(name, low=float(low), high=float(high), kind=kind, log=log, step=step)
+
+
+def resolve_space_path(space: str | Path) -> Path:
+    """A shipped space by name (``rexnet``) or a path to a YAML file."""
+    path = Path(space)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = SPACES_DIR / f"{space}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    raise UserError(f"no search space {str(space)!r}: give a YAML file or one of {', '.join(names)}")
+
+
+def load_space(space: str | Path) -> Space:
+    """Load and validate a space by name or path."""
+    path = resolve_space_path(space)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read the space file {path}: {exc.strerror or exc}") from None
+    return parse_space(text, str(path))
