@@ -1,0 +1,363 @@
+"""`rexsearch run`, `rexsearch resume` and `rexsearch space`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from rexsearch.cli.common import positive_int, print_table
+from rexsearch.cost import format_count, parse_budget
+from rexsearch.errors import UserError
+from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    p = sub.add_parser(
+        "run",
+        help="the search: proxy trainings on Ray Tune, chosen by Optuna, inside a budget",
+        description="Search channel configurations inside a MACs budget (conv+linear multiply-"
+        "accumulates at --resolution, batch 1). Trials train CIFAR-100 proxies on Ray Tune; Optuna "
+        "maximises proxy accuracy and feature rank. Writes a run directory (run.json, study.db, "
+        "ray/, trials.csv, report.html).",
+    )
+    p.add_argument("--flops-budget", metavar="B", help="MACs budget, e.g. 400M, 0.4G, 400e6 (required)")
+    p.add_argument("--params-budget", metavar="P", help="parameter budget, e.g. 5M")
+    p.add_argument("--resolution", type=positive_int, default=224, help="budget resolution (default 224)")
+    p.add_argument("--space", default="rexnet", help=f"space name ({shipped}) or YAML file (default rexnet)")
+    p.add_argument(
+        "--objectives",
+        default="accuracy,rank",
+        help="comma-separated: accuracy, rank (default accuracy,rank; 'rank' alone needs no data)",
+    )
+    p.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random (default tpe)")
+    p.add_argument("--trials", type=positive_int, default=64, help="trials to finish (default 64)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="proxy epochs per trial (default 30)")
+    p.add_argument("--train-images", type=positive_int, help="class-stratified training subset (default all)")
+    p.add_argument(
+        "--val-images",
+        type=positive_int,
+        default=5000,
+        help="held-out training images for selection (default 5000)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler, data split and trainings")
+    p.add_argument("--run-dir", help="run directory (default runs/run-<time>)")
+    p.add_argument("--data-dir", help="directory holding cifar-100-python.tar.gz")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
+    p.add_argument("--study-name", default="rexsearch")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--cpus-per-trial", type=_float)
+    p.add_argument("--gpus-per-trial", type=_float, help="may be fractional, e.g. 0.25")
+    p.add_argument("--max-concurrent", type=positive_int)
+    p.add_argument("--max-failures", type=positive_int, default=10, help="stop after this many failed trials")
+    p.add_argument("--keep-weights", action="store_true", help="keep every trial's proxy weights")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no live progress view")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser(
+        "resume",
+        help="continue an interrupted run",
+        description="Continue a run after Ctrl-C, a crash or kill -9: finished trials are "
+        "kept, trials left running are marked FAIL and run again.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser(
+        "space",
+        help="candidate configs a space yields under a budget",
+        description="Sample a search space under a MACs budget; every candidate lands in [0.97 B, B].",
+    )
+    p.add_argument("space", metavar="SPACE", help=f"space name ({shipped}) or YAML file")
+    p.add_argument("--flops-budget", required=True, metavar="B")
+    p.add_argument("--params-budget", metavar="P")
+    p.add_argument("--resolution", type=positive_int, default=224)
+    p.add_argument("--sample", type=positive_int, default=5, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="JSON lines, one candidate each")
+    p.set_defaults(handler=cmd_space)
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    params = parse_budget(args.params_budget, "--params-budget") if args.params_budget else None
+    return Budget(parse_budget(args.flops_budget, "--flops-budget"), params, args.resolution)
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    budget = _budget(args)
+    space = load_space(args.space)
+    check_feasible(space, budget, seed=args.seed)
+    candidates = space.sample(budget, args.sample, seed=args.seed)
+    if args.json:
+        for c in candidates:
+            print(json.dumps(c.to_dict()))
+        return 0
+    print(
+        f"{space.name}: {len(candidates)} candidates in [{budget.lower:,}, {budget.macs:,}] MACs "
+        f"at {budget.resolution}x{budget.resolution}"
+    )
+    rows = [
+        [
+            i,
+            f"{c.cost.macs:,}",
+            f"{c.cost.params:,}",
+            c.config.depth,
+            c.config.expand_layers,
+            c.config.activation,
+            " ".join(map(str, c.config.out_channels)),
+        ]
+        for i, c in enumerate(candidates)
+    ]
+    print_table(["#", "MACs", "params", "depth", "expand", "act", "channels"], rows)
+    return 0
+
+
+class _LiveView:
+    """One status line on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        best = []
+        if p.best_accuracy is not None:
+            best.append(f"acc {p.best_accuracy:.4f}")
+        if p.best_rank is not None:
+            best.append(f"rank {p.best_rank:.4f}")
+        eta = f", ETA {_duration(p.eta)}" if p.eta is not None else ""
+        line = (
+            f"[{p.done + p.failed + p.pruned}/{p.total}] done {p.done}, running {p.running}, "
+            f"failed {p.failed}, pruned {p.pruned} | best {' '.join(best) or '-'} | "
+            f"{_duration(p.elapsed)} elapsed{eta}"
+        )
+        if line == self.last:
+            return
+        self.last = line
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def event(self, message: str) -> None:
+        if not self.quiet:
+            self.end()
+            print(message, file=sys.stderr)
+
+    def end(self) -> None:
+        if self.tty and self.last and not self.quiet:
+            sys.stderr.write("\n")
+            self.last = ""
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _download_progress(view: _LiveView):
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        if view.quiet or not total:
+            return
+        pct = int(100 * done / total)
+        if pct != state["last"]:
+            state["last"] = pct
+            sys.stderr.write(f"\rdownloading CIFAR-100: {pct:3d}% of {total / 1e6:.0f} MB")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return report
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        if not args.run_dir:
+            raise UserError("--resume needs --run-dir RUN_DIR (or use `rexsearch resume RUN_DIR`)")
+        return _resume(args.run_dir, args.address, args.data_dir, args.quiet)
+    if not args.flops_budget:
+        raise UserError("--flops-budget is required, e.g. --flops-budget 400M")
+    from rexsearch.search import SearchSettings
+
+    budget = _budget(args)
+    run_dir = args.run_dir or str(Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
+    settings = SearchSettings(
+        run_dir=run_dir,
+        flops_budget=budget.macs,
+        params_budget=budget.params,
+        resolution=budget.resolution,
+        space=args.space,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        sampler=args.sampler,
+        trials=args.trials,
+        epochs=args.epochs,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        storage=args.storage,
+        study_name=args.study_name,
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        keep_weights=args.keep_weights,
+    )
+    settings.validate()
+    space = load_space(settings.space)
+    settings = SearchSettings(
+        **{**settings.to_dict(), "space": space.path, "objectives": settings.objectives}
+    )
+    check_feasible(space, budget, seed=settings.seed)
+    view = _LiveView(args.quiet)
+    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]])
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _resume(args.run_dir, args.address, args.data_dir, args.quiet)
+
+
+def _resume(run_dir: str, address: str | None, data_dir: str | None, quiet: bool) -> int:
+    from rexsearch.rundir import load_run
+    from rexsearch.search import settings_from_run
+
+    run = load_run(run_dir)
+    settings = settings_from_run(run, address=address, data_dir=data_dir)
+    return _execute(settings, _LiveView(quiet), new_run=False, argv=[])
+
+
+def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
+    import optuna
+
+    from rexsearch import search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
+    started = search.ensure_ray(settings.address)
+    try:
+        cpus, gpus = search.default_resources(settings)
+        resources = search.check_resources(cpus, gpus)
+        if new_run:
+            search.start_run(settings, argv)
+        view.event(
+            f"run directory: {settings.run_dir}  (Ray: {resources['CPU']:g} CPU, "
+            f"{resources['GPU']:g} GPU, {resources['nodes']:g} node(s); {cpus:g} CPU and "
+            f"{gpus:g} GPU per trial)"
+        )
+        if settings.needs_data and not resources["GPU"]:
+            _cpu_note(settings, view)
+        try:
+            outcome = search.execute(settings, split, on_progress=view, on_event=view.event)
+        finally:
+            view.end()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    _finish(outcome, settings, view)
+    if outcome.interrupted:
+        print(
+            f"stopped with {outcome.finished}/{outcome.target} trials finished; continue with "
+            f"`rexsearch resume {settings.run_dir}`",
+            file=sys.stderr,
+        )
+        return 130
+    if outcome.stopped_by_failures:
+        print(
+            f"stopped after {settings.max_failures} failed trials (--max-failures); see trials.csv "
+            "for their errors",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cpu_note(settings, view: _LiveView) -> None:
+    from rexsearch.search import estimate_cpu_seconds, measure_throughput
+
+    ips = measure_throughput(settings)
+    if not math.isfinite(ips):
+        return
+    seconds = estimate_cpu_seconds(settings, ips)
+    view.event(
+        f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
+        f"{settings.epochs} epochs would take about {_duration(seconds)} (before early stopping); shorten "
+        "with --trials, --epochs and --train-images (e.g. --trials 8 --epochs 2 --train-images 5000)"
+    )
+
+
+def _finish(outcome, settings, view: _LiveView) -> None:
+    from rexsearch.search import pareto_rows
+
+    study = outcome.run.open_study()
+    try:
+        from rexsearch.report import write_report
+
+        path = write_report(outcome.run.path)
+        report_line = f"report: {path}"
+    except Exception as exc:  # the run's results are safe in the study; say why the report is missing
+        report_line = (
+            f"report could not be written ({type(exc).__name__}: {exc}); retry with rexsearch report"
+        )
+    rows = pareto_rows(study, settings.budget)
+    names = list(settings.objectives)
+    print(
+        f"Pareto front ({len(rows)} trials; MACs = conv+linear multiply-accumulates at "
+        f"{settings.resolution}x{settings.resolution}):"
+    )
+    if rows:
+        print_table(
+            ["trial", "MACs", "params", *names, "expand layers", "nonlinearity", "baseline"],
+            [
+                [
+                    r["trial"],
+                    format_count(r["macs"]),
+                    format_count(r["params"]),
+                    *[f"{r[n]:.4f}" for n in names],
+                    r["expand_layers"],
+                    r["nonlinearity"],
+                    r["baseline"] or "-",
+                ]
+                for r in rows
+            ],
+        )
+    print(report_line)
+    run_dir = settings.run_dir
+    print(f"dashboard: rexsearch dashboard {run_dir}")
+    print(f"report:    rexsearch report {run_dir}")
+    print(f"export:    rexsearch export {run_dir} --trial best --out exported-model")

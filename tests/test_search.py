@@ -1,0 +1,317 @@
+"""End-to-end search tests on a real local Ray (one instance for the session, see conftest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rexsearch.cli import main
+from rexsearch.rundir import load_run
+from rexsearch.space import Budget
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+REQUIRED_ATTRS = {"config", "macs", "params", "fvcore_macs", "rank_per_layer", "rank", "proxy_macs"}
+
+
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    return load_run(run_dir).open_study().get_trials()
+
+
+def test_run_end_to_end_over_loopback(tmp_path, cifar_archive, cifar_server, monkeypatch):
+    archive, md5 = cifar_archive
+    url = cifar_server(archive.parent) + "/" + archive.name
+    monkeypatch.setenv("REXSEARCH_CIFAR100_URL", url)
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+    monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--flops-budget",
+            "150M",
+            "--trials",
+            "4",
+            "--epochs",
+            "1",
+            "--train-images",
+            "300",
+            "--val-images",
+            "200",
+            "--batch-size",
+            "50",
+            "--run-dir",
+            str(run_dir),
+            "--cpus-per-trial",
+            "1",
+            "--seed",
+            "3",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "cache" / "cifar-100-python.tar.gz").exists()
+    trials = _trials(run_dir)
+    assert len(trials) == 4
+    budget = Budget(150_000_000)
+    assert {t.user_attrs.get("baseline") for t in trials} >= {"rexnet-linear", "mobilenetv2-stagewise"}
+    assert [t.user_attrs.get("baseline") for t in trials[:2]] == ["rexnet-linear", "mobilenetv2-stagewise"]
+    for t in trials:
+        assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
+        assert set(t.user_attrs) >= REQUIRED_ATTRS
+        assert budget.lower <= t.user_attrs["macs"] <= budget.macs
+        assert t.user_attrs["fvcore_macs"] == t.user_attrs["macs"]
+        assert len(t.user_attrs["accuracy_curve"]) == 1
+        assert t.values[0] == pytest.approx(t.user_attrs["accuracy_curve"][-1])
+        assert t.values[1] == pytest.approx(t.user_attrs["rank"])
+        assert t.system_attrs["constraints"] == [float(t.user_attrs["macs"] - budget.macs)]
+    study = load_run(run_dir).open_study()
+    assert study.metric_names == ["accuracy", "rank"]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["budget"]["flops"] == 150_000_000 and meta["seed"] == 3
+    assert meta["fidelity"]["epochs"] == 1 and meta["objectives"] == ["accuracy", "rank"]
+    assert (run_dir / "report.html").exists() and (run_dir / "trials.csv").exists()
+
+
+def _failing_trial(tune_config, split=None, job=None):
+    """Trial 2 lies about its MACs (the fvcore check fails it); trial 3 crashes its worker."""
+    from rexsearch.search import trial_function
+
+    number = tune_config["candidate"].get("number")
+    if number == 2:
+        tune_config = {"candidate": {**tune_config["candidate"], "macs": 1}}
+    if number == 3:
+        raise RuntimeError("worker crash")
+    trial_function(tune_config, split, job)
+
+
+def test_failing_trials_do_not_stop_the_search(tmp_path):
+    import cloudpickle
+
+    from rexsearch import search
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    settings = search.SearchSettings(
+        run_dir=str(tmp_path / "run"),
+        flops_budget=200_000_000,
+        trials=6,
+        objectives=("rank",),
+        cpus_per_trial=1,
+        max_concurrent=2,
+        rank_samples=8,
+    )
+    search.start_run(settings, ["test"])
+    outcome = search.execute(settings, trainable_fn=_failing_trial)
+    assert not outcome.interrupted and outcome.finished == 6
+    trials = {t.number: t for t in _trials(tmp_path / "run")}
+    assert trials[2].state == TrialState.FAIL
+    assert "fvcore measured" in trials[2].user_attrs["error"]
+    assert trials[3].state == TrialState.FAIL and "worker died" in trials[3].user_attrs["error"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4
+
+
+def test_record_outcome_states(tmp_path):
+    from rexsearch.search import record_outcome
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    budget = Budget(100)
+    cases = [
+        ({"final": True, "accuracy": 0.5, "rank": 0.9}, False, False, TrialState.COMPLETE),
+        ({"final": False, "accuracy": 0.2, "rank": 0.9, "epoch": 1}, False, True, TrialState.PRUNED),
+        ({"final": False, "accuracy": 0.2, "rank": 0.9, "epoch": 1}, False, False, TrialState.FAIL),
+        ({"final": True, "error": "NonFiniteLossError: loss is nan"}, False, False, TrialState.FAIL),
+        (None, True, False, TrialState.FAIL),
+        ({"final": True, "infeasible": "too big"}, False, False, TrialState.PRUNED),
+    ]
+    for result, error, stopped, expected in cases:
+        trial = study.ask()
+        trial.set_user_attr("macs", 120)
+        state = record_outcome(study, trial._trial_id, result, error, ("accuracy", "rank"), budget, stopped)
+        assert state == expected
+        frozen = study.get_trials()[-1]
+        assert frozen.state == expected
+        assert frozen.system_attrs["constraints"] == [20.0]
+    interrupted = study.get_trials()[2]
+    assert interrupted.user_attrs["interrupted"] is True
+    assert "nan" in study.get_trials()[3].user_attrs["error"]
+
+
+def _study_counts(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("select state, count(*) from trials group by state").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+def test_resume_after_sigkill(tmp_path):
+    import ray
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [
+        sys.executable,
+        "-m",
+        "rexsearch.cli",
+        "run",
+        "--flops-budget",
+        "300M",
+        "--objectives",
+        "rank",
+        "--trials",
+        "10",
+        "--run-dir",
+        str(run_dir),
+        "--cpus-per-trial",
+        "1",
+        "--max-concurrent",
+        "2",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            counts = _study_counts(run_dir / "study.db")
+            if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0) >= 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run made no progress")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t for t in _trials(run_dir)}
+    complete_before = {n: t.values for n, t in before.items() if t.state == TrialState.COMPLETE}
+    running_before = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    assert complete_before and running_before
+
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    after = {t.number: t for t in _trials(run_dir)}
+    for n, values in complete_before.items():  # nothing finished is lost or redone
+        assert after[n].state == TrialState.COMPLETE and after[n].values == values
+    for n in running_before:  # orphans are FAIL (interrupted) and rerun once
+        assert after[n].state == TrialState.FAIL and after[n].user_attrs["interrupted"]
+        reruns = [t for t in after.values() if t.user_attrs.get("rerun_of") == n]
+        assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
+        assert reruns[0].params == after[n].params
+    counted = [t for t in after.values() if not t.user_attrs.get("interrupted")]
+    assert len(counted) == 10
+    assert all(t.state.is_finished() for t in after.values())
+    assert main(["resume", str(run_dir), "--quiet"]) == 0  # a finished run stays as it is
+    assert len(_trials(run_dir)) == len(after)
+
+
+TWO_NODE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from rexsearch.cli import main
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        code = main(["run", "--flops-budget", "200M", "--objectives", "rank", "--trials", "6",
+                     "--run-dir", sys.argv[1], "--cpus-per-trial", "1", "--quiet"])
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
+    print(json.dumps({"code": code, "nodes": nodes}))
+    """
+)
+
+
+def test_two_node_cluster_uses_both_nodes(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", TWO_NODE_SCRIPT, str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and len(report["nodes"]) == 2
+    trials = _trials(run_dir)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert {t.user_attrs["node"] for t in trials} == set(report["nodes"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--flops-budget", "400Q"], "--flops-budget must be a number"),
+        (["--flops-budget", "1M"], "smallest reachable cost is"),
+        (
+            ["--flops-budget", "400M", "--gpus-per-trial", "1"],
+            "no Ray node can run a trial with 2 CPU and 1 GPU",
+        ),
+        (["--flops-budget", "400M", "--sampler", "cmaes"], "--sampler must be one of tpe, nsga2, gp, random"),
+        (["--flops-budget", "400M", "--objectives", "accuracy,loss"], "--objectives must be"),
+    ],
+)
+def test_bad_input_exit_2_without_run_dir(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    defaults = [] if "--objectives" in args else ["--objectives", "rank"]
+    code = main(["run", *args, *defaults, "--cpus-per-trial", "2", "--run-dir", str(run_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_malformed_space_exit_2(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "generator: linear\nvariables:\n  start: {low: 8, high: 32}\n  colour: {choices: [red]}\n"
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--flops-budget",
+                "400M",
+                "--space",
+                str(space),
+                "--objectives",
+                "rank",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
+    assert "line 4: unknown variable 'colour'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_touched(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    assert main(["run", "--flops-budget", "400M", "--objectives", "rank", "--run-dir", str(run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "run.json").read_text() == "{}"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
