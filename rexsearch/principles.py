@@ -120,9 +120,14 @@ class StagePlan:
         return [self.first_expansion] * first + [self.expansion] * (self.depth - first)
 
 
-def _rexnet_widths(increments: Sequence[float], start: float, width_mult: float, ch_div: int) -> list[int]:
-    """Block outputs of a running value that starts at ``start`` and grows by ``increments``."""
-    value = start / width_mult if width_mult < 1.0 else start
+def _rexnet_widths(
+    increments: Sequence[float], start: float, width_mult: float, ch_div: int, keep_small: bool = True
+) -> list[int]:
+    """Block outputs of a running value that starts at ``start`` and grows by ``increments``.
+
+    ``keep_small`` is the reference's rule below 1.0x: the start width is not scaled down.
+    """
+    value = start / width_mult if keep_small and width_mult < 1.0 else start
     widths = [_round_channels(value * width_mult, ch_div)]
     for step in increments:
         value += step
@@ -131,9 +136,9 @@ def _rexnet_widths(increments: Sequence[float], start: float, width_mult: float,
 
 
 def _rexnet_common(
-    width_mult: float, stem: int, penultimate: int, ch_div: int, common: dict
+    width_mult: float, stem: int, penultimate: int, ch_div: int, common: dict, keep_small: bool = True
 ) -> tuple[int, int]:
-    stem_base = stem / width_mult if width_mult < 1.0 else stem
+    stem_base = stem / width_mult if keep_small and width_mult < 1.0 else stem
     stem_channels = _round_channels(stem_base * width_mult, ch_div)
     pen = int(penultimate * width_mult) if ch_div <= 1 else make_divisible(penultimate * width_mult, ch_div)
     common.setdefault("se_ratio", 12)
@@ -153,20 +158,22 @@ def linear_schedule(
     plan: StagePlan = StagePlan(),
     ch_div: int = 1,
     kernel: int = 3,
+    keep_small: bool = True,
     **common,
 ) -> ReXNetConfig:
     """The reference ReXNet schedule: channels grow by ``final_increment / depth`` per block.
 
     With the defaults and ``width_mult`` in {0.9, 1.0, 1.3, 1.5, 2.0, 3.0} this is the
     reference implementation exactly (stem ``round(32·w)`` kept at 32 below 1.0x,
-    penultimate ``int(1280·w)``).
+    penultimate ``int(1280·w)``). ``keep_small=False`` drops the reference's rule that the
+    stem and start widths are not scaled below 1.0x (so that small budgets stay reachable).
     """
     if width_mult <= 0 or depth_mult <= 0:
         raise UserError(f"width and depth multipliers must be positive, got {width_mult}, {depth_mult}")
     plan = plan.scaled(depth_mult)
     n = plan.depth
-    stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common)
-    widths = _rexnet_widths([final_increment / n] * (n - 1), start, width_mult, ch_div)
+    stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common, keep_small)
+    widths = _rexnet_widths([final_increment / n] * (n - 1), start, width_mult, ch_div, keep_small)
     return config_from_widths(
         stem_channels,
         widths,
@@ -198,6 +205,7 @@ def expand_layers_schedule(
     plan: StagePlan = StagePlan(),
     ch_div: int = 1,
     kernel: int = 3,
+    keep_small: bool = True,
     **common,
 ) -> ReXNetConfig:
     """Like :func:`linear_schedule` (same first and last width) with only ``n_expand`` blocks
@@ -209,8 +217,8 @@ def expand_layers_schedule(
     total = final_increment * (n - 1) / n
     step = total / n_expand if n_expand else 0.0
     increments = [step if i in positions else 0.0 for i in range(1, n)]
-    stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common)
-    widths = _rexnet_widths(increments, start, width_mult, ch_div)
+    stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common, keep_small)
+    widths = _rexnet_widths(increments, start, width_mult, ch_div, keep_small)
     return config_from_widths(
         stem_channels,
         widths,

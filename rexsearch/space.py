@@ -12,6 +12,8 @@ Generators:
 * ``linear`` — the paper's principles (:func:`~rexsearch.principles.expand_layers_schedule`):
   the fraction of blocks that expand, start width and total growth of a linear schedule,
   nonlinearities, expansion ratio, SE per stage and its ratio, penultimate width, depth.
+  The width multiplier scales every width, stem and start included (the reference keeps
+  those two at their 1.0x value below 1.0x, which would put small budgets out of reach).
 * ``stagewise`` — MobileNetV2-like: constant width inside each of 7 stages, per-stage
   width ratios and depths.
 * ``piecewise`` — the CVPR version's ``c_i = a * f(i) + b`` with ``f`` piecewise linear
@@ -157,6 +159,7 @@ def _build_linear(p: Mapping[str, Any], width: float) -> ReXNetConfig:
         penultimate=int(p["penultimate"]),
         plan=plan,
         kernel=int(p["kernel"]),
+        keep_small=False,
         **_common_kwargs(p),
     )
 

@@ -22,6 +22,22 @@ from rexsearch.space import Budget
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session's search tests; only what it started is shut down."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
 REQUIRED_ATTRS = {"config", "macs", "params", "fvcore_macs", "rank_per_layer", "rank", "proxy_macs"}
 
 
@@ -29,11 +45,7 @@ def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return load_run(run_dir).open_study().get_trials()
 
 
-def test_run_end_to_end_over_loopback(tmp_path, cifar_archive, cifar_server, monkeypatch):
-    archive, md5 = cifar_archive
-    url = cifar_server(archive.parent) + "/" + archive.name
-    monkeypatch.setenv("REXSEARCH_CIFAR100_URL", url)
-    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
     code = main(
@@ -62,6 +74,7 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_archive, cifar_server, mon
     )
     assert code == 0
     assert (tmp_path / "cache" / "cifar-100-python.tar.gz").exists()
+    assert cifar_server.requests == ["/cifar-100-python.tar.gz"]
     trials = _trials(run_dir)
     assert len(trials) == 4
     budget = Budget(150_000_000)
@@ -97,7 +110,7 @@ def _failing_trial(tune_config, split=None, job=None):
 
 
 def test_failing_trials_do_not_stop_the_search(tmp_path):
-    import cloudpickle
+    from ray import cloudpickle
 
     from rexsearch import search
 
@@ -118,7 +131,8 @@ def test_failing_trials_do_not_stop_the_search(tmp_path):
     assert trials[2].state == TrialState.FAIL
     assert "fvcore measured" in trials[2].user_attrs["error"]
     assert trials[3].state == TrialState.FAIL and "worker died" in trials[3].user_attrs["error"]
-    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4
+    states = {n: (t.state.name, t.user_attrs.get("error")) for n, t in trials.items() if n > 3}
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 4, states
 
 
 def test_record_outcome_states(tmp_path):
@@ -159,31 +173,35 @@ def _study_counts(db: Path) -> dict[str, int]:
     return dict(rows)
 
 
+SLOW_RUN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from rexsearch import search
+
+    def slow_trial(tune_config, split=None, job=None):
+        time.sleep(1.5)  # wide enough a window to be killed while trials run
+        search.trial_function(tune_config, split, job)
+
+    search.ensure_ray(None)
+    settings = search.SearchSettings(run_dir=sys.argv[1], flops_budget=300_000_000, trials=10,
+                                     objectives=("rank",), cpus_per_trial=1, max_concurrent=2)
+    search.start_run(settings, ["test"])
+    search.execute(settings, trainable_fn=slow_trial)
+    """
+)
+
+
 def test_resume_after_sigkill(tmp_path):
     import ray
 
     run_dir = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [
-        sys.executable,
-        "-m",
-        "rexsearch.cli",
-        "run",
-        "--flops-budget",
-        "300M",
-        "--objectives",
-        "rank",
-        "--trials",
-        "10",
-        "--run-dir",
-        str(run_dir),
-        "--cpus-per-trial",
-        "1",
-        "--max-concurrent",
-        "2",
-        "--quiet",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN_SCRIPT, str(run_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
@@ -221,22 +239,29 @@ def test_resume_after_sigkill(tmp_path):
 
 TWO_NODE_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     import ray
     from ray.cluster_utils import Cluster
-    from rexsearch.cli import main
+    from rexsearch import search
+
+    def slow_trial(tune_config, split=None, job=None):
+        time.sleep(4)  # long enough that both nodes hold a trial at once
+        search.trial_function(tune_config, split, job)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        code = main(["run", "--flops-budget", "200M", "--objectives", "rank", "--trials", "6",
-                     "--run-dir", sys.argv[1], "--cpus-per-trial", "1", "--quiet"])
+        cluster.wait_for_nodes()
+        settings = search.SearchSettings(run_dir=sys.argv[1], flops_budget=200_000_000, trials=4,
+                                         objectives=("rank",), cpus_per_trial=1, rank_samples=8)
+        search.start_run(settings, ["test"])
+        outcome = search.execute(settings, trainable_fn=slow_trial)
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         ray.shutdown()
     finally:
         cluster.shutdown()
-    print(json.dumps({"code": code, "nodes": nodes}))
+    print(json.dumps({"finished": outcome.finished, "nodes": nodes}))
     """
 )
 
@@ -253,7 +278,7 @@ def test_two_node_cluster_uses_both_nodes(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["code"] == 0 and len(report["nodes"]) == 2
+    assert report["finished"] == 4 and len(report["nodes"]) == 2
     trials = _trials(run_dir)
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.user_attrs["node"] for t in trials} == set(report["nodes"])
@@ -263,7 +288,7 @@ def test_two_node_cluster_uses_both_nodes(tmp_path):
     ("args", "message"),
     [
         (["--flops-budget", "400Q"], "--flops-budget must be a number"),
-        (["--flops-budget", "1M"], "smallest reachable cost is"),
+        (["--flops-budget", "100K"], "smallest reachable cost is"),
         (
             ["--flops-budget", "400M", "--gpus-per-trial", "1"],
             "no Ray node can run a trial with 2 CPU and 1 GPU",
