@@ -1,0 +1,271 @@
+"""A fake but realistic run directory: run.json and an Optuna study written directly.
+
+The configs come from :mod:`rexsearch.principles` with their width solved to the budget,
+and their costs are the real analytic ones; only the metrics (accuracy, rank) are made up,
+with the paper's trends plus noise. The study holds two enqueued baselines, searched
+trials, one failed, one pruned and one infeasible trial, as ``rexsearch run`` records them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from safetensors.torch import save_file
+
+from rexsearch.config import ReXNetConfig
+from rexsearch.cost import count_cost
+from rexsearch.model import build_model
+from rexsearch.principles import StagePlan, expand_layers_schedule, linear_schedule, stagewise_schedule
+from rexsearch.proxy import proxy_config
+from rexsearch.rundir import RunInfo, load_run, write_run_json
+
+BUDGET = 300_000_000
+RESOLUTION = 224
+EPOCHS = 3
+
+SE_PLANS = {
+    "late": (False, False, True, True, True, True),
+    "all": (True,) * 6,
+    "none": (False,) * 6,
+}
+DISTRIBUTIONS = {
+    "n_expand": optuna.distributions.IntDistribution(1, 15),
+    "slope": optuna.distributions.FloatDistribution(120.0, 240.0),
+    "activation": optuna.distributions.CategoricalDistribution(["silu", "relu6", "hardswish", "relu"]),
+    "se": optuna.distributions.CategoricalDistribution(["late", "all", "none"]),
+}
+ACT_ACC = {"silu": 0.012, "hardswish": 0.009, "relu6": 0.0, "relu": -0.003}
+ACT_RANK = {"silu": 0.08, "hardswish": 0.07, "relu6": 0.0, "relu": -0.01}
+SE_ACC = {"late": 0.006, "all": 0.004, "none": 0.0}
+
+#: (n_expand, slope, activation, se) of the searched trials, in order.
+SEARCHED = [
+    (15, 170.0, "silu", "all"),
+    (12, 200.0, "silu", "late"),
+    (4, 150.0, "relu6", "none"),
+    (8, 170.0, "hardswish", "all"),
+    (14, 220.0, "silu", "all"),
+    (2, 130.0, "relu", "none"),
+    (10, 190.0, "relu6", "late"),
+    (6, 240.0, "hardswish", "late"),
+    (13, 160.0, "silu", "none"),
+    (9, 210.0, "relu", "late"),
+    (11, 175.0, "hardswish", "late"),
+    (5, 185.0, "silu", "late"),
+    (15, 195.0, "silu", "late"),
+    (7, 140.0, "relu6", "all"),
+]
+
+
+def solve_width(factory: Callable[[float], ReXNetConfig], budget: int = BUDGET) -> ReXNetConfig:
+    """The widest config from ``factory(width_mult)`` whose MACs stay within ``budget``."""
+    lo, hi = 0.2, 3.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if count_cost(factory(mid), RESOLUTION).macs <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return factory(lo)
+
+
+def searched_config(n_expand: int, slope: float, activation: str, se: str, width: float | None = None):
+    def factory(w: float) -> ReXNetConfig:
+        return expand_layers_schedule(
+            n_expand,
+            width_mult=w,
+            final_increment=slope,
+            plan=StagePlan(se=SE_PLANS[se]),
+            activation=activation,
+        )
+
+    return factory(width) if width is not None else solve_width(factory)
+
+
+def _rank_per_layer(config: ReXNetConfig, level: float) -> list[dict[str, Any]]:
+    out = []
+    for i, b in enumerate(config.blocks):
+        normalized = float(min(1.0, level + 0.01 * i))
+        out.append(
+            {
+                "name": f"blocks.{i}",
+                "in_channels": b.in_channels,
+                "out_channels": b.out_channels,
+                "rank": round(normalized * b.out_channels),
+                "normalized": normalized,
+            }
+        )
+    return out
+
+
+def _attrs(config: ReXNetConfig, accuracy: float | None, rank: float) -> dict[str, Any]:
+    cost = count_cost(config, RESOLUTION)
+    proxy = proxy_config(config)
+    attrs: dict[str, Any] = {
+        "config": config.to_dict(),
+        "config_hash": config.short_hash(),
+        "macs": cost.macs,
+        "params": cost.params,
+        "fvcore_macs": cost.macs,
+        "proxy_config": proxy.to_dict(),
+        "proxy_macs": count_cost(proxy, 32).macs,
+        "rank": rank,
+        "rank_per_layer": _rank_per_layer(config, rank - 0.08),
+        "nuclear_norm": 40.0 + 60.0 * rank,
+        "train_seconds": 30.0 + cost.macs / 1e7,
+    }
+    if accuracy is not None:
+        attrs["accuracy_curve"] = [accuracy * f for f in (0.62, 0.86, 1.0)][:EPOCHS]
+    return attrs
+
+
+def make_run(
+    run_dir: str | Path,
+    objectives: Sequence[str] = ("accuracy", "rank"),
+    keep_weights: Sequence[int] = (),
+    seed: int = 0,
+) -> RunInfo:
+    """Write a run directory at ``run_dir``; ``keep_weights`` lists trials whose proxy weights are kept."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    objectives = list(objectives)
+    write_run_json(
+        run_dir,
+        {
+            "command": [
+                "rexsearch",
+                "run",
+                "--flops-budget",
+                "300M",
+                "--trials",
+                "20",
+                "--run-dir",
+                str(run_dir),
+            ],
+            "versions": {"rexsearch": "0.1.0", "optuna": optuna.__version__, "torch": torch.__version__},
+            "seed": seed,
+            "budget": {"flops": BUDGET, "params": None, "resolution": RESOLUTION},
+            "space": {"name": "rexnet", "path": "search_spaces/rexnet.yaml"},
+            "objectives": objectives,
+            "fidelity": {"epochs": EPOCHS, "train_images": 5000, "batch_size": 128, "val_images": 1000},
+            "storage": storage,
+            "study_name": "rexsearch",
+            "sampler": "tpe",
+            "trials": 20,
+        },
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="rexsearch", storage=storage, directions=["maximize"] * len(objectives)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)
+    rng = np.random.default_rng(seed)
+
+    def add(
+        config: ReXNetConfig,
+        params: dict[str, Any],
+        accuracy: float,
+        rank: float,
+        state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        with_accuracy = "accuracy" in objectives
+        attrs = _attrs(config, accuracy if with_accuracy else None, rank)
+        attrs.update(extra or {})
+        constraints = [float(attrs["macs"] - BUDGET)]
+        metrics = {"accuracy": accuracy, "rank": rank}
+        complete = state == optuna.trial.TrialState.COMPLETE
+        curve = attrs.get("accuracy_curve", [])
+        if state == optuna.trial.TrialState.PRUNED:
+            curve = curve[:2]
+            attrs["accuracy_curve"] = curve
+        trial = optuna.trial.create_trial(
+            state=state,
+            values=[metrics[o] for o in objectives] if complete else None,
+            params=params,
+            distributions={k: DISTRIBUTIONS[k] for k in params},
+            user_attrs=attrs,
+            system_attrs={"constraints": constraints},
+            intermediate_values=dict(enumerate(curve)) if with_accuracy else None,
+        )
+        study.add_trial(trial)
+
+    def metrics(n_expand: int, slope: float, activation: str, se: str) -> tuple[float, float]:
+        accuracy = (
+            0.60
+            + 0.004 * n_expand
+            + ACT_ACC[activation]
+            + SE_ACC[se]
+            - 2e-6 * (slope - 190.0) ** 2
+            + rng.normal(0.0, 0.004)
+        )
+        rank = (
+            0.55 + 0.015 * n_expand + ACT_RANK[activation] + 0.0004 * (slope - 180.0) + rng.normal(0.0, 0.02)
+        )
+        return float(accuracy), float(min(rank, 1.0))
+
+    linear = solve_width(lambda w: linear_schedule(width_mult=w))
+    acc, rank = metrics(15, 180.0, "silu", "late")
+    add(
+        linear,
+        {"n_expand": 15, "slope": 180.0, "activation": "silu", "se": "late"},
+        acc - 0.004,
+        rank,
+        extra={"baseline": "rexnet-linear"},
+    )
+    stagewise = solve_width(lambda w: stagewise_schedule(width_mult=w))
+    add(stagewise, {}, 0.625, 0.58, extra={"baseline": "mobilenetv2-stagewise"})
+
+    for i, choice in enumerate(SEARCHED):
+        config = searched_config(*choice)
+        acc, rank = metrics(*choice)
+        add(config, dict(zip(("n_expand", "slope", "activation", "se"), choice, strict=True)), acc, rank)
+        if i == 5:
+            add(
+                searched_config(3, 125.0, "relu", "none"),
+                {"n_expand": 3, "slope": 125.0, "activation": "relu", "se": "none"},
+                0.55,
+                0.5,
+                state=optuna.trial.TrialState.PRUNED,
+            )
+        if i == 9:
+            failed = searched_config(12, 230.0, "silu", "all")
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.FAIL,
+                    params={"n_expand": 12, "slope": 230.0, "activation": "silu", "se": "all"},
+                    distributions=DISTRIBUTIONS,
+                    user_attrs={
+                        "config": failed.to_dict(),
+                        "config_hash": failed.short_hash(),
+                        "error": "RuntimeError: fvcore counted 1 MACs more than the analytic model",
+                    },
+                )
+            )
+    infeasible = searched_config(14, 200.0, "silu", "late", width=1.25)
+    add(
+        infeasible,
+        {"n_expand": 14, "slope": 200.0, "activation": "silu", "se": "late"},
+        0.71,
+        0.83,
+    )
+
+    info = load_run(run_dir)
+    for number in keep_weights:
+        trial = study.trials[number]
+        proxy = ReXNetConfig.from_dict(trial.user_attrs["proxy_config"])
+        torch.manual_seed(number)
+        state = {k: v.contiguous() for k, v in build_model(proxy).state_dict().items()}
+        path = info.weights_path(number)
+        path.parent.mkdir(exist_ok=True)
+        save_file(state, str(path))
+    return info

@@ -1,0 +1,191 @@
+"""trials.csv, the self-contained HTML report and pareto.png on a fake but realistic run."""
+
+from __future__ import annotations
+
+import re
+
+import optuna
+import pandas as pd
+import pytest
+import runfixture
+from scipy import stats
+
+from rexsearch.cli import main
+from rexsearch.report import make_report, trials_frame, write_report
+from rexsearch.rundir import write_run_json
+
+SECTIONS = {
+    "summary": "Run",
+    "verdict": "Verdict",
+    "pareto": "Pareto fronts",
+    "history": "Optimisation history",
+    "profiles": "Channel profiles",
+    "principles": "Per-principle analysis",
+    "calibration": "Rank proxy calibration",
+    "importance": "Parameter importances",
+    "failures": "Failed, pruned and infeasible trials",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return runfixture.make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    files = make_report(run.path)
+    return files, files.html.read_text(encoding="utf-8")
+
+
+def test_trials_csv_has_one_row_per_trial(run, report):
+    files, _ = report
+    table = pd.read_csv(files.csv)
+    study = run.open_study()
+    assert len(table) == len(study.trials) == 19
+    assert list(table["number"]) == [t.number for t in study.trials]
+    for column in (
+        "state",
+        "value_accuracy",
+        "value_rank",
+        "param_n_expand",
+        "config_hash",
+        "macs",
+        "params",
+        "proxy_macs",
+        "fvcore_macs",
+        "rank",
+        "nuclear_norm",
+        "accuracy",
+        "expand_layers",
+        "slope",
+        "nonlinearity",
+        "se",
+        "baseline",
+        "feasible",
+        "error",
+        "train_seconds",
+    ):
+        assert column in table.columns, column
+    by_number = table.set_index("number")
+    assert set(table["state"]) == {"COMPLETE", "PRUNED", "FAIL"}
+    assert by_number.loc[0, "baseline"] == "rexnet-linear"
+    assert by_number.loc[1, "baseline"] == "mobilenetv2-stagewise"
+    assert not by_number.loc[18, "feasible"]
+    assert by_number.loc[13, "state"] == "FAIL"
+    assert "fvcore counted" in by_number.loc[13, "error"]
+    assert by_number.loc[2, "macs"] == study.trials[2].user_attrs["macs"]
+    assert by_number.loc[2, "nonlinearity"] == "silu"
+
+
+def test_trials_frame_fills_pruned_accuracy_from_the_last_epoch(run):
+    frame = trials_frame(run).set_index("number")
+    pruned = run.open_study().trials[8]
+    assert frame.loc[8, "state"] == "PRUNED"
+    assert frame.loc[8, "accuracy"] == pytest.approx(pruned.user_attrs["accuracy_curve"][-1])
+    assert pd.isna(frame.loc[8, "value_accuracy"])
+
+
+def test_report_has_every_section(report):
+    _, html = report
+    for sid, title in SECTIONS.items():
+        assert f'<section id="{sid}"><h2>{title}</h2>' in html, sid
+    for phrase in (
+        "multiply-accumulates of conv and linear layers at 224x224",
+        "fvcore&#x27;s total adds",
+        "empirical distribution",
+        "Kendall tau",
+        "Spearman rho",
+        "get_param_importances",
+        "fig-pareto-macs",
+        "fig-pareto-rank",
+        "fig-history",
+        "fig-profiles",
+        "fig-principles",
+        "fig-importance",
+    ):
+        assert phrase in html, phrase
+
+
+def test_report_numbers(run, report):
+    files, html = report
+    frame = trials_frame(run)
+    done = frame[(frame["state"] == "COMPLETE") & frame["feasible"].fillna(False).astype(bool)]
+    searched = done[done["baseline"] == ""]
+    best = searched.sort_values("accuracy", ascending=False).iloc[0]
+    linear = done[done["baseline"] == "rexnet-linear"].iloc[0]
+    diff = 100 * (best["accuracy"] - linear["accuracy"])
+    assert f"trial #{best['number']}, accuracy {100 * best['accuracy']:.2f}%" in files.verdict
+    assert f"{diff:+.2f} points over rexnet-linear" in files.verdict
+    assert files.verdict in html.replace("&#x27;", "'")
+    everything = frame[frame["state"] == "COMPLETE"]
+    tau = stats.kendalltau(everything["rank"], everything["accuracy"]).statistic
+    rho = stats.spearmanr(everything["macs"], everything["accuracy"]).statistic
+    assert f"<td>{tau:.3f}</td>" in html
+    assert f"<td>{rho:.3f}</td>" in html
+    assert "RuntimeError: fvcore counted 1 MACs more than the analytic model" in html
+    assert "off the right edge" in html  # the infeasible outlier does not squash the MACs axis
+
+
+def test_report_is_self_contained(report):
+    _, html = report
+    assert not re.search(r"<script[^>]*\ssrc\s*=", html, re.I)
+    assert not re.search(r"<link[^>]*href\s*=\s*[\"']?(https?:)?//", html, re.I)
+    assert not re.search(r"@import\s+url", html, re.I)
+    assert html.count("* plotly.js v") == 1  # the bundle is embedded exactly once
+
+
+def test_pareto_png(report):
+    files, _ = report
+    assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rank_only_run_uses_rank(tmp_path):
+    run = runfixture.make_run(tmp_path / "rank-only", objectives=["rank"])
+    path = write_report(run.path)
+    html = path.read_text(encoding="utf-8")
+    assert "This run is rank-only" in html
+    assert "cannot be calibrated" in html
+    assert "normalized feature rank vs MACs" in html
+    table = pd.read_csv(run.path / "trials.csv")
+    assert "value_rank" in table.columns and "value_accuracy" not in table.columns
+    assert "rank over rexnet-linear" in html
+
+
+def test_report_of_a_run_where_everything_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    write_run_json(
+        tmp_path,
+        {
+            "command": ["rexsearch", "run"],
+            "seed": 0,
+            "budget": {"flops": 300_000_000, "params": None, "resolution": 224},
+            "objectives": ["accuracy", "rank"],
+            "storage": storage,
+            "study_name": "s",
+        },
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "maximize"])
+    for baseline in ("rexnet-linear", "mobilenetv2-stagewise"):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL, user_attrs={"baseline": baseline, "error": "worker died"}
+            )
+        )
+    files = make_report(tmp_path)
+    assert "No searched trial completed" in files.verdict
+    html = files.html.read_text(encoding="utf-8")
+    assert html.count("worker died") == 2
+    assert len(pd.read_csv(files.csv)) == 2
+
+
+def test_cli_report(run, capsys):
+    assert main(["report", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "report.html" in out and "trials.csv" in out and "points over" in out
+
+
+def test_cli_report_missing_run_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no run directory" in capsys.readouterr().err
