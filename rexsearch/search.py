@@ -160,6 +160,7 @@ def _candidate_payload(trial: Any, config: ReXNetConfig) -> dict[str, Any]:
         "proxy_config": proxy.to_dict(),
         "proxy_macs": proxy_macs,
         "expand_layers": config.expand_layers,
+        "channels": " ".join(map(str, config.out_channels)),
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
