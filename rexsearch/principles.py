@@ -172,8 +172,27 @@ def linear_schedule(
         raise UserError(f"width and depth multipliers must be positive, got {width_mult}, {depth_mult}")
     plan = plan.scaled(depth_mult)
     n = plan.depth
+    increments = [final_increment / n] * (n - 1)
+    return _rexnet_config(
+        plan, increments, width_mult, start, stem, penultimate, ch_div, kernel, keep_small, common
+    )
+
+
+def _rexnet_config(
+    plan: StagePlan,
+    increments: Sequence[float],
+    width_mult: float,
+    start: float,
+    stem: int,
+    penultimate: int,
+    ch_div: int,
+    kernel: int,
+    keep_small: bool,
+    common: dict,
+) -> ReXNetConfig:
+    """The ReXNet-style config whose block widths follow ``start`` + cumulative ``increments``."""
     stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common, keep_small)
-    widths = _rexnet_widths([final_increment / n] * (n - 1), start, width_mult, ch_div, keep_small)
+    widths = _rexnet_widths(increments, start, width_mult, ch_div, keep_small)
     return config_from_widths(
         stem_channels,
         widths,
@@ -217,17 +236,8 @@ def expand_layers_schedule(
     total = final_increment * (n - 1) / n
     step = total / n_expand if n_expand else 0.0
     increments = [step if i in positions else 0.0 for i in range(1, n)]
-    stem_channels, pen = _rexnet_common(width_mult, stem, penultimate, ch_div, common, keep_small)
-    widths = _rexnet_widths(increments, start, width_mult, ch_div, keep_small)
-    return config_from_widths(
-        stem_channels,
-        widths,
-        plan.block_strides(),
-        plan.block_expansions(),
-        plan.block_se(),
-        kernel,
-        penultimate_channels=pen,
-        **common,
+    return _rexnet_config(
+        plan, increments, width_mult, start, stem, penultimate, ch_div, kernel, keep_small, common
     )
 
 
