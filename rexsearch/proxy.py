@@ -7,8 +7,8 @@ then the first stride-2 block, ...), until the total downsampling is at most
 presets at 32x32 that removes the stem's stride only, so the last feature map is 2x2
 instead of 1x1 and the network keeps its four downsampling stages. (Removing one more
 stride, for a 4x4 map, would quadruple the proxy's MACs again: 120.6M instead of 33.5M
-for rexnet-1.0, too slow for proxy training on CPUs.) The budget is always computed on the target config at its resolution; the
-proxy's MACs are recorded next to it.
+for rexnet-1.0, too slow for proxy training on CPUs.) The budget is always computed on
+the target config at its resolution; the proxy's MACs are recorded next to it.
 """
 
 from __future__ import annotations

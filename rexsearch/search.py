@@ -244,12 +244,11 @@ def _run_trial(
 
     def on_epoch(m: Any) -> None:
         curve.append(m.val_top1)
-        last = m.epoch + 1 >= settings.epochs
-        if not last:
+        if m.epoch < settings.epochs:  # epochs count from 1; the last one is reported below
             tune.report(
                 {
                     **out,
-                    "epoch": m.epoch + 1,
+                    "epoch": m.epoch,
                     "accuracy": m.val_top1,
                     "train_loss": m.train_loss,
                     "accuracy_curve": list(curve),

@@ -77,18 +77,29 @@ def test_params_budget_that_binds_is_infeasible_not_silent():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("generator: linear\nvariables:\n  start: {low: 8, high: 32}\n  slpoe: {low: 1, high: 2}\n",
-         "line 4: unknown variable 'slpoe' for generator linear; allowed: activation"),
-        ("generator: linear\nvariables:\n  activation: {choices: [silu, swish]}\n",
-         "line 3: variables.activation choice 'swish' is not allowed; allowed values: identity, relu"),
-        ("generator: spiral\nvariables: {}\n", "line 1: generator must be one of linear, stagewise, piecewise"),
-        ("generator: linear\nfixed:\n  stem: -3\nvariables:\n  start: {low: 8, high: 32}\n",
-         "line 3: fixed stem = -3 is not allowed; allowed values: integers in [4, 128]"),
+        (
+            "generator: linear\nvariables:\n  start: {low: 8, high: 32}\n  slpoe: {low: 1, high: 2}\n",
+            "line 4: unknown variable 'slpoe' for generator linear; allowed: activation",
+        ),
+        (
+            "generator: linear\nvariables:\n  activation: {choices: [silu, swish]}\n",
+            "line 3: variables.activation choice 'swish' is not allowed; allowed values: identity, relu",
+        ),
+        (
+            "generator: spiral\nvariables: {}\n",
+            "line 1: generator must be one of linear, stagewise, piecewise",
+        ),
+        (
+            "generator: linear\nfixed:\n  stem: -3\nvariables:\n  start: {low: 8, high: 32}\n",
+            "line 3: fixed stem = -3 is not allowed; allowed values: integers in [4, 128]",
+        ),
         ("generator: linear\nvariables:\n  start: {low: 40, high: 32}\n", "low (40) must be below high (32)"),
         ("generator: linear\nvariabels:\n  start: {low: 8, high: 32}\n", "line 2: unknown key 'variabels'"),
         ("generator: linear\nvariables:\n  start: [8, 32\n", "not valid YAML"),
-        ("generator: linear\nvariables:\n  expansion: {low: 1, high: 9}\n",
-         "bound 9 is not allowed; allowed values: integers in [1, 6]"),
+        (
+            "generator: linear\nvariables:\n  expansion: {low: 1, high: 9}\n",
+            "bound 9 is not allowed; allowed values: integers in [1, 6]",
+        ),
     ],
 )
 def test_malformed_space_named(text, message):

@@ -17,7 +17,7 @@ from rexsearch import __version__
 from rexsearch.errors import UserError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("models",)
+COMMAND_MODULES = ("models", "search", "inspect", "train", "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,149 @@
+"""`rexsearch rank` and `rexsearch rank-study`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
+from rexsearch.proxy import proxy_config
+from rexsearch.rank import (
+    DEFAULT_SAMPLES,
+    RTOL,
+    STUDY_NETWORKS,
+    measure_rank,
+    run_rank_study,
+    write_rank_study,
+)
+
+#: The CIFAR proxy rule applies by default up to this resolution.
+PROXY_MAX_RESOLUTION = 64
+
+
+def _rtol(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rank",
+        help="per-layer normalized feature rank of a config (data-free)",
+        description="Feed random Gaussian images through a freshly initialised network "
+        "(BatchNorm on batch statistics) and report the normalized rank of every expand "
+        "layer's feature, the rank objective (their mean) and the nuclear norm of the pooled "
+        "penultimate feature.",
+    )
+    add_config_source(p)
+    p.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=DEFAULT_SAMPLES,
+        help=f"random images (default {DEFAULT_SAMPLES})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and row sampling")
+    p.add_argument(
+        "--proxy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the CIFAR proxy of the config "
+        f"(default: yes when resolution <= {PROXY_MAX_RESOLUTION})",
+    )
+    p.add_argument(
+        "--rtol",
+        type=_rtol,
+        default=RTOL,
+        help=f"relative singular-value tolerance; 0 gives the strict numerical rank (default {RTOL})",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_rank)
+
+    p = sub.add_parser(
+        "rank-study",
+        help="the paper's random-network rank study (CSV + HTML)",
+        description="Rank of the output of random single-block networks (four block kinds, "
+        "eight nonlinearities, d_in/d_out from 0.1 to 1.0), averaged over many random-sized "
+        "networks per point. Writes DIR/rank_study.csv and DIR/rank_study.html.",
+    )
+    p.add_argument("--quick", action="store_true", help="a small study (seconds), for checks")
+    p.add_argument(
+        "--networks",
+        type=positive_int,
+        default=None,
+        help=f"random networks per point (default {STUDY_NETWORKS}; with --quick a few)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--rtol", type=_rtol, default=RTOL, help=f"rank tolerance (default {RTOL})")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.set_defaults(handler=cmd_rank_study)
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    config = load_config_source(args)
+    use_proxy = args.resolution <= PROXY_MAX_RESOLUTION if args.proxy is None else args.proxy
+    measured = proxy_config(config, args.resolution, config.num_classes) if use_proxy else config
+    result = measure_rank(
+        measured, resolution=args.resolution, samples=args.samples, seed=args.seed, rtol=args.rtol
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    label = config.name or args.config
+    how = "CIFAR proxy (stride rule of rexsearch.proxy)" if use_proxy else "as configured, no proxy"
+    print(f"{label} at {args.resolution}x{args.resolution}: {how}")
+    print(f"{result.samples} random Gaussian images, seed {args.seed}, BatchNorm on batch statistics")
+    print(f"rank: singular values above {args.rtol:g} x the largest (float32 noise floor at least)\n")
+    print_table(
+        ["layer", "in", "out", "rows", "rank", "normalized", "expand"],
+        [
+            [
+                layer.name,
+                layer.in_channels,
+                layer.out_channels,
+                layer.rows,
+                layer.rank,
+                f"{layer.normalized:.3f}",
+                "*" if layer.in_objective else "",
+            ]
+            for layer in result.per_layer
+        ],
+    )
+    short = [layer.name for layer in result.per_layer if layer.rows < layer.out_channels]
+    if short:
+        print(f"\nfewer rows than channels (rank measured against the rows): {', '.join(short)}")
+    n = len(result.objective_layers)
+    print(f"\nrank objective  {result.rank:.4f}  (mean normalized rank of the {n} expand layers marked *)")
+    print(f"nuclear norm    {result.nuclear_norm:.4f}  (pooled penultimate feature P, normalized:")
+    print("                |P|_* / (|P|_F sqrt(min(N, C))), 1 = flat spectrum)")
+    return 0
+
+
+def cmd_rank_study(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done)
+        print(
+            f"\rrank-study: {done}/{total} points, {elapsed:.0f} s elapsed, about {eta:.0f} s left",
+            end="\n" if done == total else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    df = run_rank_study(args.networks, seed=args.seed, quick=args.quick, progress=progress, rtol=args.rtol)
+    csv_path, html_path = write_rank_study(df, args.out)
+    settings = df.attrs["settings"]
+    print(f"wrote {csv_path} and {html_path}")
+    print(
+        f"{settings['networks']} networks per point, d_out {settings['d_out'][0]}..{settings['d_out'][1]}, "
+        f"rtol {settings['rtol']:g}, seed {settings['seed']}, {time.perf_counter() - start:.1f} s"
+    )
+    return 0

@@ -1,0 +1,296 @@
+"""`rexsearch train` (full CIFAR-100 training of one config's proxy) and `rexsearch bench train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json
+from rexsearch.config import ReXNetConfig
+from rexsearch.data import load_cifar100, stratified_subset
+from rexsearch.errors import UserError
+from rexsearch.principles import get_preset
+from rexsearch.train import (
+    CPU_FP32_PEAK_GFLOPS,
+    EpochMetrics,
+    Trainer,
+    TrainSettings,
+    bench_training,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
+
+METRICS_FORMAT = "rexsearch.train-metrics/1"
+#: Settings that may differ when a training is resumed (they do not change the numbers' meaning).
+_RESUMABLE_CHANGES = ("device", "amp", "compile")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    defaults = TrainSettings()
+    p = sub.add_parser(
+        "train",
+        help="train one config's CIFAR-100 proxy and evaluate it on the test set",
+        description="Train the CIFAR proxy of a config (see README, 'CIFAR-100 data and proxy "
+        "training') on the CIFAR-100 training set and report top-1 on the test set after every "
+        "epoch. A checkpoint is written after each epoch; rerunning the same command with the "
+        "same --out continues from the last finished epoch.",
+    )
+    add_config_source(p)
+    p.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default 128")
+    p.add_argument("--lr", type=_positive_float, default=defaults.lr, help="peak learning rate (default 0.1)")
+    p.add_argument("--weight-decay", type=_nonnegative_float, default=defaults.weight_decay, help="5e-4")
+    p.add_argument(
+        "--label-smoothing", type=_nonnegative_float, default=defaults.label_smoothing, help="default 0.1"
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=_nonnegative_float,
+        default=5.0,
+        help="warm-up epochs (default 5, at most --epochs)",
+    )
+    p.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
+    p.add_argument(
+        "--train-images",
+        type=positive_int,
+        metavar="N",
+        help="train on a class-stratified subset of N images (default: all 50,000)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with cifar-100-python.tar.gz or cifar-100-python/ (default: the cache, then a download)",
+    )
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-100")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, augmentation (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/train-NAME-sSEED)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("bench", help="benchmarks (bench train: proxy-training throughput)")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    p = bench.add_parser(
+        "train",
+        help="images/s of the proxy trainer vs a naive training loop, same process",
+        description="Images/s of the trainer's step and of a naive loop (eager, contiguous NCHW, "
+        "a per-image Dataset and DataLoader) on the same proxy network, measured in turns "
+        "(medians of --repeats), plus the augmentation pipeline alone, the achieved GFLOP/s "
+        "and the peak RSS. Synthetic data; CIFAR-100 is not needed.",
+    )
+    add_config_source(p, required=False)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps per measurement (default 20)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="measurements of each (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--peak-gflops",
+        type=_positive_float,
+        default=CPU_FP32_PEAK_GFLOPS,
+        help=f"peak GFLOP/s for the fraction (default {CPU_FP32_PEAK_GFLOPS:g}, 2-core fp32)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_bench_train)
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal (nothing when the stream is not one)."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.shown = False
+        self.last = 0.0
+
+    def show(self, label: str, done: int, total: int, detail: str = "") -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = done / total if total else 0.0
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        self.stream.write(f"\r{label} [{bar}] {100 * frac:3.0f}% {detail}\033[K")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _label(config: ReXNetConfig, args: argparse.Namespace) -> str:
+    return config.name or (Path(args.config).stem if args.config else config.short_hash())
+
+
+def _identity(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
+    """What must match for a rerun into the same --out to resume rather than start over."""
+    settings = {k: v for k, v in trainer.settings.to_dict().items() if k not in _RESUMABLE_CHANGES}
+    return {
+        "config_hash": trainer.config.content_hash(),
+        "settings": settings,
+        "train_images": args.train_images,
+    }
+
+
+def _check_resume(out: Path, identity: dict[str, Any]) -> None:
+    metrics = out / "metrics.json"
+    if not (out / "checkpoint.json").is_file():
+        return
+    try:
+        previous = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{out} has a checkpoint but no readable metrics.json; pass another --out") from None
+    for key, value in identity.items():
+        before = previous.get(key)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            diffs = [f"{k} {before.get(k)!r}, now {v!r}" for k, v in value.items() if before.get(k) != v]
+            what = "; ".join(diffs)
+        else:
+            what = f"{key} {before!r}, now {value!r}"
+        raise UserError(
+            f"{out} holds a training with other settings ({what}); rerun with the same flags to resume "
+            "it, or pass another --out"
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = load_config_source(args)
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        warmup_epochs=min(args.warmup_epochs, args.epochs),
+        resolution=args.resolution,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.no_amp,
+        compile=args.compile,
+    )
+    out = Path(args.out or f"runs/train-{_label(config, args)}-s{args.seed}")
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+
+    def download_progress(done: int, total: int) -> None:
+        bar.show("downloading CIFAR-100", done, total, f"{_mb(done)} of {_mb(total)}" if total else _mb(done))
+
+    data = load_cifar100(args.data_dir, download=not args.no_download, progress=download_progress)
+    bar.clear()
+    train_x, train_y = stratified_subset(data.train_x, data.train_y, args.train_images, args.seed)
+    trainer = Trainer(config, settings, train_y.numel())
+    identity = _identity(trainer, args)
+    _check_resume(out, identity)
+    out.mkdir(parents=True, exist_ok=True)
+    resumed = load_checkpoint(trainer, out)
+    trainer.config.save(out / "config.json")
+    if not args.quiet:
+        start = f"resuming after epoch {trainer.epoch}" if resumed else "starting"
+        if trainer.epoch >= settings.epochs:
+            start = f"already finished ({trainer.epoch} epochs)"
+        print(
+            f"{trainer.config.name or 'config'}: {start}; {train_y.numel():,} training images, "
+            f"{data.test_y.numel():,} test images, {settings.epochs} epochs on {trainer.device}; {out}",
+            file=sys.stderr,
+        )
+
+    def write_metrics(finished: bool) -> None:
+        curve = [m.val_top1 for m in trainer.history]
+        write_json(
+            out / "metrics.json",
+            {
+                "format": METRICS_FORMAT,
+                "config": trainer.config.name,
+                **identity,
+                "test_images": data.test_y.numel(),
+                "epochs": [m.to_dict() for m in trainer.history],
+                "final_test_top1": curve[-1] if curve else None,
+                "best_test_top1": max(curve, default=None),
+                "finished": finished,
+            },
+        )
+
+    def on_epoch(m: EpochMetrics) -> None:
+        save_checkpoint(trainer, out)
+        write_metrics(m.epoch == settings.epochs)
+        if not args.quiet:
+            bar.clear()
+            print(
+                f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.3f}  test top-1 "
+                f"{100 * m.val_top1:.2f}%  {m.seconds:.1f} s  {m.images_per_s:.0f} img/s",
+                file=sys.stderr,
+            )
+
+    def step_progress(step: int, total: int) -> None:
+        per_epoch = trainer.steps_per_epoch
+        epoch = (step - 1) // per_epoch + 1
+        done = step - (epoch - 1) * per_epoch
+        bar.show(f"epoch {epoch}/{settings.epochs}", done, per_epoch, f"{done}/{per_epoch} steps")
+
+    if not trainer.history:
+        write_metrics(False)
+    result = trainer.fit(train_x, train_y, data.test_x, data.test_y, on_epoch, step_progress)
+    bar.clear()
+    write_metrics(True)
+    print(
+        f"{trainer.config.name or 'config'}: test top-1 {100 * result.final_accuracy:.2f}% "
+        f"(best {100 * result.best_accuracy:.2f}%) after {len(result.history)} epochs; "
+        f"weights and metrics in {out}"
+    )
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    config = load_config_source(args) if args.preset or args.config else get_preset("rexnet-1.0")
+    res = bench_training(config, args.batch_size, args.steps, args.repeats, args.seed, args.peak_gflops)
+    if args.json:
+        print_json(res)
+        return 0
+    print(
+        f"{res['config']}, batch {res['batch_size']}, {res['steps']} steps x {res['repeats']} "
+        f"(medians), {res['device']}, {res['threads']} threads"
+    )
+    print(f"  trainer   {res['trainer_images_per_s']:9.0f} images/s")
+    print(f"  naive     {res['naive_images_per_s']:9.0f} images/s  (speedup {res['speedup']:.2f}x)")
+    print(f"  pipeline  {res['pipeline_images_per_s']:9.0f} images/s  (augmentation alone)")
+    print(
+        f"  compute   {res['gflops_per_s']:9.1f} GFLOP/s  ({100 * res['fraction_of_peak']:.0f}% of "
+        f"{res['peak_gflops_per_s']:g}; proxy {res['proxy_macs'] / 1e6:.1f}M MACs/image x 6)"
+    )
+    print(f"  peak RSS  {res['peak_rss_mb']:9.0f} MiB")
+    return 0

@@ -1,0 +1,549 @@
+"""Proxy training: a config's CIFAR proxy trained with SGD on uint8 tensors kept on the device.
+
+The network is ``build_model(proxy_config(config, resolution, 100))`` (see
+:mod:`rexsearch.proxy`). Recipe: SGD with Nesterov momentum, linear warm-up then cosine
+decay (per step), label smoothing, weight decay on conv/linear weights only (not on
+BatchNorm or biases). Batches are cut from the images on the device and augmented there
+(:mod:`rexsearch.augment`); the model runs channels-last, with bfloat16 autocast on CUDA.
+
+Fidelity knobs: epochs, training images (the split's size), batch size, resolution.
+Accuracies are fractions in [0, 1]. With the same seed and thread count, training on
+the CPU gives the same numbers every time: each epoch reseeds the shuffling,
+augmentation and dropout from ``(seed, epoch)``, so a resumed training continues
+exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD, augment_batch, channels_last, normalize, take
+from rexsearch.config import ReXNetConfig
+from rexsearch.cost import count_cost
+from rexsearch.data import NUM_CLASSES, Split
+from rexsearch.errors import UserError
+from rexsearch.model import build_model
+from rexsearch.proxy import proxy_config
+
+#: fp32 matmul peak of the 2-core development machine (findings.md), for ``bench``'s fraction.
+CPU_FP32_PEAK_GFLOPS = 350.0
+
+#: ``progress(steps_done, steps_total)`` over the whole training.
+StepProgress = Callable[[int, int], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (diverged); the trial should count as failed."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters and fidelity of one proxy training (``lr`` is for ``batch_size``)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    resolution: int = 32
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    amp: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "a positive integer"),
+            ("batch_size", self.batch_size >= 2, "an integer >= 2 (BatchNorm needs two images)"),
+            ("lr", self.lr > 0, "a positive number"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "between 0 and epochs"),
+            ("resolution", self.resolution >= 8, "an integer >= 8"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise UserError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One finished epoch: mean training loss, top-1 on the evaluation set, timing.
+
+    ``epoch`` counts from 1 (the number of epochs finished so far); ``seconds`` is the
+    whole epoch (training and evaluation); ``images_per_s`` is the training throughput
+    (images trained / training seconds).
+    """
+
+    epoch: int
+    train_loss: float
+    val_top1: float
+    seconds: float
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train_proxy`; accuracies are fractions in [0, 1].
+
+    ``train_seconds`` is the wall time of all epochs (with evaluation); ``images_per_s``
+    the median training throughput over epochs; ``model`` the trained network, on the
+    training device.
+    """
+
+    accuracy_curve: list[float]
+    best_accuracy: float
+    final_accuracy: float
+    train_seconds: float
+    images_per_s: float
+    model: nn.Module
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; any other name is taken as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay for conv and linear weights; none for BatchNorm parameters and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch + 1) % (2**63)
+
+
+@contextmanager
+def _own_rng(device: torch.device) -> Iterator[None]:
+    """Keep the caller's global RNG state untouched by model init and dropout."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+class Trainer:
+    """Model, optimizer and schedule of one proxy training, run epoch by epoch.
+
+    :func:`train_proxy` is the one-call form; ``rexsearch train`` uses the class to
+    checkpoint after every epoch and resume (:func:`save_checkpoint`, :func:`load_checkpoint`).
+    """
+
+    def __init__(self, config: ReXNetConfig, settings: TrainSettings, train_images: int) -> None:
+        if train_images < 2:
+            raise UserError(f"training needs at least 2 images, got {train_images}")
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.config = proxy_config(config, settings.resolution, num_classes=NUM_CLASSES)
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        with _own_rng(self.device):
+            torch.manual_seed(settings.seed)
+            self.model = build_model(self.config).to(self.device, memory_format=self.memory_format)
+        self.batch_size = min(settings.batch_size, train_images)
+        self.steps_per_epoch = max(1, train_images // self.batch_size)
+        self.total_steps = settings.epochs * self.steps_per_epoch
+        self.warmup_steps = round(settings.warmup_epochs * self.steps_per_epoch)
+        self.optimizer = torch.optim.SGD(
+            _param_groups(self.model, settings.weight_decay),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.momentum > 0,
+            fused=self.device.type in ("cpu", "cuda"),  # one kernel for all parameters
+        )
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if settings.compile else self.model
+        )
+        use_amp = settings.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self._autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else (lambda: nullcontext())
+        )
+        self.epoch = 0
+        self.history: list[EpochMetrics] = []
+
+    # ------------------------------------------------------------------ pieces
+    def lr_at(self, step: int) -> float:
+        """Learning rate of global step ``step``: linear warm-up, then cosine to zero."""
+        base = self.settings.lr
+        if step < self.warmup_steps:
+            return base * (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * base * (1.0 + math.cos(math.pi * (step - self.warmup_steps) / span))
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, 32, 32) on the device, channels-last (the layout batches are cut from)."""
+        return channels_last(images.to(self.device))
+
+    def _input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=self.memory_format)
+
+    def train_epoch(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        progress: StepProgress | None = None,
+        max_steps: int | None = None,
+    ) -> tuple[float, float, int]:
+        """One epoch over prepared ``images``: (mean loss, seconds, images trained).
+
+        Raises :class:`NonFiniteLossError` when the loss is not finite (checked every
+        step on the CPU, every 25 steps on a GPU to avoid syncs).
+        """
+        with _own_rng(self.device):
+            torch.manual_seed(_epoch_seed(self.settings.seed, self.epoch))
+            return self._train_epoch(images, labels, progress, max_steps)
+
+    def _train_epoch(
+        self, images: torch.Tensor, labels: torch.Tensor, progress: StepProgress | None, max_steps: int | None
+    ) -> tuple[float, float, int]:
+        model, opt, settings = self.model, self.optimizer, self.settings
+        gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(settings.seed, self.epoch))
+        check_every = 1 if self.device.type == "cpu" else 25
+        steps = min(self.steps_per_epoch, max_steps or self.steps_per_epoch)
+        order = torch.randperm(labels.numel(), generator=gen, device=self.device)
+        labels = labels.to(self.device)
+        model.train()
+        total = torch.zeros((), device=self.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            step = self.epoch * self.steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(step)
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self._input(augment_batch(take(images, index), gen, settings.resolution))
+            with self._autocast():
+                loss = F.cross_entropy(
+                    self.forward(x), labels.index_select(0, index), label_smoothing=settings.label_smoothing
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            if ((i + 1) % check_every == 0 or i + 1 == steps) and not torch.isfinite(total):
+                raise NonFiniteLossError(
+                    f"the training loss became NaN or infinite by epoch {self.epoch + 1}, step {i + 1} "
+                    f"(learning rate {self.lr_at(step):.3g}): the training diverged"
+                )
+            if progress:
+                progress(step + 1, self.total_steps)
+        mean_loss = total.item() / steps
+        return mean_loss, time.perf_counter() - start, steps * self.batch_size
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+        """Top-1 accuracy (a fraction) on prepared ``images`` with int64 ``labels``."""
+        settings = self.settings
+        return evaluate_top1(
+            self.model, images, labels, batch_size, settings.resolution, self.memory_format, self._autocast
+        )
+
+    def fit(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        val_x: torch.Tensor,
+        val_y: torch.Tensor,
+        callback: Callable[[EpochMetrics], None] | None = None,
+        progress: StepProgress | None = None,
+    ) -> TrainResult:
+        """Train from ``self.epoch`` to ``settings.epochs``; ``callback`` runs after every epoch.
+
+        The callback may raise to stop training (the exception propagates).
+        """
+        train_images, val_images = self.prepare(train_x), self.prepare(val_x)
+        train_y, val_y = train_y.to(self.device), val_y.to(self.device)
+        while self.epoch < self.settings.epochs:
+            start = time.perf_counter()
+            loss, train_s, trained = self.train_epoch(train_images, train_y, progress)
+            top1 = self.evaluate(val_images, val_y)
+            metrics = EpochMetrics(
+                self.epoch + 1, loss, top1, time.perf_counter() - start, trained / max(train_s, 1e-9)
+            )
+            self.epoch += 1
+            self.history.append(metrics)
+            if callback:
+                callback(metrics)
+        return self.result()
+
+    def result(self) -> TrainResult:
+        curve = [m.val_top1 for m in self.history]
+        return TrainResult(
+            accuracy_curve=curve,
+            best_accuracy=max(curve, default=0.0),
+            final_accuracy=curve[-1] if curve else 0.0,
+            train_seconds=sum(m.seconds for m in self.history),
+            images_per_s=statistics.median(m.images_per_s for m in self.history) if curve else 0.0,
+            model=self.model,
+            history=list(self.history),
+        )
+
+
+def evaluate_top1(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 500,
+    resolution: int | None = None,
+    memory_format: torch.memory_format = torch.channels_last,
+    autocast: Callable[[], Any] = nullcontext,
+) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on uint8 ``images`` and int64 ``labels``.
+
+    Images are normalised like training batches (no augmentation) and resized to
+    ``resolution`` if given; they are moved to the model's device batch by batch.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for start in range(0, labels.numel(), batch_size):
+            x = normalize(images[start : start + batch_size].to(device), resolution)
+            with autocast():
+                logits = model(x.contiguous(memory_format=memory_format))
+            y = labels[start : start + batch_size].to(device)
+            correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    return correct.item() / max(1, labels.numel())
+
+
+def train_proxy(
+    config: ReXNetConfig,
+    split: Split,
+    settings: TrainSettings,
+    callback: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train ``config``'s CIFAR proxy on ``split`` and report validation top-1 per epoch.
+
+    ``callback(metrics)`` runs after every epoch and may raise to stop training early
+    (the exception propagates). Raises :class:`NonFiniteLossError` if the loss diverges.
+    """
+    trainer = Trainer(config, settings, split.train_y.numel())
+    return trainer.fit(split.train_x, split.train_y, split.val_x, split.val_y, callback)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+CHECKPOINT_JSON = "checkpoint.json"
+STATE_FORMAT = "rexsearch.train-state/1"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_checkpoint(trainer: Trainer, directory: Path) -> None:
+    """Weights (safetensors) and optimizer state (a weights-only torch file) after ``trainer.epoch``.
+
+    Both files carry the epoch in their name; ``checkpoint.json`` is rewritten last and
+    names them, so an interruption at any point leaves the previous checkpoint valid.
+    Older checkpoint files are removed afterwards.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = f"checkpoint-epoch{trainer.epoch}.safetensors"
+    state = f"checkpoint-epoch{trainer.epoch}.pt"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
+    meta = {"epoch": str(trainer.epoch)}
+    _write_atomic(directory / weights, lambda tmp: save_file(tensors, str(tmp), meta))
+    payload = {
+        "format": STATE_FORMAT,
+        "epoch": trainer.epoch,
+        "optimizer": trainer.optimizer.state_dict(),
+        "history": [m.to_dict() for m in trainer.history],
+    }
+    _write_atomic(directory / state, lambda tmp: torch.save(payload, tmp))
+    write_json(directory / CHECKPOINT_JSON, {"epoch": trainer.epoch, "weights": weights, "state": state})
+    for old in directory.glob("checkpoint-epoch*"):
+        if old.name not in (weights, state):
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(trainer: Trainer, directory: Path) -> bool:
+    """Restore the last checkpoint in ``directory`` into ``trainer``; False when there is none.
+
+    Loading runs no code: safetensors for weights, ``torch.load(weights_only=True)`` for state.
+    """
+    pointer = directory / CHECKPOINT_JSON
+    if not pointer.is_file():
+        return False
+    try:
+        info = json.loads(pointer.read_text())
+        tensors = load_file(str(directory / info["weights"]), device=str(trainer.device))
+        state = torch.load(directory / info["state"], map_location=trainer.device, weights_only=True)
+        if state.get("format") != STATE_FORMAT or state["epoch"] != info["epoch"]:
+            raise ValueError("the state file does not match checkpoint.json")
+        trainer.model.load_state_dict(tensors)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise UserError(
+            f"cannot resume from the checkpoint in {directory} ({exc}); remove {pointer} to start over"
+        ) from None
+    trainer.epoch = int(state["epoch"])
+    trainer.history = [EpochMetrics(**m) for m in state["history"]]
+    return True
+
+
+# ---------------------------------------------------------------------------- benchmark
+class _PerSampleCifar(torch.utils.data.Dataset):
+    """The usual per-image dataset: pad, random crop, flip and normalise one image at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(CIFAR100_STD).view(3, 1, 1)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = F.pad(self.images[i].float() / 255.0, (4, 4, 4, 4))
+        top, left = torch.randint(0, 9, (2,), generator=self.gen).tolist()
+        img = img[:, top : top + 32, left : left + 32]
+        if torch.rand((), generator=self.gen) < 0.5:
+            img = img.flip(-1)
+        return (img - self.mean) / self.std, self.labels[i]
+
+
+def _naive_steps(
+    model: nn.Module, loader: torch.utils.data.DataLoader, settings: TrainSettings, steps: int
+) -> float:
+    """Seconds for ``steps`` plain training steps: eager, contiguous NCHW, DataLoader batches."""
+    opt = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    model.train()
+    device = next(model.parameters()).device
+    batches = iter(loader)
+    start = time.perf_counter()
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=settings.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss.item()  # wait for the device
+    return time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def bench_training(
+    config: ReXNetConfig,
+    batch_size: int = 128,
+    steps: int = 20,
+    repeats: int = 3,
+    seed: int = 0,
+    peak_gflops: float = CPU_FP32_PEAK_GFLOPS,
+) -> dict[str, Any]:
+    """Images/s of the trainer's step and of a naive loop on the same network, in this process.
+
+    Synthetic data (no CIFAR needed). The two are measured in turns, ``repeats`` times
+    each after a warm-up, and the medians reported, so that load from other processes
+    hits both alike. Also times the augmentation pipeline alone and reports the
+    trainer's achieved GFLOP/s (training = 3 x forward, 2 flops per MAC).
+    """
+    settings = TrainSettings(batch_size=batch_size, seed=seed, epochs=1, warmup_epochs=0.0)
+    n = batch_size * steps
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    trainer = Trainer(config, settings, n)
+    prepared = trainer.prepare(images)
+    with _own_rng(trainer.device):
+        torch.manual_seed(seed)
+        naive_model = build_model(trainer.config).to(trainer.device)
+    loader = torch.utils.data.DataLoader(
+        _PerSampleCifar(images, labels, seed), batch_size=batch_size, shuffle=True, drop_last=True
+    )
+    pipeline_gen = torch.Generator(device=trainer.device).manual_seed(seed)
+    trainer_runs, naive_runs, pipeline_runs = [], [], []
+    with _own_rng(trainer.device):
+        trainer.train_epoch(prepared, labels, max_steps=2)
+        _naive_steps(naive_model, loader, settings, 2)
+        for _ in range(repeats):
+            _, seconds, trained = trainer.train_epoch(prepared, labels)
+            trainer_runs.append(trained / seconds)
+            naive_runs.append(steps * batch_size / _naive_steps(naive_model, loader, settings, steps))
+            start = time.perf_counter()
+            for _ in range(4):
+                order = torch.randperm(n, generator=pipeline_gen, device=trainer.device)
+                for i in range(steps):
+                    batch = take(prepared, order[i * batch_size : (i + 1) * batch_size])
+                    augment_batch(batch, pipeline_gen)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            pipeline_runs.append(4 * n / (time.perf_counter() - start))
+    trainer_ips = statistics.median(trainer_runs)
+    naive_ips = statistics.median(naive_runs)
+    macs = count_cost(trainer.config, settings.resolution).macs
+    gflops = trainer_ips * macs * 3 * 2 / 1e9
+    return {
+        "config": trainer.config.name or config.short_hash(),
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "steps": steps,
+        "repeats": repeats,
+        "proxy_macs": macs,
+        "trainer_images_per_s": trainer_ips,
+        "naive_images_per_s": naive_ips,
+        "speedup": trainer_ips / naive_ips,
+        "pipeline_images_per_s": statistics.median(pipeline_runs),
+        "trainer_runs": trainer_runs,
+        "naive_runs": naive_runs,
+        "pipeline_runs": pipeline_runs,
+        "gflops_per_s": gflops,
+        "peak_gflops_per_s": peak_gflops,
+        "fraction_of_peak": gflops / peak_gflops,
+        "peak_rss_mb": peak_rss_mb(),
+    }

@@ -1,0 +1,217 @@
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, class_patterned, serve_directory
+
+from rexsearch import data as data_mod
+from rexsearch.data import (
+    ARCHIVE_NAME,
+    DECODED_NAME,
+    FOLDER_NAME,
+    DataError,
+    file_md5,
+    load_cifar100,
+    search_split,
+    stratified_subset,
+    write_cifar_archive,
+)
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_archive_is_in_the_original_format(cifar_archive):
+    path, md5 = cifar_archive
+    assert file_md5(path) == md5
+    with tarfile.open(path) as tar:
+        assert {m.name for m in tar.getmembers()} >= {f"{FOLDER_NAME}/{m}" for m in ("train", "test", "meta")}
+        train = pickle.load(tar.extractfile(f"{FOLDER_NAME}/train"), encoding="bytes")
+        meta = pickle.load(tar.extractfile(f"{FOLDER_NAME}/meta"), encoding="bytes")
+    assert train[b"data"].dtype == np.uint8 and train[b"data"].shape == (500, 3072)
+    assert len(train[b"fine_labels"]) == len(train[b"coarse_labels"]) == 500
+    assert meta[b"fine_label_names"][3] == b"class_03"
+
+
+def test_download_verify_cache_and_no_second_download(cifar_server, tmp_path, monkeypatch):
+    calls = []
+    data = load_cifar100(progress=lambda done, total: calls.append((done, total)))
+    cache = data_mod.cache_dir()
+    size = (cache / ARCHIVE_NAME).stat().st_size
+    assert cifar_server.requests == [f"/{ARCHIVE_NAME}"]
+    assert calls[0] == (0, size) and calls[-1] == (size, size)
+    assert (cache / FOLDER_NAME).is_dir() and (cache / DECODED_NAME).is_file()
+    assert _leftovers(cache) == []
+
+    train_x, train_y = class_patterned(5, seed=1)
+    test_x, test_y = class_patterned(2, seed=2)
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (500, 3, 32, 32)
+    assert data.train_y.dtype == torch.int64
+    assert torch.equal(data.train_x, train_x) and torch.equal(data.train_y, train_y)
+    assert torch.equal(data.test_x, test_x) and torch.equal(data.test_y, test_y)
+    assert data.classes == CLASSES
+
+    def no_decoding(folder):
+        raise AssertionError("the decoded cache should have been used")
+
+    monkeypatch.setattr(data_mod, "_decode_folder", no_decoding)
+    again = load_cifar100()
+    assert cifar_server.requests == [f"/{ARCHIVE_NAME}"]
+    assert torch.equal(again.train_x, data.train_x) and again.classes == data.classes
+
+
+def test_md5_mismatch_removes_the_download(cifar_server, monkeypatch):
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", "0" * 32)
+    with pytest.raises(DataError, match=r"expected 0{32}; the bad file was removed") as info:
+        load_cifar100()
+    assert cifar_server.url() in str(info.value)
+    cache = data_mod.cache_dir()
+    assert not (cache / ARCHIVE_NAME).exists() and _leftovers(cache) == []
+
+
+def test_no_network_names_the_three_ways_out():
+    url = data_mod.cifar100_url()
+    with pytest.raises(DataError) as info:
+        load_cifar100()
+    message = str(info.value)
+    assert url in message and str(data_mod.cache_dir()) in message and "failed" in message
+    assert "--data-dir" in message and "put the archive into" in message and "--objectives rank" in message
+    assert message.count(". ") <= 2
+    with pytest.raises(DataError, match="downloading is off"):
+        load_cifar100(download=False)
+
+
+def test_data_dir_archive_and_extracted_folder(cifar_archive, tmp_path, monkeypatch):
+    path, md5 = cifar_archive
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / ARCHIVE_NAME).write_bytes(path.read_bytes())
+    first = load_cifar100(local)
+    assert (local / FOLDER_NAME).is_dir()
+    (local / ARCHIVE_NAME).unlink()
+    (local / DECODED_NAME).unlink()
+    second = load_cifar100(local)  # the extracted folder, used as it is
+    assert torch.equal(first.test_x, second.test_x)
+    assert torch.equal(load_cifar100(local / FOLDER_NAME).train_y, first.train_y)
+
+
+def test_local_archive_with_wrong_md5_is_refused(cifar_archive, tmp_path):
+    path, _ = cifar_archive
+    (tmp_path / ARCHIVE_NAME).write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"has md5 \w+, expected eb9058c3a382ffc7106e4002c42a8d85"):
+        load_cifar100(tmp_path)
+    assert not (tmp_path / FOLDER_NAME).exists()
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+    return file_md5(path)
+
+
+def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        ("cifar-100-python/../../evil", b"x"),
+        ("/tmp/evil-absolute", b"x"),
+        _link("cifar-100-python/evil", "../../evil", tarfile.SYMTYPE),
+        _link("cifar-100-python/evil", "/etc/passwd", tarfile.SYMTYPE),
+        _link("cifar-100-python/evil", "../outside", tarfile.LNKTYPE),
+    ],
+)
+def test_escaping_members_are_refused(tmp_path, monkeypatch, evil):
+    root = tmp_path / "root"
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    members = [(f"{FOLDER_NAME}/{m}", b"payload") for m in ("train", "test", "meta")]
+    md5 = _tar(data_dir / ARCHIVE_NAME, [*members, evil])
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+    with pytest.raises(DataError, match="outside the extraction folder"):
+        load_cifar100(data_dir)
+    assert sorted(p.name for p in root.rglob("*")) == sorted(["data", ARCHIVE_NAME])
+
+
+def test_missing_member_is_named(tmp_path, monkeypatch):
+    members = [(f"{FOLDER_NAME}/{m}", b"payload") for m in ("train", "meta")]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    with pytest.raises(DataError, match="lacks the member cifar-100-python/test"):
+        load_cifar100(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
+
+
+def test_pickles_cannot_run_code(tmp_path, monkeypatch):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    payload = pickle.dumps({b"data": Evil(), b"fine_labels": []}, protocol=2)
+    members = [(f"{FOLDER_NAME}/{m}", payload) for m in ("train", "test", "meta")]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    with pytest.raises(DataError, match=r"not a CIFAR-100 pickle: refusing to load \w+\.print"):
+        load_cifar100(tmp_path)
+
+
+def test_search_split_is_stratified_disjoint_and_seeded():
+    x, y = class_patterned(10, seed=3)
+    data = data_mod.Cifar100(x, y, x[:0], y[:0], CLASSES)
+    split = search_split(data, val_images=300, train_images=200, seed=5)
+    assert torch.equal(torch.bincount(split.val_y, minlength=100), torch.full((100,), 3))
+    assert torch.equal(torch.bincount(split.train_y, minlength=100), torch.full((100,), 2))
+    rows = {bytes(img.numpy()) for img in split.train_x} | {bytes(img.numpy()) for img in split.val_x}
+    assert len(rows) == 500  # disjoint (the noisy images are all distinct)
+    same = search_split(data, val_images=300, train_images=200, seed=5)
+    assert torch.equal(same.train_x, split.train_x) and torch.equal(same.val_y, split.val_y)
+    other = search_split(data, val_images=300, train_images=200, seed=6)
+    assert not torch.equal(other.val_x, split.val_x)
+    full = search_split(data, val_images=100, seed=5)
+    assert full.train_y.numel() == 900
+    with pytest.raises(DataError, match="--train-images must be between 1 and 900"):
+        search_split(data, val_images=100, train_images=901)
+    sub_x, sub_y = stratified_subset(x, y, 150, seed=1)
+    assert sorted(torch.bincount(sub_y, minlength=100).tolist()) == [1] * 50 + [2] * 50
+    assert sub_x.shape == (150, 3, 32, 32)
+
+
+def test_served_loopback_directory_is_stopped(tmp_path):
+    (tmp_path / "hello.txt").write_text("hi")
+    import urllib.request
+
+    with serve_directory(tmp_path) as served:
+        assert urllib.request.urlopen(served.url("hello.txt"), timeout=5).read() == b"hi"
+    assert served.requests == ["/hello.txt"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(served.url("hello.txt"), timeout=5)
+
+
+def test_write_cifar_archive_rejects_wrong_class_count(tmp_path):
+    x, y = class_patterned(1)
+    with pytest.raises(ValueError, match="100 classes"):
+        write_cifar_archive(tmp_path / ARCHIVE_NAME, x, y, x, y, CLASSES[:10])
+
+
+def test_python2_era_numpy_pickles_load(tmp_path):
+    """The original archive was pickled by Python 2 numpy (``numpy.core.multiarray``)."""
+    payload = pickle.dumps({b"data": np.arange(6, dtype=np.uint8)}, protocol=2)
+    legacy = payload.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert legacy != payload
+    (tmp_path / "train").write_bytes(legacy)
+    assert data_mod._read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
