@@ -229,7 +229,9 @@ def test_resume_after_sigkill(tmp_path):
         assert after[n].state == TrialState.FAIL and after[n].user_attrs["interrupted"]
         reruns = [t for t in after.values() if t.user_attrs.get("rerun_of") == n]
         assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
-        assert reruns[0].params == after[n].params
+        # the rerun keeps every parameter the orphan had drawn (a driver killed while the
+        # sampler was drawing leaves an orphan with part of them; the rest are drawn anew)
+        assert after[n].params.items() <= reruns[0].params.items()
     counted = [t for t in after.values() if not t.user_attrs.get("interrupted")]
     assert len(counted) == 10
     assert all(t.state.is_finished() for t in after.values())
