@@ -14,17 +14,20 @@ from torch import nn
 
 from rexsearch.config import ACTIVATIONS, BlockConfig, ReXNetConfig
 
+# In place only where the backward needs the activation's output (ReLU, ELU, leaky ReLU).
+# SiLU, ReLU6, hardswish and mish differentiate through their input, so autograd would
+# clone the input of an in-place call on every training step: out of place is faster.
 _ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
     "relu": lambda: nn.ReLU(inplace=True),
-    "relu6": lambda: nn.ReLU6(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
+    "relu6": nn.ReLU6,
+    "silu": nn.SiLU,
     "elu": lambda: nn.ELU(inplace=True),
     "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
     "softplus": nn.Softplus,
-    "hardswish": lambda: nn.Hardswish(inplace=True),
+    "hardswish": nn.Hardswish,
     "gelu": nn.GELU,
-    "mish": lambda: nn.Mish(inplace=True),
+    "mish": nn.Mish,
     "tanh": nn.Tanh,
 }
 assert tuple(_ACTIVATION_FACTORIES) == ACTIVATIONS
