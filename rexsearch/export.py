@@ -91,11 +91,7 @@ def select_trial(info: RunInfo, trial: str | int = "best", pick: str | None = No
     trials = study.get_trials(deepcopy=False)
     if trial != "best":
         number = _trial_number(trial)
-        found = [t for t in trials if t.number == number]
-        if not found:
-            last = f"0 to {len(trials) - 1}" if trials else "none"
-            raise UserError(f"{info.path} has no trial {number} (trial numbers: {last})")
-        chosen = found[0]
+        chosen = find_trial(info, trials, number)
         state = chosen.state.name
         if state == "FAIL":
             error = chosen.user_attrs.get("error", "no error recorded")
@@ -133,6 +129,59 @@ def select_trial(info: RunInfo, trial: str | int = "best", pick: str | None = No
         what = f"the highest {metric} on the feasible Pareto front ({size})"
     number = int(order.iloc[0]["number"])
     return next(t for t in trials if t.number == number), f"trial {number}: {what}, ties to fewer MACs"
+
+
+def find_trial(info: RunInfo, trials: Sequence[Any], number: int) -> Any:
+    """The trial numbered ``number`` among the run's ``trials``; a UserError when there is none."""
+    for t in trials:
+        if t.number == number:
+            return t
+    last = f"0 to {max(t.number for t in trials)}" if trials else "none"
+    raise UserError(f"{info.path} has no trial {number} (trial numbers: {last})")
+
+
+_STATE_WORDS = {"FAIL": "failed", "COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running"}
+
+
+def describe_state(trial: Any) -> str:
+    """The trial's state in words, with the error the run recorded: ``pruned: infeasible: ...``."""
+    state = _STATE_WORDS.get(trial.state.name, trial.state.name.lower())
+    error = trial.user_attrs.get("error")
+    if not error:
+        return state
+    error = " ".join(str(error).split())  # one line, whatever the worker reported
+    return f"{state}: {error[:197] + '...' if len(error) > 200 else error}"
+
+
+def trial_config(info: RunInfo, trial: Any, key: str = "config", purpose: str = "exported") -> ReXNetConfig:
+    """The config a trial carries in its user attribute ``key``, named ``RUN-trial-N`` (or
+    ``RUN-BASELINE``); a UserError naming the trial's state when it has none (a trial pruned as
+    infeasible, or one that failed before its config was decoded) or it is invalid.
+
+    ``key`` is ``config`` (the target network the budget applies to) or ``proxy_config``;
+    ``purpose`` ends the message ("it cannot be exported").
+    """
+    attrs = trial.user_attrs
+    if key not in attrs:
+        raise UserError(
+            f"trial {trial.number} has no {key} attribute ({describe_state(trial)}); it cannot be {purpose}"
+        )
+    try:
+        config = ReXNetConfig.from_dict(attrs[key])
+    except ConfigError as exc:
+        raise UserError(f"trial {trial.number}'s {key} is invalid: {exc}") from None
+    label = attrs.get("baseline") or f"trial-{trial.number}"
+    return replace(config, name=f"{info.path.name}-{label}")
+
+
+def run_trial_config(
+    run_dir: str | Path, number: int, purpose: str = "trained"
+) -> tuple[RunInfo, Any, ReXNetConfig]:
+    """Trial ``number`` of the run at ``run_dir`` (any state) and its target config (:func:`trial_config`)."""
+    info = load_run(run_dir)
+    trials = info.open_study().get_trials(deepcopy=False)
+    trial = find_trial(info, trials, number)
+    return info, trial, trial_config(info, trial, "config", purpose)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -321,15 +370,7 @@ def export_trial(
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen, why = select_trial(info, trial, pick)
     attrs = chosen.user_attrs
-    key = "config" if weights == "init" else "proxy_config"
-    if key not in attrs:
-        raise UserError(f"trial {chosen.number} has no {key} attribute; it cannot be exported")
-    try:
-        config = ReXNetConfig.from_dict(attrs[key])
-    except ConfigError as exc:
-        raise UserError(f"trial {chosen.number}'s {key} is invalid: {exc}") from None
-    label = attrs.get("baseline") or f"trial-{chosen.number}"
-    config = replace(config, name=f"{info.path.name}-{label}")
+    config = trial_config(info, chosen, "config" if weights == "init" else "proxy_config")
     if weights == "init":
         seed = int(info.data.get("seed") or 0) if seed is None else seed
         model = _seeded_model(config, seed)

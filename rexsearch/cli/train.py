@@ -13,6 +13,7 @@ from rexsearch.cli.common import add_config_source, load_config_source, positive
 from rexsearch.config import ReXNetConfig
 from rexsearch.data import load_cifar100, stratified_subset
 from rexsearch.errors import UserError
+from rexsearch.export import describe_state, run_trial_config
 from rexsearch.principles import get_preset
 from rexsearch.train import (
     CPU_FP32_PEAK_GFLOPS,
@@ -35,44 +36,71 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train one config's CIFAR-100 proxy and evaluate it on the test set",
+        usage="%(prog)s (--preset NAME | --config FILE | RUN_DIR --trial N) [options]",
         description="Train the CIFAR proxy of a config (see README, 'CIFAR-100 data and proxy "
         "training') on the CIFAR-100 training set and report top-1 on the test set after every "
-        "epoch. A checkpoint is written after each epoch; rerunning the same command with the "
-        "same --out continues from the last finished epoch.",
+        "epoch. The config is a preset, a config file, or the config of trial N of the search "
+        "in RUN_DIR (any trial that has one: complete, pruned, even failed). A checkpoint is "
+        "written after each epoch; rerunning the same command with the same --out continues "
+        "from the last finished epoch.",
     )
-    add_config_source(p)
-    p.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default 128")
-    p.add_argument("--lr", type=_positive_float, default=defaults.lr, help="peak learning rate (default 0.1)")
-    p.add_argument("--weight-decay", type=_nonnegative_float, default=defaults.weight_decay, help="5e-4")
-    p.add_argument(
+    # One of the three sources; checked in _config_and_source so that every mix-up is a
+    # one-line error (exit 2) rather than argparse's usage dump.
+    source = p.add_argument_group("what to train (exactly one)")
+    source.add_argument(
+        "run_dir",
+        nargs="?",
+        metavar="RUN_DIR",
+        help="a run directory written by `rexsearch run`; train the config of its trial --trial N",
+    )
+    source.add_argument("--preset", metavar="NAME", help="a preset name (see `rexsearch presets`)")
+    source.add_argument("--config", metavar="FILE", help="a config JSON file (rexsearch.config/1)")
+    source.add_argument(
+        "--trial",
+        metavar="N",
+        help="with RUN_DIR: the trial number whose config to train (see RUN_DIR/trials.csv)",
+    )
+    opts = p.add_argument_group("training and output")
+    opts.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
+    opts.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="default 128")
+    opts.add_argument(
+        "--lr", type=_positive_float, default=defaults.lr, help="peak learning rate (default 0.1)"
+    )
+    opts.add_argument("--weight-decay", type=_nonnegative_float, default=defaults.weight_decay, help="5e-4")
+    opts.add_argument(
         "--label-smoothing", type=_nonnegative_float, default=defaults.label_smoothing, help="default 0.1"
     )
-    p.add_argument(
+    opts.add_argument(
         "--warmup-epochs",
         type=_nonnegative_float,
         default=5.0,
         help="warm-up epochs (default 5, at most --epochs)",
     )
-    p.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
-    p.add_argument(
+    opts.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
+    opts.add_argument(
         "--train-images",
         type=positive_int,
         metavar="N",
         help="train on a class-stratified subset of N images (default: all 50,000)",
     )
-    p.add_argument(
+    opts.add_argument(
         "--data-dir",
         metavar="DIR",
         help="folder with cifar-100-python.tar.gz or cifar-100-python/ (default: the cache, then a download)",
     )
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-100")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, augmentation (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/train-NAME-sSEED)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    opts.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-100")
+    opts.add_argument(
+        "--seed", type=int, default=0, help="seed of weights, shuffling, augmentation (default 0)"
+    )
+    opts.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    opts.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    opts.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
+    opts.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: runs/train-NAME-sSEED; with RUN_DIR: RUN_DIR/train/trial-N-sSEED)",
+    )
+    opts.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks (bench train: proxy-training throughput)")
@@ -189,8 +217,70 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _trial_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UserError(f"--trial must be a trial number (0, 1, ...), got {text!r}")
+    return number
+
+
+def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str, Any], Path]:
+    """The config to train, where it came from (for metrics.json) and the default --out."""
+    given = [flag for flag in ("preset", "config") if getattr(args, flag) is not None]
+    if len(given) == 2:
+        raise UserError("give either --preset or --config, not both")
+    if args.run_dir is not None:
+        if given:
+            raise UserError(
+                f"give either RUN_DIR --trial N or --{given[0]}, not both "
+                "(RUN_DIR --trial N trains the config of a trial of that run)"
+            )
+        if args.trial is None:
+            raise UserError(
+                f"RUN_DIR needs --trial N, the trial to train: rexsearch train {args.run_dir} --trial N"
+            )
+        number = _trial_number(args.trial)
+        info, trial, config = run_trial_config(args.run_dir, number, purpose="trained")
+        attrs = trial.user_attrs
+        source = {
+            "kind": "run",
+            "run_dir": str(info.path),
+            "trial": number,
+            "study_name": info.study_name,
+            "trial_state": trial.state.name,
+            "baseline": attrs.get("baseline"),
+            "target_config_hash": config.content_hash(),
+            "target_macs": attrs.get("macs"),
+            "target_params": attrs.get("params"),
+            "budget_resolution": info.resolution,
+        }
+        if trial.state.name not in ("COMPLETE", "PRUNED") and not args.quiet:
+            print(
+                f"note: trial {number} has not completed in the search ({describe_state(trial)}); "
+                "training its config anyway",
+                file=sys.stderr,
+            )
+        return config, source, info.path / "train" / f"trial-{number}-s{args.seed}"
+    if args.trial is not None:
+        if given:
+            raise UserError(f"--trial N takes its config from a run, not from --{given[0]}; give one of them")
+        raise UserError(f"--trial N needs the run directory: rexsearch train RUN_DIR --trial {args.trial}")
+    if not given:
+        raise UserError("give the config to train: --preset NAME, --config FILE or RUN_DIR --trial N")
     config = load_config_source(args)
+    if args.preset:
+        source = {"kind": "preset", "preset": args.preset}
+    else:
+        source = {"kind": "config", "config_file": str(Path(args.config).resolve())}
+    source["target_config_hash"] = config.content_hash()
+    return config, source, Path(f"runs/train-{_label(config, args)}-s{args.seed}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config, source, default_out = _config_and_source(args)
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -204,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         compile=args.compile,
     )
-    out = Path(args.out or f"runs/train-{_label(config, args)}-s{args.seed}")
+    out = Path(args.out) if args.out else default_out
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
 
     def download_progress(done: int, total: int) -> None:
@@ -236,6 +326,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             {
                 "format": METRICS_FORMAT,
                 "config": trainer.config.name,
+                "source": source,
                 **identity,
                 "test_images": data.test_y.numel(),
                 "epochs": [m.to_dict() for m in trainer.history],
