@@ -29,6 +29,7 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
 from rexsearch.errors import UserError
 from rexsearch.rundir import RunInfo, load_run
+from rexsearch.storage import mask_passwords
 
 TRIALS_CSV = "trials.csv"
 REPORT_HTML = "report.html"
@@ -848,7 +849,7 @@ def _summary_section(frame: pd.DataFrame, info: RunInfo) -> str:
     space_text = (space.get("name") or space.get("path")) if isinstance(space, dict) else str(space or "n/a")
     rows = [
         ["run directory", str(info.path)],
-        ["command", " ".join(map(str, d.get("command", []))) or "n/a"],
+        ["command", mask_passwords(" ".join(map(str, d.get("command", [])))) or "n/a"],
         ["budget", f"{budget} at {info.resolution}x{info.resolution}"],
         ["objectives", ", ".join(info.objectives) + " (all maximised)"],
         ["search space", space_text],
@@ -1078,8 +1079,9 @@ def dashboard_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8
     from optuna_dashboard import wsgi
 
     info = load_run(run_dir)
-    info.open_study()
-    app = wsgi(info.storage_url)
+    storage = info.open_storage()
+    info.open_study(storage)
+    app = wsgi(storage)
     try:
         return make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as exc:

@@ -56,15 +56,24 @@ class RunInfo:
         """Where a trial's proxy weights are kept (only with ``run --keep-weights``)."""
         return self.path / WEIGHTS_DIR / f"trial-{trial_number}.safetensors"
 
-    def open_study(self):
-        """The run's Optuna study (loaded, not created)."""
+    def open_storage(self):
+        """The run's Optuna storage, connected (see :func:`rexsearch.storage.open_storage`)."""
+        from rexsearch.storage import open_storage
+
+        return open_storage(self.storage_url)
+
+    def open_study(self, storage=None):
+        """The run's Optuna study (loaded, not created), from ``storage`` or the run's own."""
         import optuna
 
+        from rexsearch.storage import mask_url
+
         try:
-            return optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+            return optuna.load_study(study_name=self.study_name, storage=storage or self.open_storage())
         except KeyError:
             raise UserError(
-                f"the study {self.study_name!r} is not in {self.storage_url}; is {self.path} a complete run?"
+                f"the study {self.study_name!r} is not in {mask_url(self.storage_url)}; is {self.path} a "
+                "complete run?"
             ) from None
 
 

@@ -8,6 +8,7 @@ archive themselves.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -141,3 +142,19 @@ def _no_real_cifar(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("REXSEARCH_CIFAR100_URL", closed_port_url())
     monkeypatch.delenv("REXSEARCH_CIFAR100_MD5", raising=False)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session's search tests (test_search, test_postgres); only what it
+    started is shut down."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -1,0 +1,194 @@
+"""The one place that opens Optuna RDB storage (SQLite, PostgreSQL, ...) for every command.
+
+:func:`open_storage` connects at once (creating Optuna's tables when missing) and turns
+what can go wrong into a one-line :class:`~rexsearch.errors.UserError`: a malformed URL,
+a missing driver, a server that cannot be reached, failed authentication, a missing
+database. The password of a URL never appears in a message (:func:`mask_url`).
+:func:`check_storage` is the early check of ``rexsearch run``/``resume``, made before
+Ray starts or anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import optuna
+
+from rexsearch.errors import UserError
+
+#: What a PostgreSQL URL looks like, for messages.
+POSTGRES_FORM = "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE"
+#: Seconds a PostgreSQL (psycopg2) connection attempt may take (unless the URL sets connect_timeout).
+CONNECT_TIMEOUT_S = 10
+_POSTGRES_EXTRA = "pip install 'rexsearch[postgres]'"
+_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)(\S*)(@)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (also when SQLAlchemy cannot parse it)."""
+    return mask_passwords(url)
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` (e.g. a command line) with the password of every URL in it replaced by ``***``."""
+    return _PASSWORD_RE.sub(r"\1***\3", text)
+
+
+def is_sqlite(url: str) -> bool:
+    return url.strip().lower().startswith("sqlite")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna RDB storage at ``url``, connected; every failure is a one-line :class:`UserError`."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import make_url
+
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        raise UserError(_malformed(url, shown)) from None
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.drivername == "postgresql+psycopg2" and "connect_timeout" not in parsed.query:
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=None)
+    except ImportError as exc:
+        raise UserError(_missing_driver(parsed, shown, exc)) from None
+    except (KeyError, IndexError):  # optuna fills {SCHEMA_VERSION} templates: a lone brace in the URL
+        raise UserError(_malformed(url, shown) + " (write a brace in the URL as {{ or }})") from None
+    except (sa_exc.SQLAlchemyError, ValueError, RuntimeError) as exc:
+        raise UserError(_explain(exc, url, parsed, shown)) from None
+
+
+def check_storage(url: str) -> None:
+    """Connect to a non-SQLite storage once and close again (SQLite is left as it was: opened later).
+
+    ``rexsearch run``/``resume`` call this before Ray starts and before the run directory is
+    written, so a storage that cannot be used stops the command at once (exit 2).
+    """
+    if is_sqlite(url):
+        return
+    open_storage(url).engine.dispose()
+
+
+# ---------------------------------------------------------------------------- messages
+def _malformed(url: str, shown: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    hint = ""
+    if scheme.lower() == "postgres":
+        hint = " (SQLAlchemy spells it postgresql, not postgres)"
+    return (
+        f"malformed storage URL {shown!r}{hint}: --storage takes a SQLAlchemy URL such as "
+        f"{POSTGRES_FORM} or sqlite:///PATH"
+    )
+
+
+def _missing_driver(parsed: Any, shown: str, exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    module = getattr(cause, "name", None) or str(cause)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "postgresql" and driver == "psycopg2":
+        return (
+            f"the storage {shown} needs the PostgreSQL driver psycopg2, which is not installed: "
+            f"{_POSTGRES_EXTRA}"
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        return (
+            f"the storage {shown} names no driver, so SQLAlchemy uses {driver}, which is not installed: "
+            f"write the URL as {POSTGRES_FORM} and {_POSTGRES_EXTRA}"
+        )
+    return (
+        f"the storage {shown} needs the database driver {driver} for {backend} (Python module "
+        f"{module!r}), which is not installed; install it, or use {POSTGRES_FORM} with {_POSTGRES_EXTRA}"
+    )
+
+
+def _driver_message(exc: BaseException) -> str:
+    """The database driver's own message (first line), or the exception's."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def _scrub(text: str, password: str | None) -> str:
+    if password and len(password) >= 3:
+        text = text.replace(password, "***")
+    return text
+
+
+def _explain(exc: BaseException, url: str, parsed: Any, shown: str) -> str:
+    from sqlalchemy import exc as sa_exc
+
+    backend = parsed.get_backend_name()
+    password = parsed.password
+    if isinstance(exc, sa_exc.ArgumentError | ValueError) and not isinstance(exc, sa_exc.DBAPIError):
+        return _malformed(url, shown)
+    detail = _driver_message(exc)
+    lowered = detail.lower()
+    if backend == "sqlite":
+        return _scrub(
+            f"cannot open the SQLite storage {shown}: {detail} (does its folder exist and is it writable?)",
+            password,
+        )
+    if isinstance(exc, RuntimeError) and "table schema" in lowered:
+        return _scrub(
+            f"the Optuna tables in {shown} were written by another Optuna version: {detail} "
+            "(upgrade them with `optuna storage upgrade --storage URL`, or use another database)",
+            password,
+        )
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
+    port = parsed.port or default_port
+    shown_host = f"[{host}]" if ":" in host else host
+    where = f"{shown_host}:{port}" if port else shown_host
+    user = parsed.username or "(none)"
+    database = parsed.database or "(default)"
+    if "password authentication failed" in lowered or "access denied" in lowered:
+        return (
+            f"authentication failed for user {user!r} on the database server at {where} (wrong user name "
+            f"or password); check the credentials in --storage {shown}"
+        )
+    if "no password supplied" in lowered:
+        return (
+            f"the database server at {where} asks user {user!r} for a password and --storage {shown} "
+            "gives none; put it in the URL (USER:PASSWORD@HOST), in PGPASSWORD or in ~/.pgpass"
+        )
+    if "does not exist" in lowered and "database" in lowered:
+        return (
+            f"the database {database!r} does not exist on the server at {where}; create it "
+            f"(e.g. createdb -h {host} -p {port} -U {user} {database}) or name another in --storage {shown}"
+        )
+    if "role" in lowered and "does not exist" in lowered:
+        return f"the database server at {where} has no user {user!r}; check --storage {shown}"
+    if "pg_hba.conf" in lowered:
+        return _scrub(
+            f"the database server at {where} does not admit this connection ({detail}); allow it in the "
+            f"server's pg_hba.conf or connect differently (--storage {shown})",
+            password,
+        )
+    unreachable = (
+        "connection refused",
+        "could not connect",
+        "could not translate host name",
+        "name or service not known",
+        "timeout expired",
+        "timed out",
+        "no route to host",
+        "network is unreachable",
+        "server closed the connection",
+        "can't connect",
+    )
+    if any(k in lowered for k in unreachable):
+        return _scrub(
+            f"cannot reach the database server at {where} ({detail}); the server must be running and "
+            f"reachable from this machine at that host and port (--storage {shown})",
+            password,
+        )
+    return _scrub(
+        f"cannot open the storage {shown}: {type(getattr(exc, 'orig', None) or exc).__name__}: {detail}",
+        password,
+    )
