@@ -44,6 +44,7 @@ from rexsearch.errors import UserError
 from rexsearch.proxy import proxy_config
 from rexsearch.rundir import STUDY_DB, RunInfo, load_run, write_run_json
 from rexsearch.space import Budget, InfeasibleError, Space, baseline_candidate, baseline_configs, load_space
+from rexsearch.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class SearchSettings:
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     max_failures: int = 10
+    storage_path: str | None = None
+    trial_timeout: float | None = None
+    trial_retries: int = 2
     keep_weights: bool = False
     rank_samples: int | None = None
     asha_min_epochs: int = 4
@@ -114,6 +118,14 @@ class SearchSettings:
             raise UserError(f"--gpus-per-trial must not be negative, got {self.gpus_per_trial}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise UserError(f"--max-concurrent must be a positive integer, got {self.max_concurrent}")
+        if self.trial_timeout is not None and not self.trial_timeout > 0:
+            raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
+        if self.trial_retries < 0:
+            raise UserError(f"--trial-retries must not be negative, got {self.trial_retries}")
+
+    def ray_storage_path(self) -> str:
+        """Where Ray Tune keeps the experiment: ``--storage-path`` or RUN_DIR/ray (one node only)."""
+        return self.storage_path or str(Path(self.run_dir).resolve() / "ray")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -194,7 +206,7 @@ def trial_function(tune_config: dict[str, Any], split: Any = None, job: dict[str
     torch.set_num_threads(threads)
     collected: dict[str, Any] = {}
     try:
-        _run_trial(candidate, split, job, base, collected)
+        _run_trial(candidate, split, job, base, collected, Deadline(job.get("trial_timeout")))
     except Exception as exc:
         if type(exc).__module__.startswith("ray"):
             raise
@@ -209,6 +221,7 @@ def _run_trial(
     job: dict[str, Any],
     base: dict[str, Any],
     collected: dict[str, Any],
+    deadline: Deadline,
 ) -> None:
     from ray import tune
 
@@ -224,6 +237,7 @@ def _run_trial(
             f"fvcore measured {measured.macs:,} MACs / {measured.params:,} params, the analytic count "
             f"said {candidate['macs']:,} / {candidate['params']:,}"
         )
+    deadline.check("after the fvcore count")
     proxy = proxy_config(config, PROXY_RESOLUTION, PROXY_CLASSES)
     rank_kwargs = {"samples": job["rank_samples"]} if job.get("rank_samples") else {}
     rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=int(job.get("seed", 0)), **rank_kwargs)
@@ -232,6 +246,7 @@ def _run_trial(
         rank_per_layer=[layer.to_dict() for layer in rank.per_layer],
         nuclear_norm=rank.nuclear_norm,
     )
+    deadline.check("after the rank measurement")
     objectives = job.get("objectives", OBJECTIVES)
     out = {**base, "rank": rank.rank, **collected}
     if "accuracy" not in objectives:
@@ -255,7 +270,10 @@ def _run_trial(
                 }
             )
 
-    result = train_proxy(config, split, settings, callback=on_epoch)
+    def on_step(step: int, total: int) -> None:
+        deadline.check(f"at training step {step} of {total}")
+
+    result = train_proxy(config, split, settings, callback=on_epoch, progress=on_step)
     if job.get("weights_dir"):
         _save_weights(result.model, Path(job["weights_dir"]) / f"trial-{candidate['number']}.safetensors")
     tune.report(
@@ -269,6 +287,27 @@ def _run_trial(
             "final": True,
         }
     )
+
+
+class TrialTimeoutError(RuntimeError):
+    """A trial ran past ``--trial-timeout``; the search records it FAIL."""
+
+
+class Deadline:
+    """The wall-clock limit of one trial attempt, checked between its steps."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def check(self, where: str) -> None:
+        if self.seconds is None:
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.seconds:
+            raise TrialTimeoutError(
+                f"the trial ran past --trial-timeout {self.seconds:g} s ({elapsed:.1f} s, stopped {where})"
+            )
 
 
 def _save_weights(model: Any, path: Path) -> None:
@@ -304,7 +343,8 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage) -
     if list(study.metric_names or []) != list(settings.objectives):
         if len(study.directions) != len(settings.objectives):
             raise UserError(
-                f"the study {settings.study_name!r} in {settings.storage_url()} has {len(study.directions)} "
+                f"the study {settings.study_name!r} in {mask_url(settings.storage_url())} has "
+                f"{len(study.directions)} "
                 f"objectives, this run asks for {len(settings.objectives)}; use another --study-name"
             )
         with warnings.catch_warnings():
@@ -392,11 +432,18 @@ class LiveView(Callback):
     """Tune callback keeping :class:`Progress` current and counting failures."""
 
     def __init__(
-        self, progress: Progress, on_progress: Callable[[Progress], None] | None, failures: list[int]
+        self,
+        progress: Progress,
+        on_progress: Callable[[Progress], None] | None,
+        failures: list[int],
+        on_event: Callable[[str], None] | None = None,
+        note_error: Callable[[str, str], None] | None = None,
     ):
         self.progress = progress
         self.on_progress = on_progress
         self.failures = failures
+        self.on_event = on_event
+        self.note_error = note_error
 
     def _update(self, trials: list[Any]) -> None:
         self.progress.running = sum(t.status == "RUNNING" for t in trials)
@@ -426,7 +473,52 @@ class LiveView(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.progress.failed += 1
         self.failures[0] += 1
+        message = trial_error_message(trial)
+        if self.note_error and message:
+            self.note_error(trial.trial_id, message)
+        if self.on_event and message and _is_auth_error(message):
+            self.on_event(_auth_hint())
         self._update(trials)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if self.on_event:
+            message = trial_error_message(trial) or "its worker died"
+            self.on_event(
+                f"trial {trial.trial_id} is retried ({trial.num_failures} of --trial-retries "
+                f"{trial.max_failures}): {message}"
+            )
+
+
+AUTH_HINT = (
+    "Ray refused the connection for authentication: the driver's RAY_AUTH_MODE (now "
+    "{mode}) must match the one `ray start` ran with on every node (Ray 2.60 defaults to token "
+    "auth, with the token in ~/.ray/auth_token); export the same RAY_AUTH_MODE (and token) "
+    "everywhere"
+)
+
+
+def _auth_hint() -> str:
+    return AUTH_HINT.format(mode=os.environ.get("RAY_AUTH_MODE", "unset"))
+
+
+def _is_auth_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(k in lowered for k in ("authorization header", "invalidauthtoken", "authentication token"))
+
+
+def trial_error_message(trial: Any) -> str:
+    """The last line of a Tune trial's error (e.g. ``ActorDiedError: ...``), or ''."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if any(_is_auth_error(line) for line in lines):
+        return next(line for line in lines if _is_auth_error(line))[:500]
+    return lines[-1][:500]
 
 
 # ---------------------------------------------------------------------------- Tune glue
@@ -440,6 +532,8 @@ class StudySearcher(OptunaSearch):
         self._objectives = tuple(objectives)
         self._budget = budget
         self._pruned_ids = pruned_ids
+        self._dead: set[str] = set()
+        self._messages: dict[str, str] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if len(self._objectives) == 1 and trial_id not in self._completed_trials:
@@ -450,17 +544,34 @@ class StudySearcher(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if error and trial_id not in self._dead:
+            # Tune tells the searcher before its callbacks, which know the error's text: the
+            # trial is recorded by note_error, or by flush_errors when no callback came
+            self._dead.add(trial_id)
+            return
         self._completed_trials.add(trial_id)
-        ot_trial = self._ot_trials[trial_id]
+        self._dead.discard(trial_id)
         record_outcome(
             self._ot_study,
-            ot_trial._trial_id,
+            self._ot_trials[trial_id]._trial_id,
             result,
             error,
             self._objectives,
             self._budget,
             trial_id in self._pruned_ids,
+            self._messages.pop(trial_id, None),
         )
+
+    def note_error(self, trial_id: str, message: str) -> None:
+        """Record a trial whose worker died (retries spent) FAIL with Tune's own message."""
+        if trial_id in self._dead:
+            self._messages[trial_id] = message
+            self.on_trial_complete(trial_id, error=True)
+
+    def flush_errors(self) -> None:
+        """Record dead trials no callback reported on (kept RUNNING until now)."""
+        for trial_id in list(self._dead):
+            self.on_trial_complete(trial_id, error=True)
 
 
 def record_outcome(
@@ -471,6 +582,7 @@ def record_outcome(
     objectives: tuple[str, ...],
     budget: Budget,
     early_stopped: bool,
+    error_message: str | None = None,
 ) -> TrialState:
     """Write a finished trial's attributes, constraints and state (COMPLETE/PRUNED/FAIL)."""
     storage = study._storage
@@ -498,11 +610,8 @@ def record_outcome(
         storage.set_trial_system_attr(trial_id, "constraints", constraints)
     values = None
     if error:
-        storage.set_trial_user_attr(
-            trial_id,
-            "error",
-            "the trial's worker died (out of memory or a crash); see the Ray logs of the run",
-        )
+        reason = error_message or "out of memory or a crash; see the Ray logs of the run"
+        storage.set_trial_user_attr(trial_id, "error", f"the trial's worker died: {reason}"[:2000])
         state = TrialState.FAIL
     elif result.get("error"):
         storage.set_trial_user_attr(trial_id, "error", str(result["error"])[:2000])
@@ -575,7 +684,14 @@ def ensure_ray(address: str | None) -> bool:
             ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
-        raise UserError(f"cannot start or join Ray ({where}): {exc}") from None
+        hint = ""
+        if address and isinstance(exc, ConnectionError):
+            hint = (
+                "; check that `ray start --head` runs there and, if it does, that RAY_AUTH_MODE "
+                f"(here: {os.environ.get('RAY_AUTH_MODE', 'unset')}) is the one the cluster was started "
+                "with (Ray 2.60 refuses drivers whose auth mode or token differ)"
+            )
+        raise UserError(f"cannot start or join Ray ({where}): {exc}{hint}") from None
     return True
 
 
@@ -594,6 +710,16 @@ def check_resources(cpus: float, gpus: float) -> dict[str, float]:
         )
     total = ray.cluster_resources()
     return {"CPU": total.get("CPU", 0.0), "GPU": total.get("GPU", 0.0), "nodes": float(len(nodes))}
+
+
+def check_cluster(settings: SearchSettings, nodes: int) -> None:
+    """A cluster of several nodes needs ``--storage-path`` on storage every node reaches."""
+    if nodes > 1 and not settings.storage_path:
+        raise UserError(
+            f"this Ray cluster has {nodes} nodes, so Ray Tune's experiment folder must be on storage "
+            "every node can write: pass --storage-path with a shared path (an NFS mount present at "
+            "the same path on every node) or a URI such as s3://bucket/prefix"
+        )
 
 
 def default_resources(settings: SearchSettings) -> tuple[float, float]:
@@ -650,6 +776,13 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
         )
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} exists and is not empty; choose another --run-dir")
+    if settings.storage:  # a shared database may already hold a study of that name
+        names = {s.study_name for s in open_storage(settings.storage).get_all_studies()}
+        if settings.study_name in names:
+            raise UserError(
+                f"the study {settings.study_name!r} already exists in {mask_url(settings.storage)}; "
+                "choose another --study-name for a new run, or continue that run with rexsearch resume"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     space = load_space(settings.space)
     fidelity = {
@@ -710,8 +843,8 @@ def execute(
     space = load_space(run.data["space"]["path"])
     budget = settings.budget
     cpus, gpus = default_resources(settings)
-    check_resources(cpus, gpus)
-    storage = optuna.storages.RDBStorage(settings.storage_url(), heartbeat_interval=None)
+    check_cluster(settings, int(check_resources(cpus, gpus)["nodes"]))
+    storage = open_storage(settings.storage_url())
     study = open_study(settings, storage)
     counts = prepare_resume(study)
     added = enqueue_baselines(study, budget)
@@ -750,6 +883,7 @@ def execute(
         "resolution": settings.resolution,
         "seed": settings.seed,
         "cpus_per_trial": cpus,
+        "trial_timeout": settings.trial_timeout,
         "rank_samples": settings.rank_samples,
         "weights_dir": str(run.path / "weights") if settings.keep_weights else None,
         "train": {"epochs": settings.epochs, "batch_size": settings.batch_size, "seed": settings.seed},
@@ -771,11 +905,12 @@ def execute(
         ),
         run_config=tune.RunConfig(
             name=session,
-            storage_path=str(run.path / "ray"),
+            storage_path=settings.ray_storage_path(),
             verbose=0,
             stop=FailureStopper(settings.max_failures, failures),
-            callbacks=[LiveView(progress, on_progress, failures)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[LiveView(progress, on_progress, failures, on_event, searcher.note_error)],
+            # retried: trials whose worker or node died; a trial's own errors are reported, not raised
+            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -784,6 +919,7 @@ def execute(
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    searcher.flush_errors()
     finished = count_finished(study)
     if finished < target and failures[0] < settings.max_failures:
         interrupted = True

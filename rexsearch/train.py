@@ -348,14 +348,16 @@ def train_proxy(
     split: Split,
     settings: TrainSettings,
     callback: Callable[[EpochMetrics], None] | None = None,
+    progress: StepProgress | None = None,
 ) -> TrainResult:
     """Train ``config``'s CIFAR proxy on ``split`` and report validation top-1 per epoch.
 
-    ``callback(metrics)`` runs after every epoch and may raise to stop training early
-    (the exception propagates). Raises :class:`NonFiniteLossError` if the loss diverges.
+    ``callback(metrics)`` runs after every epoch and ``progress(step, total)`` after every
+    step; either may raise to stop training early (the exception propagates). Raises
+    :class:`NonFiniteLossError` if the loss diverges.
     """
     trainer = Trainer(config, settings, split.train_y.numel())
-    return trainer.fit(split.train_x, split.train_y, split.val_x, split.val_y, callback)
+    return trainer.fit(split.train_x, split.train_y, split.val_x, split.val_y, callback, progress)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -61,10 +61,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
     p.add_argument("--study-name", default="rexsearch")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--storage-path",
+        help="Ray Tune's experiment folder (default RUN_DIR/ray); on a cluster of several nodes, "
+        "shared storage: an NFS path mounted on every node, or s3://...",
+    )
     p.add_argument("--cpus-per-trial", type=_float)
     p.add_argument("--gpus-per-trial", type=_float, help="may be fractional, e.g. 0.25")
     p.add_argument("--max-concurrent", type=positive_int)
     p.add_argument("--max-failures", type=positive_int, default=10, help="stop after this many failed trials")
+    p.add_argument(
+        "--trial-timeout",
+        type=_float,
+        metavar="SECONDS",
+        help="a trial running longer is stopped and recorded FAIL (checked at every training step)",
+    )
+    p.add_argument(
+        "--trial-retries",
+        type=int,
+        default=2,
+        help="reruns of a trial whose worker or node died (default 2); its own errors are not retried",
+    )
     p.add_argument("--keep-weights", action="store_true", help="keep every trial's proxy weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
@@ -78,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--storage-path", help="Ray Tune's experiment folder (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_resume)
@@ -205,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir RUN_DIR (or use `rexsearch resume RUN_DIR`)")
-        return _resume(args.run_dir, args.address, args.data_dir, args.quiet)
+        return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path)
     if not args.flops_budget:
         raise UserError("--flops-budget is required, e.g. --flops-budget 400M")
     from rexsearch.search import SearchSettings
@@ -234,6 +252,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,
+        storage_path=args.storage_path,
+        trial_timeout=args.trial_timeout,
+        trial_retries=args.trial_retries,
         keep_weights=args.keep_weights,
     )
     settings.validate()
@@ -247,15 +268,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _resume(args.run_dir, args.address, args.data_dir, args.quiet)
+    return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path)
 
 
-def _resume(run_dir: str, address: str | None, data_dir: str | None, quiet: bool) -> int:
+def _resume(
+    run_dir: str, address: str | None, data_dir: str | None, quiet: bool, storage_path: str | None = None
+) -> int:
     from rexsearch.rundir import load_run
     from rexsearch.search import settings_from_run
 
     run = load_run(run_dir)
-    settings = settings_from_run(run, address=address, data_dir=data_dir)
+    settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
     return _execute(settings, _LiveView(quiet), new_run=False, argv=[])
 
 
@@ -263,14 +286,17 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
     import optuna
 
     from rexsearch import search
+    from rexsearch.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
     split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
     started = search.ensure_ray(settings.address)
     try:
         cpus, gpus = search.default_resources(settings)
         resources = search.check_resources(cpus, gpus)
+        search.check_cluster(settings, int(resources["nodes"]))
         if new_run:
             search.start_run(settings, argv)
         view.event(

@@ -1,0 +1,228 @@
+"""Fault injection: a node lost mid-trial, a trial past --trial-timeout, cluster checks, auth hints.
+
+The driver killed with SIGKILL and resumed is in test_search.py; an unreachable storage
+is in test_postgres.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from optuna.trial import TrialState
+
+from rexsearch import search
+from rexsearch.cli import main
+from rexsearch.errors import UserError
+from rexsearch.rundir import load_run
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _trials(run_dir: Path):
+    return load_run(run_dir).open_study().get_trials()
+
+
+NODE_FAILURE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    from pathlib import Path
+    import ray
+    from ray.cluster_utils import Cluster
+    from rexsearch import search
+
+    run_dir = sys.argv[1]
+    marker = Path(run_dir + ".victim")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    victim = worker.node_id
+
+    def trial_on_doomed_node(tune_config, split=None, job=None):
+        # the first trial to land on the worker node stays there until the node is removed
+        if ray.get_runtime_context().get_node_id() == victim:
+            marker.write_text(str(tune_config["candidate"]["number"]))
+            time.sleep(300)
+        deadline = time.time() + 120  # the head stays busy until a trial has reached the worker
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        search.trial_function(tune_config, split, job)
+
+    def remove_worker_when_busy():
+        while not marker.exists():
+            time.sleep(0.05)
+        cluster.remove_node(worker)
+
+    events = []
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        settings = search.SearchSettings(run_dir=run_dir, flops_budget=200_000_000, trials=4,
+                                         objectives=("rank",), cpus_per_trial=1, rank_samples=8,
+                                         storage_path=run_dir + "-ray")
+        search.start_run(settings, ["test"])
+        threading.Thread(target=remove_worker_when_busy, daemon=True).start()
+        outcome = search.execute(settings, trainable_fn=trial_on_doomed_node, on_event=events.append)
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
+    print(json.dumps({"finished": outcome.finished, "victim": int(marker.read_text()),
+                      "worker": victim, "events": events}))
+    """
+)
+
+
+def test_worker_node_removed_mid_trial_is_retried(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", NODE_FAILURE_SCRIPT, str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["finished"] == 4
+    assert any("is retried (1 of --trial-retries 2)" in e for e in report["events"]), report["events"]
+    trials = {t.number: t for t in _trials(run_dir)}
+    # every trial accounted for: the one whose node died ran again elsewhere and finished
+    assert sorted(trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials.values()), [t.state for t in trials.values()]
+    assert trials[report["victim"]].user_attrs["node"] != report["worker"]
+
+
+def test_trial_past_timeout_is_stopped_and_failed(tmp_path, cifar_server, monkeypatch):
+    monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    args = ["run", "--flops-budget", "150M", "--trials", "2", "--epochs", "200", "--train-images", "300"]
+    args += ["--val-images", "100", "--batch-size", "50", "--run-dir", str(run_dir), "--cpus-per-trial", "1"]
+    code = main([*args, "--max-concurrent", "1", "--trial-timeout", "4", "--quiet"])
+    assert code == 0
+    trials = _trials(run_dir)
+    assert len(trials) == 2
+    for t in trials:
+        assert t.state == TrialState.FAIL
+        error = t.user_attrs["error"]
+        assert error.startswith("TrialTimeoutError: the trial ran past --trial-timeout 4 s"), error
+        assert "at training step" in error  # stopped inside the training, not after it
+        assert len(t.user_attrs.get("accuracy_curve", [])) < 200
+
+
+def test_deadline():
+    search.Deadline(None).check("anywhere")
+    search.Deadline(60).check("early")
+    late = search.Deadline(0.5)
+    late.start -= 1.0
+    with pytest.raises(search.TrialTimeoutError, match=r"--trial-timeout 0.5 s \(1\.\d s, stopped here\)"):
+        late.check("here")
+
+
+def test_multi_node_cluster_needs_shared_storage_path(tmp_path, capsys, monkeypatch):
+    settings = search.SearchSettings(run_dir=str(tmp_path / "r"), flops_budget=400_000_000)
+    search.check_cluster(settings, 1)
+    with pytest.raises(UserError, match=r"this Ray cluster has 3 nodes.*--storage-path"):
+        search.check_cluster(settings, 3)
+    search.check_cluster(search.SearchSettings(**{**settings.to_dict(), "storage_path": "s3://b/p"}), 3)
+
+    monkeypatch.setattr(search, "check_resources", lambda cpus, gpus: {"CPU": 2.0, "GPU": 0.0, "nodes": 2.0})
+    run_dir = tmp_path / "run"
+    args = ["run", "--flops-budget", "400M", "--objectives", "rank", "--run-dir", str(run_dir), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "this Ray cluster has 2 nodes" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not run_dir.exists()
+
+
+def test_bad_timeout_and_retries_exit_2(tmp_path, capsys):
+    base = ["run", "--flops-budget", "400M", "--objectives", "rank", "--run-dir", str(tmp_path / "run")]
+    assert main([*base, "--trial-timeout", "0"]) == 2
+    assert "--trial-timeout must be a positive number of seconds" in capsys.readouterr().err
+    assert main([*base, "--trial-retries", "-1"]) == 2
+    assert "--trial-retries must not be negative" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_auth_mismatch_is_explained(tmp_path, monkeypatch):
+    error = tmp_path / "error.txt"
+    error.write_text(
+        "Failure # 1\nTraceback (most recent call last):\n  ...\n"
+        "ray.exceptions.RaySystemError: System error: Missing authorization header\n"
+    )
+    trial = SimpleNamespace(trial_id="t1", error_file=str(error))
+    assert search.trial_error_message(trial).endswith("Missing authorization header")
+    events: list[str] = []
+    notes: list[tuple[str, str]] = []
+    view = search.LiveView(search.Progress(total=1), None, [0], events.append, lambda *a: notes.append(a))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    view.on_trial_error(0, [], trial)
+    assert notes == [("t1", search.trial_error_message(trial))]
+    assert len(events) == 1 and "RAY_AUTH_MODE (now disabled)" in events[0]
+
+    import ray
+
+    def refuse(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UserError, match="RAY_AUTH_MODE \\(here: disabled\\)") as info:
+        search.ensure_ray("10.0.0.1:6379")
+    assert "\n" not in str(info.value)
+
+
+FAKE_GPU_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from rexsearch import search
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        settings = search.SearchSettings(run_dir=sys.argv[1], flops_budget=200_000_000, trials=3,
+                                         objectives=("rank",), rank_samples=8, cpus_per_trial=0.5)
+        cpus, gpus = search.default_resources(settings)
+        search.start_run(settings, ["test"])
+        outcome = search.execute(settings)
+    finally:
+        ray.shutdown()
+    print(json.dumps({"cpus": cpus, "gpus": gpus, "finished": outcome.finished}))
+    """
+)
+
+
+def test_fractional_gpu_share_runs_trials(tmp_path):
+    # the GPU path of the search on a machine without one: Ray advertises a GPU it does not
+    # have, trials ask for a quarter of it each, and train on the CPU torch falls back to
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", FAKE_GPU_SCRIPT, str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"cpus": 0.5, "gpus": 0.25, "finished": 3}
+    assert all(t.state == TrialState.COMPLETE for t in _trials(run_dir))
+
+
+def test_default_resources_share_gpus(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    settings = search.SearchSettings(run_dir="unused", flops_budget=400_000_000)
+    assert search.default_resources(settings) == (2.0, 0.25)  # 8 trials share 2 GPUs and 16 CPUs
+    half = search.SearchSettings(**{**settings.to_dict(), "gpus_per_trial": 0.5})
+    assert search.default_resources(half) == (4.0, 0.5)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert search.default_resources(settings) == (2.0, 0.0)
