@@ -8,8 +8,11 @@ archive themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -158,3 +161,14 @@ def ray_session():
     yield
     if started:
         ray.shutdown()
+
+
+def run_driver_script(script: str, *args: str, timeout: float = 300) -> dict:
+    """Run ``script`` as its own Python driver (its own Ray, not the session's) and return the
+    JSON object it prints last; fails the test with its stderr when it exits non-zero."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -6,15 +6,12 @@ is in test_postgres.py.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import run_driver_script
 from optuna.trial import TrialState
 
 from rexsearch import search
@@ -79,16 +76,7 @@ NODE_FAILURE_SCRIPT = textwrap.dedent(
 
 def test_worker_node_removed_mid_trial_is_retried(tmp_path):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(
-        [sys.executable, "-c", NODE_FAILURE_SCRIPT, str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = run_driver_script(NODE_FAILURE_SCRIPT, str(run_dir))
     assert report["finished"] == 4
     assert any("is retried (1 of --trial-retries 2)" in e for e in report["events"]), report["events"]
     trials = {t.number: t for t in _trials(run_dir)}
@@ -202,16 +190,7 @@ def test_fractional_gpu_share_runs_trials(tmp_path):
     # the GPU path of the search on a machine without one: Ray advertises a GPU it does not
     # have, trials ask for a quarter of it each, and train on the CPU torch falls back to
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(
-        [sys.executable, "-c", FAKE_GPU_SCRIPT, str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = run_driver_script(FAKE_GPU_SCRIPT, str(run_dir))
     assert report == {"cpus": 0.5, "gpus": 0.25, "finished": 3}
     assert all(t.state == TrialState.COMPLETE for t in _trials(run_dir))
 

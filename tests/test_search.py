@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_driver_script
 from optuna.trial import TrialState
 
 from rexsearch.cli import main
@@ -258,16 +259,7 @@ TWO_NODE_SCRIPT = textwrap.dedent(
 
 def test_two_node_cluster_uses_both_nodes(tmp_path):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(
-        [sys.executable, "-c", TWO_NODE_SCRIPT, str(run_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = run_driver_script(TWO_NODE_SCRIPT, str(run_dir))
     assert report["finished"] == 4 and len(report["nodes"]) == 2
     trials = _trials(run_dir)
     assert all(t.state == TrialState.COMPLETE for t in trials)
