@@ -677,6 +677,8 @@ def ensure_ray(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -693,6 +695,22 @@ def ensure_ray(address: str | None) -> bool:
             )
         raise UserError(f"cannot start or join Ray ({where}): {exc}{hint}") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at a HOST:PORT address (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "local" and ray:// client addresses are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(
+            f"cannot join Ray at {address}: nothing answers there ({exc.strerror or exc}); start the "
+            f"head with `ray start --head --port {port}` there, or fix --address / RAY_ADDRESS"
+        ) from None
 
 
 def check_resources(cpus: float, gpus: float) -> dict[str, float]:

@@ -205,3 +205,20 @@ def test_default_resources_share_gpus(monkeypatch):
     assert search.default_resources(half) == (4.0, 0.5)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     assert search.default_resources(settings) == (2.0, 0.0)
+
+
+def test_unreachable_ray_address_fails_at_once(monkeypatch, tmp_path, capsys):
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    run_dir = tmp_path / "run"
+    args = ["run", "--flops-budget", "400M", "--objectives", "rank", "--run-dir", str(run_dir)]
+    assert main([*args, "--address", f"127.0.0.1:{port}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot join Ray at 127.0.0.1:{port}: nothing answers there" in err
+    assert "ray start --head" in err and "Traceback" not in err and not run_dir.exists()
