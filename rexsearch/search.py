@@ -444,6 +444,7 @@ class LiveView(Callback):
         self.failures = failures
         self.on_event = on_event
         self.note_error = note_error
+        self._auth_hinted = False
 
     def _update(self, trials: list[Any]) -> None:
         self.progress.running = sum(t.status == "RUNNING" for t in trials)
@@ -476,8 +477,9 @@ class LiveView(Callback):
         message = trial_error_message(trial)
         if self.note_error and message:
             self.note_error(trial.trial_id, message)
-        if self.on_event and message and _is_auth_error(message):
-            self.on_event(_auth_hint())
+        if self.on_event and message and _is_auth_error(message) and not self._auth_hinted:
+            self._auth_hinted = True
+            self.on_event(f"Ray refused a trial for authentication: {_auth_hint()}")
         self._update(trials)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -489,16 +491,12 @@ class LiveView(Callback):
             )
 
 
-AUTH_HINT = (
-    "Ray refused the connection for authentication: the driver's RAY_AUTH_MODE (now "
-    "{mode}) must match the one `ray start` ran with on every node (Ray 2.60 defaults to token "
-    "auth, with the token in ~/.ray/auth_token); export the same RAY_AUTH_MODE (and token) "
-    "everywhere"
-)
-
-
 def _auth_hint() -> str:
-    return AUTH_HINT.format(mode=os.environ.get("RAY_AUTH_MODE", "unset"))
+    return (
+        f"the driver's RAY_AUTH_MODE (here: {os.environ.get('RAY_AUTH_MODE', 'unset')}) must match the "
+        "one `ray start` ran with on every node (Ray 2.60 defaults to token auth, with the token in "
+        "~/.ray/auth_token); export the same RAY_AUTH_MODE (and token) everywhere"
+    )
 
 
 def _is_auth_error(message: str) -> bool:
@@ -686,13 +684,11 @@ def ensure_ray(address: str | None) -> bool:
             ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
-        hint = ""
-        if address and isinstance(exc, ConnectionError):
-            hint = (
-                "; check that `ray start --head` runs there and, if it does, that RAY_AUTH_MODE "
-                f"(here: {os.environ.get('RAY_AUTH_MODE', 'unset')}) is the one the cluster was started "
-                "with (Ray 2.60 refuses drivers whose auth mode or token differ)"
-            )
+        hint = (
+            f"; if a Ray head runs there, {_auth_hint()}"
+            if address and isinstance(exc, ConnectionError)
+            else ""
+        )
         raise UserError(f"cannot start or join Ray ({where}): {exc}{hint}") from None
     return True
 

@@ -152,7 +152,8 @@ def test_auth_mismatch_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     view.on_trial_error(0, [], trial)
     assert notes == [("t1", search.trial_error_message(trial))]
-    assert len(events) == 1 and "RAY_AUTH_MODE (now disabled)" in events[0]
+    view.on_trial_error(0, [], SimpleNamespace(trial_id="t2", error_file=str(error)))
+    assert len(events) == 1 and "RAY_AUTH_MODE (here: disabled)" in events[0]  # said once
 
     import ray
 
