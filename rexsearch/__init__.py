@@ -2,7 +2,7 @@
 
 from rexsearch.config import BlockConfig, ReXNetConfig
 from rexsearch.cost import Cost, count_cost, measure_cost, parse_budget
-from rexsearch.export import load_model
+from rexsearch.checkpoints import load_model
 from rexsearch.model import build_model
 from rexsearch.principles import PRESETS, get_preset
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rexsearch.errors import ConfigError
+from rexsearch.files import write_text_atomic
 
 FORMAT = "rexsearch.config/1"
 
@@ -63,6 +64,11 @@ class BlockConfig:
     def dw_channels(self) -> int:
         """Width of the depthwise conv: ``in_channels * expansion``."""
         return self.in_channels * self.expansion
+
+    @property
+    def has_expand(self) -> bool:
+        """Whether the block opens with a 1x1 expansion conv (BN + ``activation``): expansion != 1."""
+        return self.expansion != 1
 
     def validate(self, where: str) -> None:
         _check_positive_int(f"{where}.in_channels", self.in_channels)
@@ -221,10 +227,7 @@ class ReXNetConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the JSON form atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
+        write_text_atomic(Path(path), self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: Any) -> ReXNetConfig:

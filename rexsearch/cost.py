@@ -20,6 +20,19 @@ from dataclasses import asdict, dataclass
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import BudgetError
 
+#: The cost convention in one sentence, stated wherever MACs are shown (report, model cards, --help).
+MACS_CONVENTION = (
+    "MACs are multiply-accumulates of conv and linear layers at {where}, batch 1, eval mode (what the "
+    "ReXNet paper, timm and most mobile-CNN papers call FLOPs); fvcore's total adds BatchNorm "
+    "(2 per element) and pooling."
+)
+
+
+def macs_convention(resolution: int | None = None) -> str:
+    """:data:`MACS_CONVENTION` for ``resolution`` (``None``: "the stated resolution")."""
+    where = f"{resolution}x{resolution}" if resolution else "the stated resolution"
+    return MACS_CONVENTION.format(where=where)
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -80,7 +93,7 @@ def count_cost(config: ReXNetConfig, resolution: int = 224) -> Cost:
     hw = c.conv_bn(3, config.stem_channels, 3, config.stem_stride, resolution)
     for b in config.blocks:
         dw = b.dw_channels
-        if b.expansion != 1:
+        if b.has_expand:
             hw = c.conv_bn(b.in_channels, dw, 1, 1, hw)
         hw = c.conv_bn(dw, dw, b.kernel, b.stride, hw, groups=dw)
         if b.se:
@@ -94,11 +107,6 @@ def count_cost(config: ReXNetConfig, resolution: int = 224) -> Cost:
     c.pool(config.penultimate_channels, hw)
     c.linear(config.penultimate_channels, config.num_classes)
     return Cost(resolution, c.params, c.macs, c.macs + c.other)
-
-
-def count_macs(config: ReXNetConfig, resolution: int = 224) -> int:
-    """Conv+linear MACs only (the budget quantity)."""
-    return count_cost(config, resolution).macs
 
 
 @dataclass(frozen=True)

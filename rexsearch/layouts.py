@@ -46,7 +46,7 @@ def key_map(config: ReXNetConfig, layout: str) -> list[tuple[str, str]]:
         pairs += _conv_bn("stem", "stem.conv", "stem.bn")
         for i, b in enumerate(config.blocks):
             ours, theirs = f"blocks.{i}", f"features.{i}"
-            parts = (["conv_exp"] if b.expansion != 1 else []) + ["conv_dw"]
+            parts = (["conv_exp"] if b.has_expand else []) + ["conv_dw"]
             for part in parts:
                 pairs += _conv_bn(f"{ours}.{part}", f"{theirs}.{part}.conv", f"{theirs}.{part}.bn")
             if b.se:
@@ -68,7 +68,7 @@ def key_map(config: ReXNetConfig, layout: str) -> list[tuple[str, str]]:
     for i, b in enumerate(config.blocks):
         ours, theirs = f"blocks.{i}", f"features.{i + 3}.out"
         j = 0
-        if b.expansion != 1:
+        if b.has_expand:
             pairs += _conv_bn(f"{ours}.conv_exp", f"{theirs}.{j}", f"{theirs}.{j + 1}")
             j += 3  # conv, bn, silu
         pairs += _conv_bn(f"{ours}.conv_dw", f"{theirs}.{j}", f"{theirs}.{j + 1}")

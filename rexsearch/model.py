@@ -30,7 +30,11 @@ _ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "mish": nn.Mish,
     "tanh": nn.Tanh,
 }
-assert tuple(_ACTIVATION_FACTORIES) == ACTIVATIONS
+if tuple(_ACTIVATION_FACTORIES) != ACTIVATIONS:  # config.py names what model.py must build
+    raise ImportError(
+        f"rexsearch.model builds the activations {tuple(_ACTIVATION_FACTORIES)}, but rexsearch.config "
+        f"allows {ACTIVATIONS}; the two lists must match"
+    )
 
 
 def make_activation(name: str) -> nn.Module:
@@ -90,7 +94,7 @@ class ReXBlock(nn.Module):
         self.in_channels = block.in_channels
         self.use_shortcut = config.uses_shortcut(block)
         dw = block.dw_channels
-        if block.expansion != 1:
+        if block.has_expand:
             self.conv_exp = ConvBNAct(block.in_channels, dw, activation=config.block_activation(block))
         else:
             self.conv_exp = nn.Identity()

@@ -17,9 +17,17 @@ from dataclasses import replace
 
 from rexsearch.config import ReXNetConfig
 
+#: CIFAR's image size: the resolution every proxy is trained and its rank measured at.
+PROXY_RESOLUTION = 32
+#: CIFAR-100's classes: the proxy's classifier width (equals :data:`rexsearch.data.NUM_CLASSES`).
+PROXY_CLASSES = 100
+
 
 def proxy_config(
-    config: ReXNetConfig, resolution: int = 32, num_classes: int = 100, min_feature: int = 2
+    config: ReXNetConfig,
+    resolution: int = PROXY_RESOLUTION,
+    num_classes: int = PROXY_CLASSES,
+    min_feature: int = 2,
 ) -> ReXNetConfig:
     """``config`` adapted to ``resolution``x``resolution`` inputs (see the module docstring)."""
     max_stride = max(1, resolution // min_feature)

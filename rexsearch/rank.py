@@ -201,7 +201,7 @@ def _taps(model: ReXNet) -> list[_Tap]:
     config = model.config
     taps = []
     for i, (module, block) in enumerate(zip(model.blocks, config.blocks, strict=True)):
-        if block.expansion != 1:
+        if block.has_expand:
             taps.append(_Tap(f"blocks.{i}.conv_exp", module.conv_exp, block.in_channels, block.dw_channels))
         taps.append(_Tap(f"blocks.{i}", module, block.in_channels, block.out_channels))
     taps.append(_Tap("head", model.head, config.blocks[-1].out_channels, config.penultimate_channels))

@@ -1,8 +1,9 @@
-"""The run directory contract (design.md): run.json, the Optuna study, weights.
+"""The run directory contract (design.md): run.json, the Optuna study, weights, outputs.
 
 ``run.json`` (format ``rexsearch.run/1``) records the command, versions, seed, budget,
 space, objectives, fidelity, and where the study is stored. Everything that reads a run
-afterwards (report, export, dashboard, resume) opens it through :func:`load_run`.
+afterwards (report, export, dashboard, resume) opens it through :func:`load_run`, and every
+path inside a run directory comes from here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from rexsearch.errors import UserError
+from rexsearch.files import write_text_atomic
 
 RUN_FORMAT = "rexsearch.run/1"
 RUN_JSON = "run.json"
 STUDY_DB = "study.db"
 WEIGHTS_DIR = "weights"
+RAY_DIR = "ray"
+TRAIN_DIR = "train"
+TRIALS_CSV = "trials.csv"
+REPORT_HTML = "report.html"
+PARETO_PNG = "pareto.png"
+
+
+def weights_path(run_dir: str | Path, trial_number: int) -> Path:
+    """Where trial ``trial_number``'s proxy weights are kept (only with ``run --keep-weights``)."""
+    return Path(run_dir) / WEIGHTS_DIR / f"trial-{trial_number}.safetensors"
+
+
+def sqlite_url(run_dir: str | Path) -> str:
+    """The default storage of a run: SQLite ``RUN_DIR/study.db``."""
+    return f"sqlite:///{(Path(run_dir).resolve() / STUDY_DB).as_posix()}"
 
 
 @dataclass(frozen=True)
@@ -52,9 +69,24 @@ class RunInfo:
     def resolution(self) -> int:
         return int(self.data["budget"]["resolution"])
 
+    @property
+    def budget(self):
+        """The run's :class:`~rexsearch.space.Budget` (MACs, parameters, resolution)."""
+        from rexsearch.space import Budget
+
+        return Budget(self.flops_budget, self.params_budget, self.resolution)
+
     def weights_path(self, trial_number: int) -> Path:
         """Where a trial's proxy weights are kept (only with ``run --keep-weights``)."""
-        return self.path / WEIGHTS_DIR / f"trial-{trial_number}.safetensors"
+        return weights_path(self.path, trial_number)
+
+    def train_dir(self, trial_number: int, seed: int) -> Path:
+        """Where ``rexsearch train RUN_DIR --trial N`` writes by default."""
+        return self.path / TRAIN_DIR / f"trial-{trial_number}-s{seed}"
+
+    def file(self, name: str) -> Path:
+        """A file of the run directory (``TRIALS_CSV``, ``REPORT_HTML``, ``PARETO_PNG``, ...)."""
+        return self.path / name
 
     def open_storage(self):
         """The run's Optuna storage, connected (see :func:`rexsearch.storage.open_storage`)."""
@@ -100,6 +132,4 @@ def load_run(run_dir: str | Path) -> RunInfo:
 def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:
     """Write run.json atomically (temporary file, then rename)."""
     data = {"format": RUN_FORMAT, **data}
-    tmp = run_dir / (RUN_JSON + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(run_dir / RUN_JSON)
+    write_text_atomic(Path(run_dir) / RUN_JSON, json.dumps(data, indent=2) + "\n")

@@ -30,16 +30,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD, augment_batch, channels_last, normalize, take
+from rexsearch.checkpoints import CHECKPOINT_JSON, save_state
 from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
 from rexsearch.data import NUM_CLASSES, Split
 from rexsearch.errors import UserError
+from rexsearch.files import atomic_write, write_text_atomic
 from rexsearch.model import build_model
-from rexsearch.proxy import proxy_config
+from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 
 #: fp32 matmul peak of the 2-core development machine (findings.md), for ``bench``'s fraction.
 CPU_FP32_PEAK_GFLOPS = 350.0
@@ -361,22 +363,12 @@ def train_proxy(
 
 
 # ---------------------------------------------------------------------------- checkpoints
-CHECKPOINT_JSON = "checkpoint.json"
 STATE_FORMAT = "rexsearch.train-state/1"
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_checkpoint(trainer: Trainer, directory: Path) -> None:
@@ -384,21 +376,20 @@ def save_checkpoint(trainer: Trainer, directory: Path) -> None:
 
     Both files carry the epoch in their name; ``checkpoint.json`` is rewritten last and
     names them, so an interruption at any point leaves the previous checkpoint valid.
-    Older checkpoint files are removed afterwards.
+    Older checkpoint files are removed afterwards. The weights carry the trained config
+    and layout, so :func:`rexsearch.load_model` opens the folder or the file.
     """
     directory.mkdir(parents=True, exist_ok=True)
     weights = f"checkpoint-epoch{trainer.epoch}.safetensors"
     state = f"checkpoint-epoch{trainer.epoch}.pt"
-    tensors = {k: v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
-    meta = {"epoch": str(trainer.epoch)}
-    _write_atomic(directory / weights, lambda tmp: save_file(tensors, str(tmp), meta))
+    save_state(trainer.model.state_dict(), trainer.config, directory / weights, epoch=str(trainer.epoch))
     payload = {
         "format": STATE_FORMAT,
         "epoch": trainer.epoch,
         "optimizer": trainer.optimizer.state_dict(),
         "history": [m.to_dict() for m in trainer.history],
     }
-    _write_atomic(directory / state, lambda tmp: torch.save(payload, tmp))
+    atomic_write(directory / state, lambda tmp: torch.save(payload, tmp))
     write_json(directory / CHECKPOINT_JSON, {"epoch": trainer.epoch, "weights": weights, "state": state})
     for old in directory.glob("checkpoint-epoch*"):
         if old.name not in (weights, state):
@@ -549,3 +540,31 @@ def bench_training(
         "fraction_of_peak": gflops / peak_gflops,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def measure_throughput(config: ReXNetConfig, batch_size: int, steps: int = 2) -> float:
+    """Training images/s of ``config``'s proxy here: a few plain SGD steps after one warm-up step."""
+    model = build_model(proxy_config(config)).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch_size, 3, PROXY_RESOLUTION, PROXY_RESOLUTION).to(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,))
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def estimate_seconds(
+    trials: int, epochs: int, train_images: int, val_images: int, images_per_s: float
+) -> float:
+    """Rough wall time of ``trials`` proxy trainings at a measured training throughput.
+
+    Evaluation is counted at a third of a training image (a forward pass only).
+    """
+    per_trial = epochs * (train_images + val_images / 3) / max(images_per_s, 1e-9)
+    return per_trial * trials

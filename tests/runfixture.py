@@ -22,8 +22,9 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
 from rexsearch.model import build_model
 from rexsearch.principles import StagePlan, expand_layers_schedule, linear_schedule, stagewise_schedule
-from rexsearch.proxy import proxy_config
+from rexsearch.results import CONSTRAINTS_ATTR, candidate_record, constraint_values, result_record
 from rexsearch.rundir import RunInfo, load_run, write_run_json
+from rexsearch.space import Budget
 
 BUDGET = 300_000_000
 RESOLUTION = 224
@@ -105,24 +106,19 @@ def _rank_per_layer(config: ReXNetConfig, level: float) -> list[dict[str, Any]]:
 
 
 def _attrs(config: ReXNetConfig, accuracy: float | None, rank: float) -> dict[str, Any]:
-    cost = count_cost(config, RESOLUTION)
-    proxy = proxy_config(config)
-    attrs: dict[str, Any] = {
-        "config": config.to_dict(),
-        "config_hash": config.short_hash(),
-        "macs": cost.macs,
-        "params": cost.params,
-        "fvcore_macs": cost.macs,
-        "proxy_config": proxy.to_dict(),
-        "proxy_macs": count_cost(proxy, 32).macs,
-        "rank": rank,
+    """The record a real run writes: the candidate's, then the measurements of its last report."""
+    record = candidate_record(config, RESOLUTION)
+    report: dict[str, Any] = {
+        "fvcore_macs": record["macs"],
+        "rank_value": rank,
         "rank_per_layer": _rank_per_layer(config, rank - 0.08),
-        "nuclear_norm": 40.0 + 60.0 * rank,
-        "train_seconds": 30.0 + cost.macs / 1e7,
+        "nuclear_norm": 0.4 + 0.5 * rank,
+        "train_seconds": 30.0 + record["macs"] / 1e7,
+        "node": "fixture-node",
     }
     if accuracy is not None:
-        attrs["accuracy_curve"] = [accuracy * f for f in (0.62, 0.86, 1.0)][:EPOCHS]
-    return attrs
+        report["accuracy_curve"] = [accuracy * f for f in (0.62, 0.86, 1.0)][:EPOCHS]
+    return {**record, **result_record(report)}
 
 
 def make_run(
@@ -130,9 +126,14 @@ def make_run(
     objectives: Sequence[str] = ("accuracy", "rank"),
     keep_weights: Sequence[int] = (),
     seed: int = 0,
+    params_budget: int | None = None,
 ) -> RunInfo:
-    """Write a run directory at ``run_dir``; ``keep_weights`` lists trials whose proxy weights are kept."""
+    """Write a run directory at ``run_dir``; ``keep_weights`` lists trials whose proxy weights are kept.
+
+    ``params_budget`` adds a parameter budget to the run (trials over it are infeasible).
+    """
     run_dir = Path(run_dir)
+    budget = Budget(BUDGET, params_budget, RESOLUTION)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{run_dir / 'study.db'}"
     objectives = list(objectives)
@@ -151,7 +152,7 @@ def make_run(
             ],
             "versions": {"rexsearch": "0.1.0", "optuna": optuna.__version__, "torch": torch.__version__},
             "seed": seed,
-            "budget": {"flops": BUDGET, "params": None, "resolution": RESOLUTION},
+            "budget": {"flops": BUDGET, "params": params_budget, "resolution": RESOLUTION},
             "space": {"name": "rexnet", "path": "search_spaces/rexnet.yaml"},
             "objectives": objectives,
             "fidelity": {"epochs": EPOCHS, "train_images": 5000, "batch_size": 128, "val_images": 1000},
@@ -181,7 +182,7 @@ def make_run(
         with_accuracy = "accuracy" in objectives
         attrs = _attrs(config, accuracy if with_accuracy else None, rank)
         attrs.update(extra or {})
-        constraints = [float(attrs["macs"] - BUDGET)]
+        constraints = constraint_values(attrs, budget)
         metrics = {"accuracy": accuracy, "rank": rank}
         complete = state == optuna.trial.TrialState.COMPLETE
         curve = attrs.get("accuracy_curve", [])
@@ -194,7 +195,7 @@ def make_run(
             params=params,
             distributions={k: DISTRIBUTIONS[k] for k in params},
             user_attrs=attrs,
-            system_attrs={"constraints": constraints},
+            system_attrs={CONSTRAINTS_ATTR: constraints},
             intermediate_values=dict(enumerate(curve)) if with_accuracy else None,
         )
         study.add_trial(trial)
@@ -245,8 +246,7 @@ def make_run(
                     params={"n_expand": 12, "slope": 230.0, "activation": "silu", "se": "all"},
                     distributions=DISTRIBUTIONS,
                     user_attrs={
-                        "config": failed.to_dict(),
-                        "config_hash": failed.short_hash(),
+                        **candidate_record(failed, RESOLUTION),
                         "error": "RuntimeError: fvcore counted 1 MACs more than the analytic model",
                     },
                 )

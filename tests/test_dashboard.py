@@ -16,7 +16,7 @@ import runfixture
 
 from rexsearch.cli import main
 from rexsearch.errors import UserError
-from rexsearch.report import dashboard_server
+from rexsearch.dashboard import dashboard_server
 
 
 @pytest.fixture(scope="module")

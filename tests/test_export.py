@@ -16,11 +16,12 @@ import rexsearch
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import LayoutError, UserError
-from rexsearch.export import export_preset, export_trial, load_model, select_trial
+from rexsearch.checkpoints import load_model
+from rexsearch.export import export_preset, export_trial
 from rexsearch.layouts import expected_shapes, to_layout
 from rexsearch.model import build_model
 from rexsearch.principles import get_preset
-from rexsearch.report import pareto_mask, trials_frame
+from rexsearch.results import RunResults, pareto_mask
 
 KEPT = 3  # the trial whose proxy weights the fixture keeps
 
@@ -52,20 +53,20 @@ def _same_outputs(a: torch.nn.Module, b: torch.nn.Module, size: int = 64, batch:
 
 
 def _front(run):
-    frame = trials_frame(run)
+    frame = RunResults.load(run).table
     done = frame[(frame["state"] == "COMPLETE") & frame["feasible"].fillna(False).astype(bool)]
     return done[pareto_mask(done[["accuracy", "rank"]].to_numpy(float), [True, True])]
 
 
 def test_best_is_the_most_accurate_feasible_front_point(run):
     front = _front(run)
-    trial, why = select_trial(run)
+    trial, why = RunResults.load(run).best()
     assert trial.number == int(front.sort_values("accuracy").iloc[-1]["number"])
     assert trial.number != 18  # the infeasible trial is more accurate but over the budget
     assert "highest accuracy on the feasible Pareto front" in why
-    ranked, _ = select_trial(run, pick="rank")
+    ranked, _ = RunResults.load(run).best("rank")
     assert ranked.number == int(front.sort_values("rank").iloc[-1]["number"])
-    balanced, _ = select_trial(run, pick="balanced")
+    balanced, _ = RunResults.load(run).best("balanced")
     assert balanced.number in set(front["number"])
 
 

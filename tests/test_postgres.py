@@ -147,7 +147,7 @@ def _password(url: str) -> str:
 
 
 def test_dashboard_serves_the_study_from_postgres(pg_run):
-    from rexsearch.report import dashboard_server
+    from rexsearch.dashboard import dashboard_server
 
     run_dir, study_name = pg_run
     srv = dashboard_server(run_dir, "127.0.0.1", 0)

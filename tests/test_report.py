@@ -11,7 +11,8 @@ import runfixture
 from scipy import stats
 
 from rexsearch.cli import main
-from rexsearch.report import make_report, trials_frame, write_report
+from rexsearch.report import make_report, write_report
+from rexsearch.results import RunResults
 from rexsearch.rundir import write_run_json
 
 SECTIONS = {
@@ -79,7 +80,7 @@ def test_trials_csv_has_one_row_per_trial(run, report):
 
 
 def test_trials_frame_fills_pruned_accuracy_from_the_last_epoch(run):
-    frame = trials_frame(run).set_index("number")
+    frame = RunResults.load(run).table.set_index("number")
     pruned = run.open_study().trials[8]
     assert frame.loc[8, "state"] == "PRUNED"
     assert frame.loc[8, "accuracy"] == pytest.approx(pruned.user_attrs["accuracy_curve"][-1])
@@ -109,7 +110,7 @@ def test_report_has_every_section(report):
 
 def test_report_numbers(run, report):
     files, html = report
-    frame = trials_frame(run)
+    frame = RunResults.load(run).table
     done = frame[(frame["state"] == "COMPLETE") & frame["feasible"].fillna(False).astype(bool)]
     searched = done[done["baseline"] == ""]
     best = searched.sort_values("accuracy", ascending=False).iloc[0]

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig
-from rexsearch.export import run_trial_config
+from rexsearch.results import RunResults
 from rexsearch.proxy import proxy_config
 from rexsearch.train import Trainer
 
@@ -59,11 +59,13 @@ def data_args(data_dir, cifar_archive, monkeypatch):
 
 def test_trial_config_is_the_trials_and_named_after_the_run(run):
     trial = run.info.open_study().trials[0]  # the rexnet-linear baseline
-    info, found, config = run_trial_config(run.path, 0)
-    assert found.number == 0 and info.path == run.path
+    results = RunResults.load(run.path)
+    found = results.trial(0)
+    config = results.config(found, purpose="trained")
+    assert found.number == 0 and results.run.path == run.path
     assert config.content_hash() == ReXNetConfig.from_dict(trial.user_attrs["config"]).content_hash()
     assert config.name == f"{run.path.name}-rexnet-linear"
-    _, _, searched = run_trial_config(run.path, 2)
+    searched = results.config(results.trial(2), purpose="trained")
     assert (
         searched.name == f"{run.path.name}-trial-2"
         and searched.short_hash() == run.info.open_study().trials[2].user_attrs["config_hash"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from rexsearch.cost import macs_convention
 from rexsearch.errors import UserError
-from rexsearch.export import BEST_DEFINITION, FORMATS, PICKS, WEIGHTS, export_preset, export_trial
+from rexsearch.export import FORMATS, WEIGHTS, export_preset, export_trial
 from rexsearch.layouts import LAYOUTS
-from rexsearch.report import MACS_CONVENTION, dashboard_server, make_report
+from rexsearch.results import BEST_DEFINITION, PICKS
 
 
 def _port(text: str) -> int:
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write RUN_DIR/trials.csv (one row per trial), RUN_DIR/report.html (one "
         "self-contained file that opens offline: Pareto fronts, history, channel profiles, "
         "per-principle analysis, rank calibration, importances, verdict) and RUN_DIR/pareto.png. "
-        + MACS_CONVENTION.format(r="the run's resolution"),
+        + macs_convention(),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rexsearch run`")
     p.set_defaults(handler=cmd_report)
@@ -92,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from rexsearch.dashboard import dashboard_server
+
     server = dashboard_server(args.run_dir, args.host, args.port)
     print(
         f"optuna-dashboard for {args.run_dir}: http://{args.host}:{server.server_port}/ (Ctrl-C to stop)",
@@ -107,6 +110,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from rexsearch.report import make_report
+
     files = make_report(args.run_dir)
     print(f"{files.trials} trials")
     print(f"wrote {files.csv}")

@@ -294,20 +294,20 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
     split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
     started = search.ensure_ray(settings.address)
     try:
-        cpus, gpus = search.default_resources(settings)
-        resources = search.check_resources(cpus, gpus)
-        search.check_cluster(settings, int(resources["nodes"]))
+        resources = search.cluster_resources(settings)
         if new_run:
             search.start_run(settings, argv)
         view.event(
-            f"run directory: {settings.run_dir}  (Ray: {resources['CPU']:g} CPU, "
-            f"{resources['GPU']:g} GPU, {resources['nodes']:g} node(s); {cpus:g} CPU and "
-            f"{gpus:g} GPU per trial)"
+            f"run directory: {settings.run_dir}  (Ray: {resources.cpus:g} CPU, "
+            f"{resources.gpus:g} GPU, {resources.nodes} node(s); {resources.cpus_per_trial:g} CPU and "
+            f"{resources.gpus_per_trial:g} GPU per trial)"
         )
-        if settings.needs_data and not resources["GPU"]:
+        if settings.needs_data and not resources.gpus:
             _cpu_note(settings, view)
         try:
-            outcome = search.execute(settings, split, on_progress=view, on_event=view.event)
+            outcome = search.execute(
+                settings, split, on_progress=view, on_event=view.event, resources=resources
+            )
         finally:
             view.end()
     finally:
@@ -334,12 +334,16 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
 
 
 def _cpu_note(settings, view: _LiveView) -> None:
-    from rexsearch.search import estimate_cpu_seconds, measure_throughput
+    from rexsearch.space import InfeasibleError, baseline_candidate
+    from rexsearch.train import estimate_seconds, measure_throughput
 
-    ips = measure_throughput(settings)
-    if not math.isfinite(ips):
+    try:
+        base = baseline_candidate("rexnet-linear", settings.budget).config
+    except InfeasibleError:
         return
-    seconds = estimate_cpu_seconds(settings, ips)
+    ips = measure_throughput(base, settings.batch_size)
+    train_images = settings.train_images or 50000 - settings.val_images
+    seconds = estimate_seconds(settings.trials, settings.epochs, train_images, settings.val_images, ips)
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
         f"{settings.epochs} epochs would take about {_duration(seconds)} (before early stopping); shorten "
@@ -348,42 +352,48 @@ def _cpu_note(settings, view: _LiveView) -> None:
 
 
 def _finish(outcome, settings, view: _LiveView) -> None:
-    from rexsearch.search import pareto_rows
+    from rexsearch.results import RunResults
 
-    study = outcome.run.open_study()
+    results = RunResults.load(outcome.run)
     try:
         from rexsearch.report import write_report
 
-        path = write_report(outcome.run.path)
+        path = write_report(results)
         report_line = f"report: {path}"
     except Exception as exc:  # the run's results are safe in the study; say why the report is missing
         report_line = (
             f"report could not be written ({type(exc).__name__}: {exc}); retry with rexsearch report"
         )
-    rows = pareto_rows(study, settings.budget)
-    names = list(settings.objectives)
-    print(
-        f"Pareto front ({len(rows)} trials; MACs = conv+linear multiply-accumulates at "
-        f"{settings.resolution}x{settings.resolution}):"
-    )
-    if rows:
-        print_table(
-            ["trial", "MACs", "params", *names, "expand layers", "nonlinearity", "baseline"],
-            [
-                [
-                    r["trial"],
-                    format_count(r["macs"]),
-                    format_count(r["params"]),
-                    *[f"{r[n]:.4f}" for n in names],
-                    r["expand_layers"],
-                    r["nonlinearity"],
-                    r["baseline"] or "-",
-                ]
-                for r in rows
-            ],
-        )
+    print_front(results)
     print(report_line)
     run_dir = settings.run_dir
     print(f"dashboard: rexsearch dashboard {run_dir}")
     print(f"report:    rexsearch report {run_dir}")
     print(f"export:    rexsearch export {run_dir} --trial best --out exported-model")
+
+
+def print_front(results) -> None:
+    """The run's feasible Pareto front as a table (:attr:`RunResults.front`)."""
+    from rexsearch.results import METRICS
+
+    front = results.front
+    names = list(results.objectives)
+    res = results.budget.resolution
+    print(f"Pareto front ({len(front)} trials; MACs = conv+linear multiply-accumulates at {res}x{res}):")
+    if front.empty:
+        return
+    print_table(
+        ["trial", "MACs", "params", *names, "expand layers", "nonlinearity", "baseline"],
+        [
+            [
+                r["number"],
+                format_count(r["macs"]),
+                format_count(r["params"]),
+                *[METRICS[n].format(r[n]) for n in names],
+                r["expand_layers"],
+                r["nonlinearity"],
+                r["baseline"] or "-",
+            ]
+            for _, r in front.iterrows()
+        ],
+    )

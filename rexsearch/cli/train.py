@@ -13,8 +13,8 @@ from rexsearch.cli.common import add_config_source, load_config_source, positive
 from rexsearch.config import ReXNetConfig
 from rexsearch.data import load_cifar100, stratified_subset
 from rexsearch.errors import UserError
-from rexsearch.export import describe_state, run_trial_config
 from rexsearch.principles import get_preset
+from rexsearch.results import RunResults, describe_state, trial_number
 from rexsearch.train import (
     CPU_FP32_PEAK_GFLOPS,
     EpochMetrics,
@@ -217,16 +217,6 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         )
 
 
-def _trial_number(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise UserError(f"--trial must be a trial number (0, 1, ...), got {text!r}")
-    return number
-
-
 def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str, Any], Path]:
     """The config to train, where it came from (for metrics.json) and the default --out."""
     given = [flag for flag in ("preset", "config") if getattr(args, flag) is not None]
@@ -242,8 +232,10 @@ def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str
             raise UserError(
                 f"RUN_DIR needs --trial N, the trial to train: rexsearch train {args.run_dir} --trial N"
             )
-        number = _trial_number(args.trial)
-        info, trial, config = run_trial_config(args.run_dir, number, purpose="trained")
+        number = trial_number(args.trial, expected="a trial number (0, 1, ...)")
+        results = RunResults.load(args.run_dir)
+        info, trial = results.run, results.trial(number)
+        config = results.config(trial, purpose="trained")
         attrs = trial.user_attrs
         source = {
             "kind": "run",
@@ -263,7 +255,7 @@ def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str
                 "training its config anyway",
                 file=sys.stderr,
             )
-        return config, source, info.path / "train" / f"trial-{number}-s{args.seed}"
+        return config, source, info.train_dir(number, args.seed)
     if args.trial is not None:
         if given:
             raise UserError(f"--trial N takes its config from a run, not from --{given[0]}; give one of them")

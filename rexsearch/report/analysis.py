@@ -1,0 +1,177 @@
+"""What the report concludes from a run: trial groups, the verdict, calibration, importances."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from rexsearch.config import ReXNetConfig
+from rexsearch.results import METRICS, RunResults, record_config
+
+#: Fewest complete searched trials for which parameter importances are computed.
+MIN_IMPORTANCE_TRIALS = 5
+#: How many top searched configs the channel-profile section draws.
+TOP_PROFILES = 5
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The trials split the way every plot and table of the report uses them.
+
+    ``feasible`` is :attr:`RunResults.feasible` (the one feasibility rule); ``infeasible``
+    the complete trials that rule puts over the budget.
+    """
+
+    results: RunResults
+    metric: str
+    complete: pd.DataFrame
+    feasible: pd.DataFrame
+    searched: pd.DataFrame
+    baselines: pd.DataFrame
+    pruned: pd.DataFrame
+    infeasible: pd.DataFrame
+    failed: pd.DataFrame
+
+    @classmethod
+    def of(cls, results: RunResults) -> Groups:
+        frame, metric = results.table, results.primary
+        complete = frame[(frame["state"] == "COMPLETE") & frame[metric].notna()]
+        feasible = results.feasible
+        return cls(
+            results=results,
+            metric=metric,
+            complete=complete,
+            feasible=feasible,
+            searched=feasible[feasible["baseline"] == ""],
+            baselines=complete[complete["baseline"] != ""],
+            pruned=frame[(frame["state"] == "PRUNED") & frame[metric].notna()],
+            infeasible=complete[complete["feasible"].eq(False).fillna(False).astype(bool)],
+            failed=frame[frame["state"] == "FAIL"],
+        )
+
+    @property
+    def run(self):
+        return self.results.run
+
+    def configs(self) -> dict[int, ReXNetConfig]:
+        """The target config of every trial that has one, by trial number."""
+        return {t.number: c for t in self.results.trials if (c := record_config(t.user_attrs)) is not None}
+
+    def best_searched(self) -> pd.Series | None:
+        if self.searched.empty:
+            return None
+        ordered = self.searched.sort_values([self.metric, "macs", "number"], ascending=[False, True, True])
+        return ordered.iloc[0]
+
+
+def fmt_metric(metric: str, value: Any) -> str:
+    return METRICS[metric].format(value)
+
+
+def fmt_macs(macs: Any) -> str:
+    return "n/a" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}M"
+
+
+def verdict(g: Groups) -> str:
+    """One sentence: did the best searched config beat the baselines at the run's budget."""
+    metric = g.metric
+    m = METRICS[metric]
+    budget = fmt_macs(g.run.flops_budget)
+    best = g.best_searched()
+    if best is None:
+        return f"No searched trial completed within the {budget} MACs budget; nothing to compare."
+    head = (
+        f"The best searched config (trial #{best['number']}, {metric} {m.format(best[metric])}, "
+        f"{fmt_macs(best['macs'])} MACs)"
+    )
+    frame = g.results.table
+    expected = frame.loc[frame["baseline"] != "", "baseline"].tolist()
+    if not expected:
+        return f"{head}; the run has no baseline trials to compare with."
+    parts, wins = [], 0
+    for name in expected:
+        rows = g.baselines[g.baselines["baseline"] == name]
+        if rows.empty:
+            parts.append(f"{name} did not complete")
+            continue
+        b = rows.iloc[0]
+        diff = float(best[metric] - b[metric])
+        wins += diff > 0
+        over = not pd.isna(b["feasible"]) and not bool(b["feasible"])
+        note = ", over the budget" if over else ""
+        parts.append(f"{m.format_diff(diff)} over {name} ({m.format(b[metric])}{note})")
+    compared = len(g.baselines)
+    if compared and wins == compared:
+        outcome = "beats every baseline" if compared > 1 else "beats the baseline"
+    elif wins:
+        outcome = f"beats {wins} of {compared} baselines"
+    else:
+        outcome = "does not beat the baselines"
+    return f"{head} {outcome} at the {budget} MACs budget: " + "; ".join(parts) + "."
+
+
+def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> list[dict[str, Any]]:
+    from scipy import stats
+
+    out = []
+    for name in predictors:
+        pair = df[[name, target]].dropna()
+        row: dict[str, Any] = {"predictor": name, "n": len(pair)}
+        if len(pair) >= 3 and pair[name].nunique() > 1 and pair[target].nunique() > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tau = stats.kendalltau(pair[name], pair[target])
+                rho = stats.spearmanr(pair[name], pair[target])
+            row.update(tau=float(tau.statistic), tau_p=float(tau.pvalue))
+            row.update(rho=float(rho.statistic), rho_p=float(rho.pvalue))
+        out.append(row)
+    return out
+
+
+def importances(study: Any, searched_numbers: set[int], objectives: Sequence[str]) -> dict[str, Any]:
+    """Per objective: {param: importance} or an explanatory string."""
+    import optuna
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in searched_numbers]
+    if len(trials) < MIN_IMPORTANCE_TRIALS:
+        reason = f"needs at least {MIN_IMPORTANCE_TRIALS} complete searched trials, the run has {len(trials)}"
+        return dict.fromkeys(objectives, reason)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        sub = optuna.create_study(directions=["maximize"] * len(objectives))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    sub.add_trials(trials)
+    # PED-ANOVA: what sets the top-quantile trials apart; at least ~5 trials in that quantile.
+    quantile = min(0.5, max(0.1, 5 / len(trials)))
+    out: dict[str, Any] = {}
+    for i, name in enumerate(objectives):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = optuna.importance.get_param_importances(
+                    sub,
+                    evaluator=optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile),
+                    target=lambda t, i=i: -t.values[i],  # PED-ANOVA treats lower as better
+                )
+        except Exception as exc:  # importance is optional: report why it is missing
+            out[name] = f"could not be computed ({type(exc).__name__}: {exc})"
+    return out
+
+
+def profile_configs(g: Groups, configs: dict[int, ReXNetConfig]) -> list[tuple[str, Any, bool]]:
+    top = g.searched.sort_values([g.metric, "macs"], ascending=[False, True]).head(TOP_PROFILES)
+    out = []
+    for r in top.itertuples():
+        if r.number in configs:
+            label = f"#{r.number} ({fmt_metric(g.metric, getattr(r, g.metric))})"
+            out.append((label, r, False))
+    for r in g.baselines.itertuples():
+        if r.number in configs:
+            out.append((f"{r.baseline} ({fmt_metric(g.metric, getattr(r, g.metric))})", r, True))
+    return out

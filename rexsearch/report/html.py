@@ -1,0 +1,285 @@
+"""The report's HTML: small builders and one function per section of report.html."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from rexsearch.cost import macs_convention
+from rexsearch.report.analysis import Groups, correlations, fmt_macs, fmt_metric, importances, profile_configs
+from rexsearch.report.figures import (
+    importance_figure,
+    pareto_figures,
+    principles_figure,
+    profiles_figure,
+)
+from rexsearch.results import front_keys
+from rexsearch.rundir import PARETO_PNG
+from rexsearch.storage import mask_passwords
+
+
+def table(headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers or ())
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def para(text: str, cls: str = "") -> str:
+    return f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>"
+
+
+def section(sid: str, title: str, *parts: str) -> str:
+    return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>'
+
+
+def fnum(value: Any, digits: int = 3) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
+
+
+def fpval(p: Any) -> str:
+    return "n/a" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1280px;
+padding:0 24px 48px;color:#222;line-height:1.45}
+h1{margin-top:24px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}
+th,td{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f4f4f4}
+td:not(:first-child){font-variant-numeric:tabular-nums}
+.verdict{font-size:18px;font-weight:600;background:#eef6ee;border-left:5px solid #2ca02c;padding:10px 14px}
+.note{background:#fff7e6;border-left:5px solid #ff7f0e;padding:8px 14px}
+.muted{color:#666;font-size:13px}
+nav a{margin-right:14px}
+"""
+
+
+def summary_section(g: Groups) -> str:
+    info, frame = g.run, g.results.table
+    d = info.data
+    budget = f"{info.flops_budget:,} MACs ({fmt_macs(info.flops_budget)})"
+    if info.params_budget is not None:
+        budget += f", {info.params_budget:,} parameters"
+    fidelity = d.get("fidelity") or {}
+    counts = frame["state"].value_counts()
+    space = d.get("space")
+    space_text = (space.get("name") or space.get("path")) if isinstance(space, dict) else str(space or "n/a")
+    rows = [
+        ["run directory", str(info.path)],
+        ["command", mask_passwords(" ".join(map(str, d.get("command", [])))) or "n/a"],
+        ["budget", f"{budget} at {info.resolution}x{info.resolution}"],
+        ["objectives", ", ".join(info.objectives) + " (all maximised)"],
+        ["search space", space_text],
+        ["sampler", str(d.get("sampler", "n/a"))],
+        ["seed", str(d.get("seed", "n/a"))],
+        ["proxy fidelity", ", ".join(f"{k} {v}" for k, v in fidelity.items()) or "n/a"],
+        ["trials", ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "none"],
+        ["versions", ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items()) or "n/a"],
+    ]
+    parts = [table(None, rows), para(macs_convention(info.resolution), "note")]
+    if g.metric == "rank":
+        parts.append(
+            para(
+                "This run is rank-only (no proxy training): every section uses the normalized feature "
+                "rank in place of accuracy.",
+                "note",
+            )
+        )
+    return section("summary", "Run", *parts)
+
+
+def pareto_section(g: Groups) -> str:
+    info = g.run
+    keys, maximize = front_keys(info.objectives)
+    front = g.results.front
+    rows = [
+        [
+            f"#{r.number}",
+            r.baseline or "searched",
+            fmt_metric("accuracy", r.accuracy),
+            fnum(r.rank, 4),
+            f"{r.macs:,}",
+            f"{r.params:,}",
+            r.config_hash,
+        ]
+        for r in front.itertuples()
+    ]
+    what = ", ".join(f"{'max' if m else 'min'} {k}" for k, m in zip(keys, maximize, strict=True))
+    return section(
+        "pareto",
+        "Pareto fronts",
+        para(
+            "Red rings: the feasible Pareto front of each plot. Stars: the baselines. Grey crosses: pruned "
+            "trials at their last reported epoch. Purple diamonds: trials over the budget (infeasible). "
+            "Failed trials have no values and are listed under Failed trials."
+        ),
+        *pareto_figures(g, info),
+        f"<h3>Feasible Pareto front of the study ({html.escape(what)})</h3>",
+        table(["trial", "kind", "accuracy", "rank", "MACs", "params", "config"], rows),
+        para(f"Static version: {PARETO_PNG} in the run directory.", "muted"),
+    )
+
+
+def profiles_section(g: Groups) -> str:
+    configs = g.configs()
+    profiles = profile_configs(g, configs)
+    if not profiles:
+        return section("profiles", "Channel profiles", para("No completed trial has a config to draw."))
+    rows = []
+    for label, r, _ in profiles:
+        cfg = configs[r.number]
+        rows.append(
+            [
+                label,
+                str(r.expand_layers),
+                fnum(r.slope, 2),
+                r.nonlinearity,
+                r.se,
+                str(cfg.depth),
+                " ".join(map(str, [cfg.stem_channels, *cfg.out_channels, cfg.penultimate_channels])),
+            ]
+        )
+    return section(
+        "profiles",
+        "Channel profiles",
+        profiles_figure(profiles, configs),
+        table(
+            ["config", "expand layers", "slope", "nonlinearity", "SE", "blocks", "stem, blocks, penultimate"],
+            rows,
+        ),
+    )
+
+
+def principles_section(g: Groups) -> str:
+    if len(g.searched) < 2:
+        return section(
+            "principles", "Per-principle analysis", para("Needs at least two complete searched trials.")
+        )
+    fig, rows = principles_figure(g)
+    metric = g.metric
+    return section(
+        "principles",
+        "Per-principle analysis",
+        para(
+            f"Each row takes one of the paper's design principles. Left: {metric} of every complete searched "
+            "trial against the choice it made (stars: baselines). Right: the empirical distribution "
+            f"function (EDF) of {metric} per choice, in the manner of Radosavovic et al.'s design-space "
+            f"analysis: the fraction of trials with {metric} at most x; a curve further to the right is a "
+            "better choice. The sampler does not draw the space uniformly, so a favoured choice also has "
+            "more trials; read small groups with care."
+        ),
+        fig,
+        table(["principle", "choice", "trials", f"median {metric}", f"best {metric}"], rows),
+    )
+
+
+def calibration_section(g: Groups) -> str:
+    if g.metric == "accuracy":
+        target, predictors = "accuracy", ["rank", "nuclear_norm", "macs", "params"]
+        intro = (
+            "Does the rank proxy predict proxy accuracy better than plain cost does? Kendall's tau and "
+            "Spearman's rho (scipy.stats) between each predictor and accuracy over all complete trials "
+            "(baselines and infeasible trials included). If rank is no better than MACs or params, its "
+            "measurement cost buys nothing."
+        )
+    else:
+        target, predictors = "rank", ["nuclear_norm", "macs", "params"]
+        intro = (
+            "This run is rank-only: no accuracy was measured, so the rank proxy cannot be calibrated "
+            "here. The table relates cost to rank instead; run with --objectives accuracy,rank to "
+            "calibrate rank against accuracy."
+        )
+    corr = correlations(g.complete, target, predictors)
+    rows = [
+        [
+            c["predictor"],
+            str(c["n"]),
+            fnum(c.get("tau")),
+            fpval(c.get("tau_p")),
+            fnum(c.get("rho")),
+            fpval(c.get("rho_p")),
+        ]
+        for c in corr
+    ]
+    parts = [
+        para(intro),
+        table(["predictor", "trials", "Kendall tau", "p", "Spearman rho", "p"], rows),
+    ]
+    if g.metric == "accuracy":
+        by = {c["predictor"]: c.get("tau") for c in corr}
+        if by.get("rank") is not None and not math.isnan(by["rank"]):
+            costs = [
+                abs(by[k]) for k in ("macs", "params") if by.get(k) is not None and not math.isnan(by[k])
+            ]
+            better = not costs or abs(by["rank"]) > max(costs)
+            parts.append(
+                para(
+                    f"Rank {'predicts' if better else 'does not predict'} accuracy better than MACs and "
+                    f"params here (|tau| {abs(by['rank']):.3f} vs "
+                    f"{max(costs) if costs else float('nan'):.3f}).",
+                    "note",
+                )
+            )
+    return section("calibration", "Rank proxy calibration", *parts)
+
+
+def importance_section(g: Groups) -> str:
+    found = importances(g.results.study, set(g.searched["number"]), g.run.objectives)
+    fig = importance_figure(found)
+    rows, notes = [], []
+    for name, imp in found.items():
+        if isinstance(imp, dict):
+            rows += [[name, k, f"{v:.3f}"] for k, v in sorted(imp.items(), key=lambda kv: -kv[1])]
+        else:
+            notes.append(para(f"{name}: {imp}.", "note"))
+    return section(
+        "importance",
+        "Parameter importances",
+        para(
+            "optuna.importance.get_param_importances with PED-ANOVA (how much each parameter sets the "
+            "best trials of an objective apart from the rest) per objective, over the complete, feasible "
+            "searched trials (baselines left out). With few trials, read it as a hint."
+        ),
+        fig or "",
+        *notes,
+        table(["objective", "parameter", "importance"], rows) if rows else "",
+    )
+
+
+def failures_section(g: Groups) -> str:
+    frame, metric = g.results.table, g.metric
+    failed = [
+        [f"#{r.number}", r.config_hash or "n/a", r.error or "(no error recorded)"]
+        for r in g.failed.itertuples()
+    ]
+    feasible = frame["feasible"].eq(True).fillna(False).astype(bool)
+    rest = frame[(frame["state"] != "FAIL") & ((frame["state"] != "COMPLETE") | ~feasible)]
+    others = [
+        [
+            f"#{r.number}",
+            r.state.lower(),
+            "n/a" if pd.isna(r.feasible) else ("yes" if r.feasible else "no (over the budget)"),
+            fmt_metric(metric, getattr(r, metric)),
+            fmt_macs(r.macs),
+            r.error,
+        ]
+        for r in rest.itertuples()
+    ]
+    return section(
+        "failures",
+        "Failed, pruned and infeasible trials",
+        para("Failed trials have no objective values; their errors:"),
+        table(["trial", "config", "error"], failed) if failed else para("No trial failed."),
+        para(
+            f"Pruned trials (stopped early, or over the budget before training) and complete trials over "
+            f"the budget; {metric} is the last value reported:"
+        ),
+        table(["trial", "state", "feasible", metric, "MACs", "note"], others) if others else para("None."),
+    )

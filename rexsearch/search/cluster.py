@@ -1,0 +1,141 @@
+"""Ray: starting or joining a cluster, checking what it can run, and the hints for its traps.
+
+Nothing outside :mod:`rexsearch.search` imports Ray; the driver calls :func:`ensure_ray`
+once, then :func:`cluster_resources` for the per-trial request it will make.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+from rexsearch.errors import UserError
+from rexsearch.search.settings import SearchSettings
+
+
+def auth_hint() -> str:
+    return (
+        f"the driver's RAY_AUTH_MODE (here: {os.environ.get('RAY_AUTH_MODE', 'unset')}) must match the "
+        "one `ray start` ran with on every node (Ray 2.60 defaults to token auth, with the token in "
+        "~/.ray/auth_token); export the same RAY_AUTH_MODE (and token) everywhere"
+    )
+
+
+def is_auth_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(k in lowered for k in ("authorization header", "invalidauthtoken", "authentication token"))
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), reuse a running Ray, or start a local one.
+
+    Returns True when this call started Ray (so the caller shuts it down again).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = address or "a local Ray"
+        hint = (
+            f"; if a Ray head runs there, {auth_hint()}"
+            if address and isinstance(exc, ConnectionError)
+            else ""
+        )
+        raise UserError(f"cannot start or join Ray ({where}): {exc}{hint}") from None
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at a HOST:PORT address (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "local" and ray:// client addresses are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(
+            f"cannot join Ray at {address}: nothing answers there ({exc.strerror or exc}); start the "
+            f"head with `ray start --head --port {port}` there, or fix --address / RAY_ADDRESS"
+        ) from None
+
+
+def check_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """Refuse per-trial requests that no node can satisfy (Tune would wait forever)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    best_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    best_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    fits = any(n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= gpus for n in nodes)
+    if not fits:
+        raise UserError(
+            f"no Ray node can run a trial with {cpus:g} CPU and {gpus:g} GPU (the largest node has "
+            f"{best_cpu:g} CPU and {best_gpu:g} GPU); lower --cpus-per-trial/--gpus-per-trial"
+        )
+    total = ray.cluster_resources()
+    return {"CPU": total.get("CPU", 0.0), "GPU": total.get("GPU", 0.0), "nodes": float(len(nodes))}
+
+
+def check_cluster(settings: SearchSettings, nodes: int) -> None:
+    """A cluster of several nodes needs ``--storage-path`` on storage every node reaches."""
+    if nodes > 1 and not settings.storage_path:
+        raise UserError(
+            f"this Ray cluster has {nodes} nodes, so Ray Tune's experiment folder must be on storage "
+            "every node can write: pass --storage-path with a shared path (an NFS mount present at "
+            "the same path on every node) or a URI such as s3://bucket/prefix"
+        )
+
+
+def default_resources(settings: SearchSettings) -> tuple[float, float]:
+    """Per-trial CPUs and GPUs: the flags, or what the cluster suggests."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus_total = total.get("GPU", 0.0)
+    gpus = settings.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if gpus_total else 0.0
+    cpus = settings.cpus_per_trial
+    if cpus is None:
+        if gpus:
+            cpus = max(1.0, math.floor(total.get("CPU", 1.0) / max(1.0, gpus_total / gpus)))
+        else:
+            cpus = max(1.0, min(total.get("CPU", 1.0), 2.0))
+    return cpus, gpus
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks for and what the cluster has, checked once per session."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    cpus: float
+    gpus: float
+    nodes: int
+
+
+def cluster_resources(settings: SearchSettings) -> Resources:
+    """The per-trial request (flags or defaults), refused when no node or setup can run it."""
+    cpus, gpus = default_resources(settings)
+    total = check_resources(cpus, gpus)
+    nodes = int(total["nodes"])
+    check_cluster(settings, nodes)
+    return Resources(cpus, gpus, total["CPU"], total["GPU"], nodes)

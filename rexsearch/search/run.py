@@ -1,0 +1,167 @@
+"""Running (or continuing) a search session until ``--trials`` trials have finished.
+
+Resume does not depend on Tune's periodic experiment snapshot: the study in storage is
+the source of truth. On resume, trials left RUNNING by a dead driver are marked FAIL
+(``interrupted``), every interrupted trial is enqueued again with its parameters, and
+the new session runs exactly the trials still missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexsearch.rundir import RunInfo, load_run
+from rexsearch.search.cluster import Resources, cluster_resources
+from rexsearch.search.settings import SearchSettings
+from rexsearch.search.study import (
+    TrialDecoder,
+    count_finished,
+    enqueue_baselines,
+    fail_running,
+    make_sampler,
+    open_study,
+    prepare_resume,
+)
+from rexsearch.search.trial import TrialJob, trial_function
+from rexsearch.search.tune import FailureStopper, LiveView, Progress, RecordingASHA, StudySearcher
+from rexsearch.space import load_space
+from rexsearch.storage import open_storage
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) session produced."""
+
+    run: RunInfo
+    finished: int
+    target: int
+    interrupted: bool
+    stopped_by_failures: bool
+    resume_counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_split(settings: SearchSettings, progress: Callable[[int, int], None] | None = None) -> Any:
+    """CIFAR-100's search split (train/validation of the training set) for the accuracy objective."""
+    from rexsearch.data import load_cifar100, search_split
+
+    data = load_cifar100(settings.data_dir, progress=progress)
+    return search_split(
+        data, val_images=settings.val_images, train_images=settings.train_images, seed=settings.seed
+    )
+
+
+def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources) -> TrialJob:
+    """The settings every trial of this session shares."""
+    return TrialJob(
+        objectives=tuple(settings.objectives),
+        resolution=settings.resolution,
+        seed=settings.seed,
+        threads=max(1, int(resources.cpus_per_trial)),
+        trial_timeout=settings.trial_timeout,
+        rank_samples=settings.rank_samples,
+        run_dir=str(run.path),
+        keep_weights=settings.keep_weights,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+    )
+
+
+def execute(
+    settings: SearchSettings,
+    split: Any = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+    trainable_fn: Callable[..., None] | None = None,
+    resources: Resources | None = None,
+) -> SearchOutcome:
+    """Run (or continue) the search of ``settings.run_dir`` until ``--trials`` trials finished.
+
+    Ray must be initialised (see :func:`~rexsearch.search.cluster.ensure_ray`); ``split`` is
+    the training/validation data for the accuracy objective (shared with trials through Ray's
+    object store). ``resources``: the checked per-trial request (checked here when omitted).
+    ``trainable_fn`` replaces :func:`~rexsearch.search.trial.trial_function` (benchmarks of
+    the orchestration, fault tests).
+    """
+    from ray import tune
+
+    run = load_run(settings.run_dir)
+    space = load_space(run.data["space"]["path"])
+    budget = settings.budget
+    resources = resources or cluster_resources(settings)
+    storage = open_storage(settings.storage_url())
+    study = open_study(settings, storage)
+    counts = prepare_resume(study)
+    added = enqueue_baselines(study, budget)
+    if on_event and added:
+        on_event(f"baselines enqueued: {', '.join(added)}")
+    target = settings.trials
+    remaining = target - counts["finished"]
+    if remaining <= 0:
+        return SearchOutcome(run, counts["finished"], target, False, False, counts)
+
+    pruned_ids: set[str] = set()
+    scheduler = None
+    if settings.needs_data and settings.epochs >= settings.asha_min_epochs:
+        scheduler = RecordingASHA(
+            stopped=pruned_ids,
+            time_attr="epoch",
+            metric="accuracy",
+            mode="max",
+            max_t=settings.epochs,
+            grace_period=max(1, settings.epochs // 8),
+            reduction_factor=3,
+        )
+    single = len(settings.objectives) == 1
+    searcher = StudySearcher(
+        TrialDecoder(space, budget),
+        metric=settings.objectives[0] if single else list(settings.objectives),
+        mode="max" if single else ["max"] * len(settings.objectives),
+        sampler=make_sampler(settings.sampler, settings.seed, len(settings.objectives)),
+        study_name=settings.study_name,
+        storage=storage,
+        objectives=settings.objectives,
+        budget=budget,
+        pruned_ids=pruned_ids,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trainable_fn or trial_function, split=split, job=trial_job(settings, run, resources)
+        ),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+    progress = Progress(total=target, done=counts["finished"])
+    failures = [0]
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=remaining,
+            max_concurrent_trials=settings.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("session-%Y%m%d-%H%M%S"),
+            storage_path=settings.ray_storage_path(),
+            verbose=0,
+            stop=FailureStopper(settings.max_failures, failures),
+            callbacks=[LiveView(progress, on_progress, failures, on_event, searcher.note_error)],
+            # retried: trials whose worker or node died; a trial's own errors are reported, not raised
+            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    searcher.flush_errors()
+    finished = count_finished(study)
+    if finished < target and failures[0] < settings.max_failures:
+        interrupted = True
+    fail_running(study)
+    return SearchOutcome(run, finished, target, interrupted, failures[0] >= settings.max_failures, counts)

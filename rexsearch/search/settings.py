@@ -1,0 +1,169 @@
+"""What a run is asked to do (:class:`SearchSettings`), recorded in run.json, and starting a run."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rexsearch import __version__
+from rexsearch.errors import UserError
+from rexsearch.results import OBJECTIVES
+from rexsearch.rundir import RAY_DIR, RunInfo, sqlite_url, write_run_json
+from rexsearch.space import Budget, load_space
+from rexsearch.storage import mask_url, open_storage
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a run needs; recorded in run.json (the contract of ``rexsearch run``)."""
+
+    run_dir: str
+    flops_budget: int
+    params_budget: int | None = None
+    resolution: int = 224
+    space: str = "rexnet"
+    objectives: tuple[str, ...] = OBJECTIVES
+    sampler: str = "tpe"
+    trials: int = 64
+    epochs: int = 30
+    train_images: int | None = None
+    val_images: int = 5000
+    batch_size: int = 128
+    seed: int = 0
+    data_dir: str | None = None
+    storage: str | None = None
+    study_name: str = "rexsearch"
+    address: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 10
+    storage_path: str | None = None
+    trial_timeout: float | None = None
+    trial_retries: int = 2
+    keep_weights: bool = False
+    rank_samples: int | None = None
+    asha_min_epochs: int = 4
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.flops_budget, self.params_budget, self.resolution)
+
+    @property
+    def needs_data(self) -> bool:
+        return "accuracy" in self.objectives
+
+    def storage_url(self) -> str:
+        return self.storage or sqlite_url(self.run_dir)
+
+    def validate(self) -> None:
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise UserError(
+                f"--objectives must be a comma-separated subset of {', '.join(OBJECTIVES)}, "
+                f"got {','.join(self.objectives)!r}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        for name in ("trials", "epochs", "batch_size", "val_images", "resolution"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.train_images is not None and self.train_images < 1:
+            raise UserError("--train-images must be a positive integer")
+        if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
+            raise UserError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial must not be negative, got {self.gpus_per_trial}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise UserError(f"--max-concurrent must be a positive integer, got {self.max_concurrent}")
+        if self.trial_timeout is not None and not self.trial_timeout > 0:
+            raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
+        if self.trial_retries < 0:
+            raise UserError(f"--trial-retries must not be negative, got {self.trial_retries}")
+
+    def ray_storage_path(self) -> str:
+        """Where Ray Tune keeps the experiment: ``--storage-path`` or RUN_DIR/ray (one node only)."""
+        return self.storage_path or str(Path(self.run_dir).resolve() / RAY_DIR)
+
+    def fidelity(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "train_images": self.train_images,
+            "batch_size": self.batch_size,
+            "val_images": self.val_images,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objectives"] = list(self.objectives)
+        return data
+
+
+def _versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {
+        "rexsearch": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def start_run(settings: SearchSettings, argv: list[str]) -> Path:
+    """Validate a new run and create its directory with run.json (nothing else is written)."""
+    run_dir = Path(settings.run_dir)
+    if (run_dir / "run.json").exists():
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with `rexsearch resume {run_dir}` "
+            "or choose another --run-dir"
+        )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not empty; choose another --run-dir")
+    if settings.storage:  # a shared database may already hold a study of that name
+        names = {s.study_name for s in open_storage(settings.storage).get_all_studies()}
+        if settings.study_name in names:
+            raise UserError(
+                f"the study {settings.study_name!r} already exists in {mask_url(settings.storage)}; "
+                "choose another --study-name for a new run, or continue that run with rexsearch resume"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space = load_space(settings.space)
+    write_run_json(
+        run_dir,
+        {
+            "command": list(argv),
+            "versions": _versions(),
+            "seed": settings.seed,
+            "budget": {
+                "flops": settings.flops_budget,
+                "params": settings.params_budget,
+                "resolution": settings.resolution,
+            },
+            "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
+            "objectives": list(settings.objectives),
+            "fidelity": settings.fidelity(),
+            "storage": settings.storage_url(),
+            "study_name": settings.study_name,
+            "sampler": settings.sampler,
+            "trials": settings.trials,
+            "settings": settings.to_dict(),
+        },
+    )
+    return run_dir
+
+
+def settings_from_run(run: RunInfo, **overrides: Any) -> SearchSettings:
+    """The settings a run was started with (run.json), with ``overrides`` applied."""
+    data = dict(run.data["settings"])
+    data["objectives"] = tuple(data["objectives"])
+    data["run_dir"] = str(run.path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return SearchSettings(**data)

@@ -1,0 +1,166 @@
+"""The Ray worker side of a trial: fvcore check, feature rank, proxy training, reports.
+
+:class:`TrialJob` is what every trial of a session shares (frozen, pickled once by Tune);
+:func:`trial_function` is the Tune function trainable. Errors of the trial's own work are
+reported as ``{"error": ...}`` (the searcher records FAIL with the message); Tune's own
+control flow is never swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rexsearch.config import ReXNetConfig
+from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
+from rexsearch.results import OBJECTIVES
+from rexsearch.rundir import weights_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """The settings every trial of a session runs with."""
+
+    objectives: tuple[str, ...] = OBJECTIVES
+    resolution: int = 224
+    seed: int = 0
+    threads: int = 1
+    trial_timeout: float | None = None
+    rank_samples: int | None = None
+    run_dir: str | None = None
+    keep_weights: bool = False
+    epochs: int = 30
+    batch_size: int = 128
+
+    @property
+    def needs_training(self) -> bool:
+        return "accuracy" in self.objectives
+
+
+class TrialTimeoutError(RuntimeError):
+    """A trial ran past ``--trial-timeout``; the search records it FAIL."""
+
+
+class Deadline:
+    """The wall-clock limit of one trial attempt, checked between its steps."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def check(self, where: str) -> None:
+        if self.seconds is None:
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.seconds:
+            raise TrialTimeoutError(
+                f"the trial ran past --trial-timeout {self.seconds:g} s ({elapsed:.1f} s, stopped {where})"
+            )
+
+
+def trial_function(tune_config: dict[str, Any], split: Any = None, job: TrialJob | None = None) -> None:
+    """One trial on a Ray worker: fvcore check, rank, proxy training; everything reported."""
+    import ray
+    import torch
+    from ray import tune
+
+    job = job or TrialJob()
+    candidate = tune_config["candidate"]
+    nan = float("nan")
+    base: dict[str, Any] = {o: nan for o in job.objectives}
+    base.update(epoch=0, final=False, node=ray.get_runtime_context().get_node_id())
+    if "infeasible" in candidate:
+        tune.report({**base, "final": True, "infeasible": candidate["infeasible"]})
+        return
+    torch.set_num_threads(max(1, job.threads))
+    collected: dict[str, Any] = {}
+    try:
+        _run_trial(candidate, split, job, base, collected, Deadline(job.trial_timeout))
+    except Exception as exc:
+        if type(exc).__module__.startswith("ray"):
+            raise
+        message = f"{type(exc).__name__}: {exc}"
+        log.debug("trial failed: %s", traceback.format_exc())
+        tune.report({**base, **collected, "final": True, "error": message})
+
+
+def _run_trial(
+    candidate: dict[str, Any],
+    split: Any,
+    job: TrialJob,
+    base: dict[str, Any],
+    collected: dict[str, Any],
+    deadline: Deadline,
+) -> None:
+    from ray import tune
+
+    from rexsearch.cost import measure_cost
+    from rexsearch.rank import measure_rank
+
+    config = ReXNetConfig.from_dict(candidate["config"])
+    measured = measure_cost(config, job.resolution)
+    collected["fvcore_macs"] = measured.macs
+    if (measured.macs, measured.params) != (candidate["macs"], candidate["params"]):
+        raise RuntimeError(
+            f"fvcore measured {measured.macs:,} MACs / {measured.params:,} params, the analytic count "
+            f"said {candidate['macs']:,} / {candidate['params']:,}"
+        )
+    deadline.check("after the fvcore count")
+    proxy = proxy_config(config)
+    rank_kwargs = {"samples": job.rank_samples} if job.rank_samples else {}
+    rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=job.seed, **rank_kwargs)
+    collected.update(
+        rank_value=rank.rank,
+        rank_per_layer=[layer.to_dict() for layer in rank.per_layer],
+        nuclear_norm=rank.nuclear_norm,
+    )
+    deadline.check("after the rank measurement")
+    out = {**base, "rank": rank.rank, **collected}
+    if not job.needs_training:
+        tune.report({**out, "final": True})
+        return
+    from rexsearch.train import TrainSettings, train_proxy
+
+    settings = TrainSettings(epochs=job.epochs, batch_size=job.batch_size, seed=job.seed)
+    curve: list[float] = []
+
+    def on_epoch(m: Any) -> None:
+        curve.append(m.val_top1)
+        if m.epoch < settings.epochs:  # epochs count from 1; the last one is reported below
+            tune.report(
+                {
+                    **out,
+                    "epoch": m.epoch,
+                    "accuracy": m.val_top1,
+                    "train_loss": m.train_loss,
+                    "accuracy_curve": list(curve),
+                }
+            )
+
+    def on_step(step: int, total: int) -> None:
+        deadline.check(f"at training step {step} of {total}")
+
+    result = train_proxy(config, split, settings, callback=on_epoch, progress=on_step)
+    if job.keep_weights and job.run_dir:
+        from rexsearch.checkpoints import save_weights
+
+        path = Path(weights_path(job.run_dir, candidate["number"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(result.model, proxy_config(config, settings.resolution), path)
+    tune.report(
+        {
+            **out,
+            "epoch": len(result.accuracy_curve),
+            "accuracy": result.final_accuracy,
+            "accuracy_curve": list(result.accuracy_curve),
+            "train_seconds": result.train_seconds,
+            "images_per_s": result.images_per_s,
+            "final": True,
+        }
+    )

@@ -1,0 +1,229 @@
+"""Ray Tune glue: the Optuna searcher that records outcomes, ASHA, the stopper, the live view.
+
+:class:`StudySearcher` extends Ray's ``OptunaSearch``. Ray keeps the bookkeeping it needs
+in private attributes (``_ot_study``, ``_ot_trials``, ``_completed_trials``, as of Ray
+2.60); they are read only through the three accessors at the top of the class, so a Ray
+upgrade that renames them breaks one place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune import Callback, Stopper
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from rexsearch.search.cluster import auth_hint, is_auth_error
+from rexsearch.search.study import record_outcome
+from rexsearch.space import Budget
+
+
+class StudySearcher(OptunaSearch):
+    """OptunaSearch that records design.md's user attributes, constraints and true states."""
+
+    def __init__(
+        self, *args: Any, objectives: tuple[str, ...], budget: Budget, pruned_ids: set[str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._objectives = tuple(objectives)
+        self._budget = budget
+        self._pruned_ids = pruned_ids
+        self._dead: set[str] = set()
+        self._messages: dict[str, str] = {}
+
+    # OptunaSearch's private state, read only here -------------------------------------
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study OptunaSearch drives (``_ot_study``)."""
+        return self._ot_study
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial | None:
+        """The Optuna trial behind a Tune trial id (``_ot_trials``), if this searcher made it."""
+        return self._ot_trials.get(trial_id)
+
+    def _told(self, trial_id: str, mark: bool = False) -> bool:
+        """Whether OptunaSearch has finished with the trial (``_completed_trials``); ``mark`` sets it."""
+        if mark:
+            self._completed_trials.add(trial_id)
+        return trial_id in self._completed_trials
+
+    # -----------------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if len(self._objectives) == 1 and not self._told(trial_id):
+            value = result.get(self._objectives[0])
+            trial = self.optuna_trial(trial_id)
+            finite = isinstance(value, (int, float)) and math.isfinite(value)
+            if trial is not None and finite and not result.get("final"):
+                trial.report(float(value), int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self.optuna_trial(trial_id)
+        if self._told(trial_id) or trial is None:
+            return
+        if error and trial_id not in self._dead:
+            # Tune tells the searcher before its callbacks, which know the error's text: the
+            # trial is recorded by note_error, or by flush_errors when no callback came
+            self._dead.add(trial_id)
+            return
+        self._told(trial_id, mark=True)
+        self._dead.discard(trial_id)
+        record_outcome(
+            self.study,
+            trial._trial_id,
+            result,
+            error,
+            self._objectives,
+            self._budget,
+            trial_id in self._pruned_ids,
+            self._messages.pop(trial_id, None),
+        )
+
+    def note_error(self, trial_id: str, message: str) -> None:
+        """Record a trial whose worker died (retries spent) FAIL with Tune's own message."""
+        if trial_id in self._dead:
+            self._messages[trial_id] = message
+            self.on_trial_complete(trial_id, error=True)
+
+    def flush_errors(self) -> None:
+        """Record dead trials no callback reported on (kept RUNNING until now)."""
+        for trial_id in list(self._dead):
+            self.on_trial_complete(trial_id, error=True)
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped, so they are recorded PRUNED."""
+
+    def __init__(self, stopped: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped = stopped
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and not result.get("final"):
+            self.stopped.add(trial.trial_id)
+        return decision
+
+
+class FailureStopper(Stopper):
+    """Stops the experiment once ``max_failures`` trials have failed."""
+
+    def __init__(self, max_failures: int, failures: list[int]) -> None:
+        self.max_failures = max_failures
+        self.failures = failures
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.failures[0] >= self.max_failures
+
+
+# ---------------------------------------------------------------------------- progress
+@dataclass
+class Progress:
+    """What the live view shows; updated by the Tune callback on the driver."""
+
+    total: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    pruned: int = 0
+    best_accuracy: float | None = None
+    best_rank: float | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    @property
+    def eta(self) -> float | None:
+        finished = self.done + self.failed + self.pruned
+        if not finished:
+            return None
+        return self.elapsed / finished * max(self.total - finished, 0)
+
+
+class LiveView(Callback):
+    """Tune callback keeping :class:`Progress` current and counting failures."""
+
+    def __init__(
+        self,
+        progress: Progress,
+        on_progress: Callable[[Progress], None] | None,
+        failures: list[int],
+        on_event: Callable[[str], None] | None = None,
+        note_error: Callable[[str, str], None] | None = None,
+    ):
+        self.progress = progress
+        self.on_progress = on_progress
+        self.failures = failures
+        self.on_event = on_event
+        self.note_error = note_error
+        self._auth_hinted = False
+
+    def _update(self, trials: list[Any]) -> None:
+        self.progress.running = sum(t.status == "RUNNING" for t in trials)
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._update(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        p = self.progress
+        result = trial.last_result or {}
+        if result.get("error"):
+            p.failed += 1
+            self.failures[0] += 1
+        elif result.get("final") and not result.get("infeasible"):
+            p.done += 1
+            for key, attr in (("accuracy", "best_accuracy"), ("rank", "best_rank")):
+                value = result.get(key)
+                if isinstance(value, float) and math.isfinite(value):
+                    current = getattr(p, attr)
+                    setattr(p, attr, value if current is None else max(current, value))
+        else:
+            p.pruned += 1
+        self._update(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.progress.failed += 1
+        self.failures[0] += 1
+        message = trial_error_message(trial)
+        if self.note_error and message:
+            self.note_error(trial.trial_id, message)
+        if self.on_event and message and is_auth_error(message) and not self._auth_hinted:
+            self._auth_hinted = True
+            self.on_event(f"Ray refused a trial for authentication: {auth_hint()}")
+        self._update(trials)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if self.on_event:
+            message = trial_error_message(trial) or "its worker died"
+            self.on_event(
+                f"trial {trial.trial_id} is retried ({trial.num_failures} of --trial-retries "
+                f"{trial.max_failures}): {message}"
+            )
+
+
+def trial_error_message(trial: Any) -> str:
+    """The last line of a Tune trial's error (e.g. ``ActorDiedError: ...``), or ''."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if any(is_auth_error(line) for line in lines):
+        return next(line for line in lines if is_auth_error(line))[:500]
+    return lines[-1][:500]
