@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import reprlib
+import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,12 +42,41 @@ SHORTCUTS: tuple[str, ...] = ("partial", "identity", "none")
 
 def _check_activation(where: str, name: Any) -> None:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"{where} must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+        raise ConfigError(f"{where} must be one of {', '.join(ACTIVATIONS)}, got {_shown(name)}")
+
+
+#: Largest channel count, expansion, kernel or class count a config may hold: far above any
+#: real network, low enough that costs stay machine integers and a typo is not a bignum.
+MAX_INT = 2**24
+#: Longest config JSON text accepted (a 1000-block config is about 150 kB).
+MAX_JSON_CHARS = 2_000_000
+#: A config ``name``: a plain label (it appears in file and folder names, never as a path).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def _shown(value: Any) -> str:
+    """A short repr for messages (long strings, deep lists and huge numbers are abbreviated)."""
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"a {len(str(abs(value)))}-digit number"
+    short = reprlib.Repr()
+    short.maxstring, short.maxother = 60, 60
+    return short.repr(value)
 
 
 def _check_positive_int(where: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{where} must be a positive integer, got {_shown(value)}")
+    if value > MAX_INT:
+        raise ConfigError(f"{where} must be at most {MAX_INT:,}, got {_shown(value)}")
+
+
+def check_name(name: Any) -> None:
+    """Raise a ConfigError unless ``name`` is a plain label (see :data:`NAME_PATTERN`)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            "name must be 1 to 128 letters, digits, '.', '_', '-', '@' or '+', starting with a letter "
+            f"or digit (it becomes part of file names), got {_shown(name)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,13 +107,13 @@ class BlockConfig:
         _check_positive_int(f"{where}.out_channels", self.out_channels)
         _check_positive_int(f"{where}.expansion", self.expansion)
         if isinstance(self.kernel, bool) or not isinstance(self.kernel, int):
-            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {self.kernel!r}")
+            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {_shown(self.kernel)}")
         if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {self.kernel!r}")
+            raise ConfigError(f"{where}.kernel must be an odd positive integer, got {_shown(self.kernel)}")
         if self.stride not in (1, 2) or isinstance(self.stride, bool):
-            raise ConfigError(f"{where}.stride must be 1 or 2, got {self.stride!r}")
+            raise ConfigError(f"{where}.stride must be 1 or 2, got {_shown(self.stride)}")
         if not isinstance(self.se, bool):
-            raise ConfigError(f"{where}.se must be true or false, got {self.se!r}")
+            raise ConfigError(f"{where}.se must be true or false, got {_shown(self.se)}")
         if self.activation is not None:
             _check_activation(f"{where}.activation", self.activation)
         if self.dw_activation is not None:
@@ -135,7 +167,7 @@ class ReXNetConfig:
     def validate(self) -> None:
         _check_positive_int("stem_channels", self.stem_channels)
         if self.stem_stride not in (1, 2) or isinstance(self.stem_stride, bool):
-            raise ConfigError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
+            raise ConfigError(f"stem_stride must be 1 or 2, got {_shown(self.stem_stride)}")
         _check_positive_int("se_ratio", self.se_ratio)
         _check_positive_int("penultimate_channels", self.penultimate_channels)
         _check_positive_int("num_classes", self.num_classes)
@@ -147,16 +179,16 @@ class ReXNetConfig:
             or not math.isfinite(self.dropout)
             or not 0.0 <= self.dropout < 1.0
         ):
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"dropout must be a number in [0, 1), got {_shown(self.dropout)}")
         if self.shortcut not in SHORTCUTS:
-            raise ConfigError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {self.shortcut!r}")
+            raise ConfigError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {_shown(self.shortcut)}")
         if not isinstance(self.blocks, tuple) or not self.blocks:
             raise ConfigError("blocks must be a non-empty list of blocks")
         previous = self.stem_channels
         for i, block in enumerate(self.blocks):
             where = f"blocks[{i}]"
             if not isinstance(block, BlockConfig):
-                raise ConfigError(f"{where} must be a block object, got {block!r}")
+                raise ConfigError(f"{where} must be a block object, got {_shown(block)}")
             block.validate(where)
             if block.in_channels != previous:
                 source = "stem_channels" if i == 0 else f"blocks[{i - 1}].out_channels"
@@ -236,13 +268,15 @@ class ReXNetConfig:
         data = dict(data)
         fmt = data.pop("format", FORMAT)
         if fmt != FORMAT:
-            raise ConfigError(f"format must be {FORMAT!r}, got {fmt!r}")
+            raise ConfigError(f"format must be {FORMAT!r}, got {_shown(fmt)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
-                f"unknown config field {unknown[0]!r}; known fields: {', '.join(sorted(known))}"
+                f"unknown config field {_shown(unknown[0])}; known fields: {', '.join(sorted(known))}"
             )
+        if data.get("name") is not None:
+            check_name(data["name"])
         if "blocks" not in data:
             raise ConfigError("blocks is missing: a config needs a list of blocks")
         raw_blocks = data.pop("blocks")
@@ -251,11 +285,12 @@ class ReXNetConfig:
         blocks = []
         for i, raw in enumerate(raw_blocks):
             if not isinstance(raw, dict):
-                raise ConfigError(f"blocks[{i}] must be an object, got {raw!r}")
+                raise ConfigError(f"blocks[{i}] must be an object, got {_shown(raw)}")
             extra = sorted(set(raw) - _BLOCK_FIELDS)
             if extra:
                 raise ConfigError(
-                    f"blocks[{i}] has unknown field {extra[0]!r}; known: {', '.join(sorted(_BLOCK_FIELDS))}"
+                    f"blocks[{i}] has unknown field {_shown(extra[0])}; "
+                    f"known: {', '.join(sorted(_BLOCK_FIELDS))}"
                 )
             for required in ("in_channels", "out_channels"):
                 if required not in raw:
@@ -265,10 +300,21 @@ class ReXNetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ReXNetConfig:
+        if len(text) > MAX_JSON_CHARS:
+            raise ConfigError(
+                f"the config has {len(text):,} characters; a config is at most {MAX_JSON_CHARS:,}"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        except RecursionError:
+            raise ConfigError("the JSON is nested too deeply to be a config") from None
+        except ValueError:  # an integer longer than Python reads from text
+            raise ConfigError(
+                f"the JSON holds an integer of more than {sys.get_int_max_str_digits():,} digits; "
+                "no config value needs that many"
+            ) from None
         return cls.from_dict(data)
 
     @classmethod

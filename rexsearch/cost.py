@@ -12,13 +12,14 @@ fvcore's conv+linear count and the real parameter count for every valid config.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
 
 from rexsearch.config import ReXNetConfig
-from rexsearch.errors import BudgetError
+from rexsearch.errors import BudgetError, UserError
 
 #: The cost convention in one sentence, stated wherever MACs are shown (report, model cards, --help).
 MACS_CONVENTION = (
@@ -50,10 +51,11 @@ class Cost:
 class _Counter:
     """Accumulates cost primitive by primitive (the twin of the model's modules)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolution: int) -> None:
         self.params = 0
         self.macs = 0
         self.other = 0  # BatchNorm and pooling, counted by fvcore's total only
+        self.peak = 3 * resolution * resolution  # the largest tensor of one image, in values
 
     def conv(
         self, cin: int, cout: int, k: int, stride: int, hw: int, groups: int = 1, bias: bool = False
@@ -62,6 +64,7 @@ class _Counter:
         weights = cout * (cin // groups) * k * k
         self.params += weights + (cout if bias else 0)
         self.macs += weights * out_hw * out_hw
+        self.peak = max(self.peak, cout * out_hw * out_hw, cin * hw * hw)
         return out_hw
 
     def bn(self, channels: int, hw: int) -> None:
@@ -88,8 +91,13 @@ def _check_resolution(resolution: int) -> None:
 
 def count_cost(config: ReXNetConfig, resolution: int = 224) -> Cost:
     """Exact parameters, MACs and fvcore total from the config alone (no model built)."""
+    c = _count(config, resolution)
+    return Cost(resolution, c.params, c.macs, c.macs + c.other)
+
+
+def _count(config: ReXNetConfig, resolution: int) -> _Counter:
     _check_resolution(resolution)
-    c = _Counter()
+    c = _Counter(resolution)
     hw = c.conv_bn(3, config.stem_channels, 3, config.stem_stride, resolution)
     for b in config.blocks:
         dw = b.dw_channels
@@ -106,7 +114,68 @@ def count_cost(config: ReXNetConfig, resolution: int = 224) -> Cost:
     hw = c.conv_bn(config.blocks[-1].out_channels, config.penultimate_channels, 1, 1, hw)
     c.pool(config.penultimate_channels, hw)
     c.linear(config.penultimate_channels, config.num_classes)
-    return Cost(resolution, c.params, c.macs, c.macs + c.other)
+    return c
+
+
+def memory_estimate(config: ReXNetConfig, resolution: int = 224, batch: int = 1) -> int:
+    """Bytes that building ``config`` and running a no-grad forward of ``batch`` images take, roughly.
+
+    Float32 weights (twice: the module and its initialisation) plus three live copies of
+    the largest activation per image; from the config alone, so it can be checked before
+    anything is allocated.
+    """
+    c = _count(config, resolution)
+    return 4 * (2 * c.params + 3 * batch * c.peak)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``, else free physical pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: Used when the available memory cannot be read.
+FALLBACK_MEMORY_LIMIT = 2**40
+
+
+def check_memory(
+    config: ReXNetConfig,
+    resolution: int = 224,
+    batch: int = 1,
+    purpose: str = "build it",
+    available: int | None = None,
+) -> None:
+    """Raise a UserError, before anything is allocated, when ``config`` would not fit in memory.
+
+    ``available`` (bytes) defaults to :func:`available_memory`; ``purpose`` completes
+    "the network is too large to ...".
+    """
+    limit = available if available is not None else available_memory() or FALLBACK_MEMORY_LIMIT
+    need = memory_estimate(config, resolution, batch)
+    if need > limit:
+        c = _count(config, resolution)
+        raise UserError(
+            f"the network is too large to {purpose}: it needs about {_bytes(need)} ({c.params:,} "
+            f"parameters; up to {c.peak:,} activation values per image at {resolution}x{resolution}, "
+            f"batch {batch}), more than the {_bytes(limit)} of memory available. "
+            "Use a smaller config, resolution or batch."
+        )
+
+
+def _bytes(n: int) -> str:
+    for suffix, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {suffix}"
+    return f"{n:,} bytes"
 
 
 @dataclass(frozen=True)
@@ -155,6 +224,9 @@ def measure_cost(config: ReXNetConfig, resolution: int = 224) -> MeasuredCost:
     return MeasuredCost(resolution, params, macs, total, seconds)
 
 
+#: Budgets are stored as 64-bit integers (Optuna, SQLite); anything this large is a typo.
+MAX_BUDGET = 2**63
+
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGbB]?)\s*$")
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
@@ -175,7 +247,12 @@ def parse_budget(text: str | int | float, flag: str = "--flops-budget") -> int:
             f"{flag} must be a number with an optional K/M/G/B suffix (e.g. 400M, 0.4G, 400e6), got {text!r}"
         )
     value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if not math.isfinite(value) or value < 1:
+    if not math.isfinite(value) or value >= MAX_BUDGET:
+        raise BudgetError(
+            f"{flag} {text!r} is too large: it overflows what a budget can count (below {MAX_BUDGET:.2g}); "
+            "budgets are counts such as 400M or 1.5G"
+        )
+    if value < 1:
         raise BudgetError(f"{flag} must be positive, got {text!r}")
     return round(value)
 

@@ -7,7 +7,13 @@ extracted ``cifar-100-python/`` folder is used as it is; an archive
 ``cifar-100-python.tar.gz`` is checked against :data:`CIFAR100_MD5`
 (``$REXSEARCH_CIFAR100_MD5`` overrides it) and extracted safely next to itself.
 Downloads go to a temporary file that is renamed into place only once its md5 matches,
-so a later run never trusts a partial or corrupt file.
+so a later run never trusts a partial or corrupt file; downloads and extractions in one
+directory take turns under a lock, and the next one removes an interrupted one's leftovers.
+
+Extraction writes only the three regular members ``cifar-100-python/{train,test,meta}``,
+each into a new file in a fresh temporary folder, never through a link; link, device and
+FIFO members, oversized members and archives that inflate far beyond CIFAR-100's size
+are refused (:data:`MAX_MEMBER_BYTES`, :data:`MAX_ARCHIVE_BYTES`, :data:`MAX_DOWNLOAD_BYTES`).
 
 The pickles are decoded once and the tensors kept next to the folder
 (``cifar-100-python.decoded.safetensors``), so later loads take well under a second.
@@ -17,11 +23,16 @@ format needs, so a tampered file cannot run code.
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import fcntl
+import gzip
 import hashlib
+import http.client
 import io
 import json
 import logging
+import lzma
 import os
 import pickle
 import shutil
@@ -29,10 +40,12 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -56,8 +69,17 @@ ENV_DATA = "REXSEARCH_DATA"
 ENV_URL = "REXSEARCH_CIFAR100_URL"
 ENV_MD5 = "REXSEARCH_CIFAR100_MD5"
 
+#: Limits that keep a hostile or wrong file from filling the disk or memory. The real
+#: archive is 169 MB; its members are 155 MB (train), 31 MB (test) and 1.5 kB (meta).
+MAX_DOWNLOAD_BYTES = 256 * 2**20
+MAX_MEMBER_BYTES = 200 * 2**20
+MAX_ARCHIVE_BYTES = 400 * 2**20
+MAX_MEMBERS = 64
+LOCK_NAME = f".{FOLDER_NAME}.lock"
+
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 #: ``progress(bytes_done, bytes_total)``; ``bytes_total`` is 0 when the server does not say.
 Progress = Callable[[int, int], None]
@@ -142,7 +164,7 @@ def locate_cifar100(
         )
     try:
         archive = download_archive(url, cache, cifar100_md5(), progress)
-    except (OSError, urllib.error.URLError) as exc:
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise DataError(
             f"CIFAR-100 ({ARCHIVE_NAME}) is not in {where} and the download from {url} failed "
@@ -160,35 +182,101 @@ def _ways_out(cache: Path) -> str:
 
 # ---------------------------------------------------------------------------- download
 def download_archive(url: str, directory: Path, md5: str, progress: Progress | None = None) -> Path:
-    """Download ``url`` to ``directory/cifar-100-python.tar.gz`` via a verified temporary file."""
+    """Download ``url`` to ``directory/cifar-100-python.tar.gz`` via a verified temporary file.
+
+    The temporary file has one fixed name (``.cifar-100-python.tar.gz.part``) and is written
+    under the directory's lock, so the leftover of an interrupted download is truncated and
+    reused by the next one instead of lingering. More than :data:`MAX_DOWNLOAD_BYTES` (by
+    Content-Length or while streaming) is refused.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / ARCHIVE_NAME
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{ARCHIVE_NAME}.", suffix=".part", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
+    with _directory_lock(directory):
+        target = directory / ARCHIVE_NAME
+        if target.is_file():  # another process downloaded it while this one waited
+            return target
+        tmp = directory / f".{ARCHIVE_NAME}.part"
+        try:
+            digest = _download_to(url, tmp, progress)
+            if digest != md5:
+                raise DataError(
+                    f"the download from {url} has md5 {digest}, expected {md5}; the bad file "
+                    f"was removed. Try again, or set {ENV_MD5} if the URL is a re-packed mirror."
+                )
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def _download_to(url: str, tmp: Path, progress: Progress | None) -> str:
+    """Stream ``url`` into ``tmp`` (created or truncated, never through a link); return its md5."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
+    digest = hashlib.md5()
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+        total = _content_length(response.headers.get("Content-Length"))
+        if total > MAX_DOWNLOAD_BYTES:
+            raise _too_big_download(url, f"the server announces {total:,} bytes")
+        done = 0
+        if progress:
+            progress(done, total)
+        while chunk := response.read(_CHUNK):
+            done += len(chunk)
+            if done > MAX_DOWNLOAD_BYTES:
+                raise _too_big_download(url, f"it sent more than {MAX_DOWNLOAD_BYTES:,} bytes")
+            out.write(chunk)
+            digest.update(chunk)
             if progress:
                 progress(done, total)
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        if total and done != total:
-            raise OSError(f"the connection closed after {done} of {total} bytes")
-        if digest.hexdigest() != md5:
-            raise DataError(
-                f"the download from {url} has md5 {digest.hexdigest()}, expected {md5}; the bad file "
-                f"was removed. Try again, or set {ENV_MD5} if the URL is a re-packed mirror."
-            )
-        tmp.replace(target)
+    if total and done != total:
+        raise OSError(f"the connection closed after {done} of {total} bytes")
+    return digest.hexdigest()
+
+
+def _content_length(value: str | None) -> int:
+    """The announced size in bytes (0 when absent or not a plain number)."""
+    return int(value) if value and value.strip().isdigit() and len(value) < 20 else 0
+
+
+def _too_big_download(url: str, what: str) -> DataError:
+    return DataError(
+        f"the download from {url} is not the CIFAR-100 archive: {what}, and the archive is about "
+        f"170 MB (at most {MAX_DOWNLOAD_BYTES:,} bytes are accepted); nothing was kept"
+    )
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s exclusive lock (downloads and extractions there take turns).
+
+    A lock file that a killed process left behind is simply taken over (the kernel drops
+    the lock with the process). The file is removed on release; a waiter that locked a
+    file removed meanwhile notices and locks the new one.
+    """
+    path = directory / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if os.fstat(fd).st_ino == current.st_ino:
+            break
+        os.close(fd)
+    try:
+        for stale in directory.glob(f".{ARCHIVE_NAME}*.part"):  # an interrupted download's
+            stale.unlink(missing_ok=True)
+        for stale in directory.glob(f".{FOLDER_NAME}.*.part"):  # an interrupted extraction's
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -204,74 +292,157 @@ def _extract_verified(archive: Path) -> Path:
             f"{archive} has md5 {actual}, expected {expected}: it is incomplete or not the CIFAR-100 "
             f"python archive. Delete it to download again, or set {ENV_MD5} if it is a re-packed mirror."
         )
-    safe_extract(archive, archive.parent)
+    try:
+        with _directory_lock(archive.parent):
+            if not folder.is_dir():  # else another process extracted it while this one waited
+                safe_extract(archive, archive.parent)
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive} into {archive.parent}: {exc.strerror or exc}") from None
     return folder
 
 
-def _escapes(path: PurePosixPath) -> bool:
-    """Whether ``path`` (relative to the extraction folder) leads outside it."""
-    if path.is_absolute():
-        return True
-    depth = 0
-    for part in path.parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            return True
-    return False
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym() or member.islnk():
+        return f"{_KINDS[member.type]} (to {member.linkname!r})"
+    return _KINDS.get(member.type, f"of tar type {member.type!r}")
+
+
+def _member_name(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
+    """The member's normalised relative name; names that lead outside the folder are refused."""
     name = PurePosixPath(member.name)
-    if _escapes(name) or ".." in name.parts or member.name.startswith("\\"):
+    if name.is_absolute() or ".." in name.parts or "\\" in member.name or "\x00" in member.name:
         raise DataError(
             f"{archive} has a member outside the extraction folder ({member.name!r}); refusing it"
         )
-    if member.issym() or member.islnk():
-        # a symlink's target is relative to its own folder, a hard link's to the archive root
-        target = (name.parent if member.issym() else PurePosixPath()) / member.linkname
-        if PurePosixPath(member.linkname).is_absolute() or _escapes(target):
+    return name
+
+
+def _open_compressed(archive: Path) -> BinaryIO:
+    """``archive``'s decompressed bytes as a stream (gzip, bzip2, xz or a plain tar)."""
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(archive, "rb")
+    return open(archive, "rb")
+
+
+class _CappedReader(io.RawIOBase):
+    """Reads at most ``limit`` bytes from ``stream``; past that a DataError stops the reading."""
+
+    def __init__(self, stream: BinaryIO, limit: int, archive: Path) -> None:
+        self.stream, self.limit, self.archive, self.done = stream, limit, archive, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(min(len(buffer), _CHUNK))
+        self.done += len(data)
+        if self.done > self.limit:
             raise DataError(
-                f"{archive} has a link pointing outside the extraction folder "
-                f"({member.name!r} -> {member.linkname!r}); refusing it"
+                f"{self.archive} decompresses to more than {self.limit:,} bytes, far more than the "
+                "CIFAR-100 archive's members; refusing it"
             )
-    elif not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive} has a member that is not a file or folder ({member.name!r}); refusing it")
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def safe_extract(archive: Path, directory: Path) -> Path:
-    """Extract ``archive``'s ``cifar-100-python/`` into ``directory`` via a temporary folder.
+    """Extract the CIFAR-100 members of ``archive`` into ``directory/cifar-100-python/``.
 
-    Every member is checked first: absolute paths, ``..`` and links leading outside are
-    refused, so a crafted archive cannot write outside ``directory``.
+    Only regular members named ``cifar-100-python/{train,test,meta}`` are written; other
+    regular files and folders are skipped (the real archive has a stray ``file.txt~``).
+    A link, device or FIFO member, a name leading outside, a member larger than
+    :data:`MAX_MEMBER_BYTES`, a repeated member or an archive decompressing to more than
+    :data:`MAX_ARCHIVE_BYTES` is refused with a DataError naming it. The archive is read
+    as a stream and the files are created (never through a link) in a fresh temporary
+    folder that is renamed into place once complete, so whatever the archive holds and
+    whatever the Python version, nothing is written outside ``directory``.
     """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".part", dir=directory))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, archive)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".part", dir=directory))
-            try:
-                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: also normalises permissions
-                    tar.extractall(tmp, members=members, filter="data")
-                else:
-                    tar.extractall(tmp, members=members)
-                extracted = tmp / FOLDER_NAME
-                missing = [m for m in MEMBERS if not (extracted / m).is_file()]
-                if missing:
-                    raise DataError(
-                        f"{archive} is not the CIFAR-100 python archive: it lacks the member "
-                        f"{FOLDER_NAME}/{missing[0]}"
-                    )
-                try:
-                    extracted.rename(directory / FOLDER_NAME)
-                except OSError:
-                    if not _has_folder(directory):  # else a concurrent run extracted it first
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        extracted = tmp / FOLDER_NAME
+        extracted.mkdir()
+        with _open_compressed(archive) as raw:
+            capped = io.BufferedReader(_CappedReader(raw, MAX_ARCHIVE_BYTES, archive), _CHUNK)
+            with tarfile.open(fileobj=capped, mode="r|") as tar:
+                written = _extract_members(tar, archive, extracted)
+        missing = [m for m in MEMBERS if m not in written]
+        if missing:
+            raise DataError(
+                f"{archive} is not the CIFAR-100 python archive: it lacks the member "
+                f"{FOLDER_NAME}/{missing[0]}"
+            )
+        try:
+            extracted.rename(directory / FOLDER_NAME)
+        except OSError:
+            if not _has_folder(directory):  # else a concurrent run extracted it first
+                raise
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
         raise DataError(f"cannot extract {archive}: {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory / FOLDER_NAME
+
+
+def _extract_members(tar: tarfile.TarFile, archive: Path, folder: Path) -> set[str]:
+    """Write the wanted members of the streamed ``tar`` into ``folder``; their names."""
+    wanted = {PurePosixPath(FOLDER_NAME, m): m for m in MEMBERS}
+    written: set[str] = set()
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+    try:
+        for count, member in enumerate(tar, 1):
+            if count > MAX_MEMBERS:
+                raise DataError(f"{archive} has more than {MAX_MEMBERS} members; it is not CIFAR-100")
+            name = _member_name(member, archive)
+            if not (member.isreg() or member.isdir()):
+                raise DataError(
+                    f"{archive} has a member {member.name!r} that is {_member_kind(member)}; the "
+                    "CIFAR-100 archive holds only regular files, so it is refused"
+                )
+            if member.size > MAX_MEMBER_BYTES:
+                raise DataError(
+                    f"{archive}'s member {member.name!r} would decompress to {member.size:,} bytes, "
+                    f"more than the {MAX_MEMBER_BYTES:,} allowed (CIFAR-100's largest is about 160 MB); "
+                    "refusing it"
+                )
+            short = wanted.get(name)
+            if short is None or member.isdir():
+                continue  # skipped: neither written nor followed
+            if short in written:
+                raise DataError(f"{archive} holds the member {member.name!r} twice; refusing it")
+            source = tar.extractfile(member)
+            assert source is not None  # a regular member always has data
+            _write_member(source, short, member.size, folder_fd)
+            written.add(short)
+    finally:
+        os.close(folder_fd)
+    return written
+
+
+def _write_member(source: BinaryIO, name: str, size: int, folder_fd: int) -> None:
+    """Copy ``size`` bytes into a new file ``name`` created inside ``folder_fd`` (no link followed)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=folder_fd)
+    with os.fdopen(fd, "wb") as out:
+        done = 0
+        while chunk := source.read(min(_CHUNK, MAX_MEMBER_BYTES + 1 - done)):
+            done += len(chunk)
+            if done > size or done > MAX_MEMBER_BYTES:
+                raise DataError(f"the member {name} holds more data than its header says; refusing it")
+            out.write(chunk)
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -310,15 +481,25 @@ def _decode_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     for key in (b"data", b"fine_labels"):
         if key not in data:
             raise DataError(f"{path} lacks the key {key.decode()!r}; is it the CIFAR-100 python version?")
-    images = np.asarray(data[b"data"])
-    labels = np.asarray(data[b"fine_labels"], dtype=np.int64)
+    images = _as_array(data[b"data"], path, "data")
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' must be uint8 N x 3072, got {images.dtype} {images.shape}")
-    in_range = labels.min(initial=0) >= 0 and labels.max(initial=0) < NUM_CLASSES
-    if labels.shape != (images.shape[0],) or not in_range:
-        raise DataError(f"{path}: 'fine_labels' must be {images.shape[0]} labels in 0..{NUM_CLASSES - 1}")
+    labels = _as_array(data[b"fine_labels"], path, "fine_labels")
+    expected = f"{path}: 'fine_labels' must be {images.shape[0]} integer labels in 0..{NUM_CLASSES - 1}"
+    if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+        raise DataError(f"{expected}, got {labels.dtype} {labels.shape}")
+    if labels.size and not (labels.min() >= 0 and labels.max() < NUM_CLASSES):
+        raise DataError(f"{expected}, got values from {labels.min()} to {labels.max()}")
     x = torch.from_numpy(np.ascontiguousarray(images).reshape(-1, 3, 32, 32))
-    return x, torch.from_numpy(labels)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def _as_array(value: Any, path: Path, key: str) -> np.ndarray:
+    """``value`` as a numpy array; ragged or odd values are a DataError naming ``key``."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{path}: {key!r} is not an array of numbers ({exc})") from None
 
 
 def _decode_classes(path: Path) -> tuple[str, ...]:
@@ -449,55 +630,3 @@ def search_split(
     train_idx = order[val_images : val_images + (train_images or available)]
     x, y = data.train_x, data.train_y
     return Split(x[train_idx], y[train_idx], x[val_idx], y[val_idx])
-
-
-# ---------------------------------------------------------------------------- writing
-def write_cifar_archive(
-    path: str | Path,
-    train_x: torch.Tensor | np.ndarray,
-    train_y: torch.Tensor | np.ndarray,
-    test_x: torch.Tensor | np.ndarray,
-    test_y: torch.Tensor | np.ndarray,
-    classes: tuple[str, ...] | list[str],
-) -> str:
-    """Write a ``cifar-100-python.tar.gz`` in the original format and return its md5.
-
-    Images are uint8 (N, 3, 32, 32) or (N, 3072), labels 0..99; the coarse labels are
-    ``fine // 5`` (the real mapping is not needed by anything here). Used by the tests.
-    """
-    if len(classes) != NUM_CLASSES:
-        raise ValueError(f"classes must name {NUM_CLASSES} classes, got {len(classes)}")
-
-    def batch(x: Any, y: Any, label: str) -> dict:
-        images = np.asarray(x, dtype=np.uint8).reshape(len(y), 3 * 32 * 32)
-        fine = [int(v) for v in np.asarray(y)]
-        return {
-            b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(fine))],
-            b"batch_label": label.encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [v // 5 for v in fine],
-            b"data": images,
-        }
-
-    meta = {
-        b"fine_label_names": [c.encode() for c in classes],
-        b"coarse_label_names": [f"superclass_{i}".encode() for i in range(NUM_CLASSES // 5)],
-    }
-    members = {
-        "train": batch(train_x, train_y, "training batch 1 of 1"),
-        "test": batch(test_x, test_y, "testing batch 1 of 1"),
-        "meta": meta,
-    }
-    path = Path(path)
-    with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo(FOLDER_NAME)
-        folder.type = tarfile.DIRTYPE
-        folder.mode = 0o755
-        tar.addfile(folder)
-        for name, obj in members.items():
-            payload = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"{FOLDER_NAME}/{name}")
-            info.size = len(payload)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(payload))
-    return file_md5(path)

@@ -514,8 +514,66 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _to_python(node: yaml.Node) -> Any:
-    return yaml.safe_load(yaml.serialize(node))
+def _to_python(node: yaml.Node, err: Callable[[int, str], SpaceError]) -> Any:
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # e.g. ``!!int abc``
+        raise err(_line(node), f"the value cannot be read ({exc})") from None
+
+
+#: Limits on a space file (the shipped ones are about 2 kB, 100 nodes, 4 levels deep).
+MAX_SPACE_CHARS = 1_000_000
+MAX_SPACE_DEPTH = 32
+MAX_SPACE_NODES = 10_000
+_PLAIN_TAGS = {
+    "!",
+    *(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")),
+}
+
+
+def _check_shape(text: str, err: Callable[[int, str], SpaceError]) -> None:
+    """Refuse what a plain space file never needs, before anything is built from it.
+
+    Tags other than the plain ones (``!!python/...`` and friends), nesting deeper than
+    :data:`MAX_SPACE_DEPTH`, and more than :data:`MAX_SPACE_NODES` values counting what
+    aliases expand to (so a "billion laughs" document is refused without expanding it).
+    """
+    if len(text) > MAX_SPACE_CHARS:
+        raise err(1, f"the file has {len(text):,} characters; a space file is at most {MAX_SPACE_CHARS:,}")
+    sizes: dict[str, int] = {}
+    open_anchors: list[tuple[str | None, int]] = []
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag not in _PLAIN_TAGS:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise err(
+                line, f"the tag {shown} is not allowed; a space file holds plain values, lists and mappings"
+            )
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                raise err(line, f"the alias *{event.anchor} refers to a value that contains it")
+            total += sizes[event.anchor]
+        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            total += 1
+            if isinstance(event, yaml.ScalarEvent):
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            else:
+                open_anchors.append((event.anchor, total))
+                if len(open_anchors) > MAX_SPACE_DEPTH:
+                    raise err(line, f"values are nested deeper than {MAX_SPACE_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, start = open_anchors.pop()
+            if anchor is not None:
+                sizes[anchor] = total - start + 1
+        if total > MAX_SPACE_NODES:
+            raise err(
+                line,
+                f"the file expands to more than {MAX_SPACE_NODES:,} values (counting what aliases "
+                "repeat); a space file needs far fewer",
+            )
 
 
 def _mapping(
@@ -543,6 +601,7 @@ def parse_space(text: str, source: str = "<space>") -> Space:
         return SpaceError(f"{source} line {line}: {message}")
 
     try:
+        _check_shape(text, err)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -555,12 +614,12 @@ def parse_space(text: str, source: str = "<space>") -> Space:
         if key not in _TOP_KEYS:
             raise err(line, f"unknown key {key!r}; allowed: {', '.join(_TOP_KEYS)}")
     if "format" in top:
-        fmt = _to_python(top["format"][0])
+        fmt = _to_python(top["format"][0], err)
         if fmt != SPACE_FORMAT:
             raise err(top["format"][1], f"format must be {SPACE_FORMAT!r}, got {fmt!r}")
     if "generator" not in top:
         raise err(_line(root), f"generator is missing; allowed: {', '.join(GENERATORS)}")
-    generator = _to_python(top["generator"][0])
+    generator = _to_python(top["generator"][0], err)
     if generator not in GENERATORS:
         raise err(top["generator"][1], f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
     allowed, _ = GENERATORS[generator]
@@ -575,7 +634,7 @@ def parse_space(text: str, source: str = "<space>") -> Space:
                     f"unknown fixed parameter {key!r} for generator {generator}; "
                     f"allowed: {', '.join(allowed)}",
                 )
-            value = _to_python(node)
+            value = _to_python(node, err)
             problem = allowed[key].check(value)
             if problem:
                 raise err(line, f"fixed {key} = {value!r} is not allowed; allowed values: {problem}")
@@ -598,14 +657,14 @@ def parse_space(text: str, source: str = "<space>") -> Space:
                 raise err(
                     sub_line, f"unknown key {sub!r} in variables.{key}; allowed: {', '.join(_VAR_KEYS)}"
                 )
-        spec = {sub: _to_python(n) for sub, (n, _) in spec_nodes.items()}
+        spec = {sub: _to_python(n, err) for sub, (n, _) in spec_nodes.items()}
         variables.append(_variable(key, spec, allowed[key], lambda m, ln=line: err(ln, m)))
         lines[f"variables.{key}"] = line
     if not variables:
         raise err(top["variables"][1], "variables is empty: a space needs at least one searched variable")
 
-    name = _to_python(top["name"][0]) if "name" in top else Path(source).stem
-    description = _to_python(top["description"][0]) if "description" in top else ""
+    name = _to_python(top["name"][0], err) if "name" in top else Path(source).stem
+    description = _to_python(top["description"][0], err) if "description" in top else ""
     return Space(str(name), generator, tuple(variables), fixed, str(description or ""), source, lines)
 
 
@@ -642,8 +701,14 @@ def _variable(name: str, spec: dict[str, Any], param: Param, err: Callable[[str]
     if not isinstance(log, bool) or (log and low <= 0):
         raise err(f"variables.{name}.log must be true or false, and needs low > 0")
     step = spec.get("step")
-    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
-        raise err(f"variables.{name}.step must be a positive number, got {step!r}")
+    if step is not None:
+        numeric = isinstance(step, (int, float)) and not isinstance(step, bool)
+        if kind == "int" and not (numeric and float(step).is_integer() and step >= 1):
+            raise err(
+                f"variables.{name}.step must be a positive integer (the variable is an int), got {step!r}"
+            )
+        if not (numeric and math.isfinite(step) and 0 < step <= high - low):
+            raise err(f"variables.{name}.step must be a positive number of at most high - low, got {step!r}")
     return Variable(name, low=float(low), high=float(high), kind=kind, log=log, step=step)
 
 

@@ -54,6 +54,18 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (diverged); the trial should count as failed."""
 
 
+#: Upper limits of :class:`TrainSettings`: far above any proxy or full training, low enough
+#: that a typo is refused instead of exhausting memory or running for years.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
+MAX_RESOLUTION = 2048
+
+
+def _bad(name: str, what: str, value: Any) -> UserError:
+    shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+    return UserError(f"{name} must be {what}, got {shown}")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Hyperparameters and fidelity of one proxy training (``lr`` is for ``batch_size``)."""
@@ -73,19 +85,40 @@ class TrainSettings:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, "a positive integer"),
-            ("batch_size", self.batch_size >= 2, "an integer >= 2 (BatchNorm needs two images)"),
-            ("lr", self.lr > 0, "a positive number"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "between 0 and epochs"),
-            ("resolution", self.resolution >= 8, "an integer >= 8"),
+        """Validate every number once, for ``rexsearch train`` and the search alike.
+
+        A bad value (wrong type, out of range, NaN or infinite) raises a UserError naming
+        the setting (exit 2), before any model, data or file is touched.
+        """
+        ints = [
+            ("epochs", 1, MAX_EPOCHS, "a positive integer"),
+            ("batch_size", 2, MAX_BATCH_SIZE, "an integer >= 2 (BatchNorm needs two images)"),
+            ("resolution", 8, MAX_RESOLUTION, "an integer >= 8"),
+            ("seed", 0, 2**32 - 1, "an integer in [0, 2^32)"),
         ]
-        for name, ok, what in checks:
-            if not ok:
-                raise UserError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        for name, low, high, what in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise _bad(name, what, value)
+            if value > high:
+                raise _bad(name, f"at most {high:,}", value)
+        reals = [
+            ("lr", lambda v: v > 0, "a finite positive number"),
+            ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("warmup_epochs", lambda v: 0 <= v <= self.epochs, "between 0 and epochs"),
+        ]
+        for name, ok, what in reals:
+            value = getattr(self, name)
+            real = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (real and math.isfinite(value) and ok(value)):
+                raise _bad(name, what, value)
+        if not isinstance(self.device, str):
+            raise _bad("device", "auto, cpu, cuda or cuda:N", self.device)
+        for name in ("channels_last", "amp", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, "true or false", getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

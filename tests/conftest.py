@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cifar_archive import write_cifar_archive
 
 from rexsearch.config import BlockConfig, ReXNetConfig
-from rexsearch.data import ARCHIVE_NAME, NUM_CLASSES, write_cifar_archive
+from rexsearch.data import ARCHIVE_NAME, NUM_CLASSES
 
 #: Class names of the tiny archive.
 CLASSES = tuple(f"class_{i:02d}" for i in range(NUM_CLASSES))

@@ -113,3 +113,79 @@ def test_round_trip_property(widths, act, classes):
         prev = w
     cfg = ReXNetConfig(blocks=tuple(blocks), stem_channels=8, activation=act, num_classes=classes)
     assert ReXNetConfig.from_json(cfg.to_json(indent=None)) == cfg
+
+
+_TINY_JSON = '{"blocks": [{"in_channels": 32, "out_channels": 16}]'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"blocks": ' + "[" * 100_000 + "]" * 100_000 + "}", "the JSON is nested too deeply to be a config"),
+        (
+            '{"blocks": [{"in_channels": 32, "out_channels": 1' + "0" * 5000 + "}]}",
+            "the JSON holds an integer of more than 4,300 digits; no config value needs that many",
+        ),
+        (
+            _TINY_JSON + ', "num_classes": 1' + "0" * 4000 + "}",
+            "num_classes must be at most 16,777,216, got a",
+        ),
+        (
+            _TINY_JSON + ', "penultimate_channels": 100000000}',
+            "penultimate_channels must be at most 16,777,216",
+        ),
+        (_TINY_JSON + ', "dropout": "0.2"}', "dropout must be a number in [0, 1), got '0.2'"),
+        (_TINY_JSON + ', "activation": ["silu"]}', "activation must be one of"),
+        (_TINY_JSON + ', "se_ratio": 1e400}', "se_ratio must be a positive integer, got inf"),
+        (_TINY_JSON + ', "activation": "' + "x" * 100_000 + '"}', "activation must be one of"),
+        ('{"blocks": [[[[[[[[[[1]]]]]]]]]]}', "blocks[0] must be an object, got [[[[[[[...]]]]]]]"),
+        ("[1, 2]", "a config must be a JSON object, got list"),
+    ],
+    ids=[
+        "deep",
+        "5000-digits",
+        "4000-digits",
+        "huge-width",
+        "str-dropout",
+        "list-act",
+        "inf",
+        "long",
+        "lists",
+        "top",
+    ],
+)
+def test_hostile_config_json_is_one_short_sentence(tmp_path, text, message):
+    path = tmp_path / "evil.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        ReXNetConfig.load(path)
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "name", ["../../etc/x", "a/b", "/abs", ".hidden", "-flag", "", "a b", "x" * 129, 7, "n\x00"]
+)
+def test_config_name_must_be_a_plain_label(name):
+    with pytest.raises(ConfigError, match="name must be 1 to 128 letters, digits"):
+        ReXNetConfig.from_dict(_tiny(name=name))
+
+
+@pytest.mark.parametrize("name", ["rexnet-1.0", "my_net.v2", "rexnet-1.0@proxy32", "A+B", "x" * 128])
+def test_plain_config_names_are_kept(name):
+    assert ReXNetConfig.from_dict(_tiny(name=name)).name == name
+
+
+def test_hostile_configs_exit_2_from_the_cli(tmp_path, capsys, monkeypatch):
+    from rexsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps(_tiny(name="../../../escaped")))
+    assert main(["cost", "--config", str(deep)]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+    assert main(["train", "--config", str(named), "--epochs", "1"]) == 2
+    assert "name must be" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "named.json"]

@@ -80,3 +80,62 @@ def test_bad_budget_names_flag(text):
 
     with pytest.raises(BudgetError, match="--params-budget"):
         parse_budget(text, flag="--params-budget")
+
+
+@pytest.mark.parametrize("text", ["1e400", "1e19", "9" * 500, "1e300G"])
+def test_overflowing_budget_says_so(text):
+    from rexsearch.cost import parse_budget
+
+    with pytest.raises(BudgetError, match=r"--flops-budget '.*' is too large: it overflows"):
+        parse_budget(text)
+
+
+def _huge() -> ReXNetConfig:
+    """A network with 10^12 parameters (a million-way classifier on a million channels)."""
+    return ReXNetConfig(
+        blocks=(BlockConfig(32, 16, expansion=1),), penultimate_channels=10**6, num_classes=10**6
+    )
+
+
+def test_memory_estimate_grows_with_the_network_and_the_batch():
+    from rexsearch.cost import memory_estimate
+
+    small = memory_estimate(get_preset("rexnet-1.0"), 224)
+    assert 4 * 2 * 4_796_873 < small < 200e6
+    assert memory_estimate(get_preset("rexnet-1.0"), 224, batch=8) > small
+    assert memory_estimate(_huge(), 224) > 8e12
+
+
+def test_check_memory_refuses_before_anything_is_built(monkeypatch):
+    from rexsearch import model
+    from rexsearch.cost import check_memory
+    from rexsearch.errors import UserError
+
+    monkeypatch.setattr(model, "build_model", lambda config: pytest.fail("built the network"))
+    check_memory(get_preset("rexnet-1.0"), 224, available=10**9)
+    with pytest.raises(
+        UserError, match=r"too large to build it: it needs about 52\.8 MB .* than the 1\.0 MB"
+    ):
+        check_memory(get_preset("rexnet-1.0"), 224, available=10**6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cost", "--verify"], "too large to measure it with fvcore (--verify): it needs about 8.2 TB"),
+        (["rank"], "too large to measure its rank: it needs about"),
+        (["rank", "--preset", "rexnet-1.0", "--samples", "100000000"], "batch 100000000), more than the"),
+    ],
+)
+def test_cli_refuses_networks_too_large_to_build(tmp_path, capsys, monkeypatch, argv, message):
+    from rexsearch import model, rank
+    from rexsearch.cli import main
+
+    monkeypatch.setattr(model, "build_model", lambda config: pytest.fail("built the network"))
+    monkeypatch.setattr(rank, "build_model", lambda config: pytest.fail("built the network"))
+    path = tmp_path / "huge.json"
+    path.write_text(_huge().to_json())
+    source = [] if "--preset" in argv else ["--config", str(path)]
+    assert main([*argv, *source]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rexsearch: error: the network is too large") and message in err

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cifar_archive import write_cifar_archive
 from conftest import CLASSES, class_patterned, serve_directory
 
 from rexsearch import data as data_mod
@@ -18,7 +19,6 @@ from rexsearch.data import (
     load_cifar100,
     search_split,
     stratified_subset,
-    write_cifar_archive,
 )
 
 
@@ -133,9 +133,6 @@ def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
     [
         ("cifar-100-python/../../evil", b"x"),
         ("/tmp/evil-absolute", b"x"),
-        _link("cifar-100-python/evil", "../../evil", tarfile.SYMTYPE),
-        _link("cifar-100-python/evil", "/etc/passwd", tarfile.SYMTYPE),
-        _link("cifar-100-python/evil", "../outside", tarfile.LNKTYPE),
     ],
 )
 def test_escaping_members_are_refused(tmp_path, monkeypatch, evil):
@@ -215,3 +212,226 @@ def test_python2_era_numpy_pickles_load(tmp_path):
     assert legacy != payload
     (tmp_path / "train").write_bytes(legacy)
     assert data_mod._read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
+
+
+# ---------------------------------------------------------------------------- hostile archives
+def _regular(name: str, payload: bytes = b"payload") -> tuple[str, bytes]:
+    return (name, payload)
+
+
+def _special(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info
+
+
+def _symlink_chain(depth: int) -> list:
+    """train -> l1 -> l2 -> ... -> l<depth> -> ../../victim, then data written through train."""
+    links = [_link(f"{FOLDER_NAME}/l{i}", f"l{i + 1}", tarfile.SYMTYPE) for i in range(1, depth)]
+    return [
+        *links,
+        _link(f"{FOLDER_NAME}/l{depth}", "../../victim", tarfile.SYMTYPE),
+        _link(f"{FOLDER_NAME}/train", "l1", tarfile.SYMTYPE),
+        _regular(f"{FOLDER_NAME}/train", b"overwritten"),
+    ]
+
+
+def _path_max_chain() -> list:
+    """Nested long folder names reached through one-letter links, so that the resolved path of
+    a final link passes PATH_MAX (where Python 3.11 < 3.11.13's realpath check gives up)."""
+    long = "d" * 247
+    members: list = []
+    path = FOLDER_NAME
+    for step in "abcdefghijklmnop":
+        folder = tarfile.TarInfo(f"{path}/{long}")
+        folder.type = tarfile.DIRTYPE
+        members += [folder, _link(f"{path}/{step}", long, tarfile.SYMTYPE)]
+        path = f"{path}/{long}"
+    hops = "/".join("abcdefghijklmnop")
+    members.append(_link(f"{FOLDER_NAME}/escape", f"{hops}/{'../' * 17}../victim", tarfile.SYMTYPE))
+    members.append(_regular(f"{FOLDER_NAME}/escape", b"overwritten"))
+    return members
+
+
+def _dot_link_escape() -> list:
+    """Links whose targets look inside (q -> ., p -> q/../..) but resolve one level up each."""
+    return [
+        _link(f"{FOLDER_NAME}/q", ".", tarfile.SYMTYPE),
+        _link(f"{FOLDER_NAME}/p", "q/../..", tarfile.SYMTYPE),
+        _regular(f"{FOLDER_NAME}/p/victim", b"overwritten"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("evil", "kind"),
+    [
+        (_symlink_chain(1), "a symbolic link"),
+        (_symlink_chain(12), "a symbolic link"),
+        (_path_max_chain(), "a symbolic link"),
+        (_dot_link_escape(), "a symbolic link"),
+        ([_link(f"{FOLDER_NAME}/train", "etc/passwd", tarfile.LNKTYPE)], "a hard link"),
+        ([_link(f"{FOLDER_NAME}/meta", f"{FOLDER_NAME}/train", tarfile.LNKTYPE)], "a hard link"),
+        ([_special(f"{FOLDER_NAME}/fifo", tarfile.FIFOTYPE)], "a FIFO"),
+        ([_special(f"{FOLDER_NAME}/tty", tarfile.CHRTYPE)], "a character device"),
+    ],
+    ids=[
+        "symlink",
+        "symlink-chain",
+        "path-max-chain",
+        "dot-link",
+        "hardlink-etc",
+        "hardlink-inside",
+        "fifo",
+        "device",
+    ],
+)
+def test_link_device_and_fifo_members_are_refused_by_name(tmp_path, monkeypatch, evil, kind):
+    root = tmp_path / "root"
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    (root / "victim").write_text("keep")
+    (data_dir / "etc").mkdir()
+    (data_dir / "etc" / "passwd").write_text("root:x:0:0")
+    members = [_regular("etc/passwd", b"replaced"), *evil]
+    members += [_regular(f"{FOLDER_NAME}/{m}") for m in ("train", "test", "meta")]
+    md5 = _tar(data_dir / ARCHIVE_NAME, members)
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+    with pytest.raises(
+        DataError, match=f"that is {kind}.*holds only regular files, so it is refused"
+    ) as info:
+        load_cifar100(data_dir)
+    first = next(m for m in evil if isinstance(m, tarfile.TarInfo) and not m.isdir())
+    assert f"member {first.name!r} that is" in str(info.value)
+    assert (root / "victim").read_text() == "keep"
+    assert (data_dir / "etc" / "passwd").read_text() == "root:x:0:0"
+    assert sorted(p.name for p in root.rglob("*")) == sorted(
+        ["data", "etc", "passwd", "victim", ARCHIVE_NAME]
+    )
+
+
+def test_only_the_three_members_are_written(tmp_path, monkeypatch):
+    members = [
+        _regular(f"{FOLDER_NAME}/file.txt~", b"stray"),
+        _regular("README", b"elsewhere"),
+        *[_regular(f"./{FOLDER_NAME}/{m}", m.encode()) for m in ("train", "test", "meta")],
+    ]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    folder = data_mod.locate_cifar100(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta", "test", "train"]
+    assert (folder / "test").read_bytes() == b"test"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
+
+
+def test_repeated_member_is_refused(tmp_path, monkeypatch):
+    members = [_regular(f"{FOLDER_NAME}/{m}") for m in ("train", "test", "meta", "train")]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    with pytest.raises(DataError, match="holds the member 'cifar-100-python/train' twice"):
+        load_cifar100(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
+
+
+def test_gzip_bomb_member_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "MAX_MEMBER_BYTES", 100_000)
+    bomb = b"\0" * 2_000_000  # compresses to about 2 kB
+    members = [
+        _regular(f"{FOLDER_NAME}/train", bomb),
+        _regular(f"{FOLDER_NAME}/test"),
+        _regular(f"{FOLDER_NAME}/meta"),
+    ]
+    md5 = _tar(tmp_path / ARCHIVE_NAME, members)
+    assert (tmp_path / ARCHIVE_NAME).stat().st_size < 10_000
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
+    written = []
+    monkeypatch.setattr(data_mod, "_write_member", lambda *a: written.append(a))
+    with pytest.raises(DataError, match="'cifar-100-python/train' would decompress to 2,000,000 bytes, more"):
+        load_cifar100(tmp_path)
+    assert written == [] and [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
+
+
+def test_archive_inflating_past_the_total_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "MAX_ARCHIVE_BYTES", 200_000)
+    skipped = [_regular(f"{FOLDER_NAME}/junk{i}", b"\0" * 50_000) for i in range(8)]
+    members = [*skipped, *[_regular(f"{FOLDER_NAME}/{m}") for m in ("train", "test", "meta")]]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    with pytest.raises(DataError, match="decompresses to more than 200,000 bytes"):
+        load_cifar100(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
+
+
+def _pickled(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ([b"a", b"b"], "got \\|S1"),
+        ([1.5, 2.0], "got float64"),
+        ([None, 3], "got object"),
+        ([10**30, 1], "got object"),
+        ([True, False], "got bool"),
+        ([0, 100], "got values from 0 to 100"),
+        ([-1, 5], "got values from -1 to 5"),
+        ([[0, 1], [2]], "not an array of numbers"),
+    ],
+)
+def test_labels_that_are_not_integers_in_range_are_a_data_error(tmp_path, monkeypatch, labels, problem):
+    split = _pickled({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": labels})
+    meta = _pickled({b"fine_label_names": [c.encode() for c in CLASSES]})
+    members = [(f"{FOLDER_NAME}/train", split), (f"{FOLDER_NAME}/test", split), (f"{FOLDER_NAME}/meta", meta)]
+    monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
+    with pytest.raises(DataError, match=problem):
+        load_cifar100(tmp_path)
+
+
+def test_interrupted_download_and_extraction_leave_nothing_behind(cifar_server):
+    cache = data_mod.cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f".{ARCHIVE_NAME}.part").write_bytes(b"half a download")  # killed while downloading
+    (cache / f".{ARCHIVE_NAME}.k3j2h1.part").write_bytes(b"an older version's leftover")
+    (cache / f".{FOLDER_NAME}.x1y2z3.part" / FOLDER_NAME).mkdir(parents=True)  # killed while extracting
+    (cache / data_mod.LOCK_NAME).write_text("")  # its lock file, no longer locked by anyone
+    load_cifar100()
+    assert _leftovers(cache) == []
+    assert sorted(p.name for p in cache.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME, DECODED_NAME])
+
+
+def test_download_larger_than_the_cap_is_refused(cifar_server, monkeypatch):
+    monkeypatch.setattr(data_mod, "MAX_DOWNLOAD_BYTES", 1000)
+    with pytest.raises(DataError, match=r"is not the CIFAR-100 archive: the server announces [\d,]+ bytes"):
+        load_cifar100()
+    assert _leftovers(data_mod.cache_dir()) == []
+
+
+def test_download_without_length_is_capped_while_streaming(tmp_path, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # no Content-Length: the body ends when the connection closes
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"\0" * 10_000)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Endless)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(data_mod, "MAX_DOWNLOAD_BYTES", 50_000)
+        monkeypatch.setenv("REXSEARCH_CIFAR100_URL", f"http://127.0.0.1:{server.server_address[1]}/x")
+        with pytest.raises(DataError, match="it sent more than 50,000 bytes"):
+            load_cifar100()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert list(data_mod.cache_dir().iterdir()) == []

@@ -128,3 +128,74 @@ def test_space_cli_errors(capsys, tmp_path):
     assert "line 3: unknown variable 'nope'" in capsys.readouterr().err
     assert main(["space", "nonexistent-space", "--flops-budget", "400M"]) == 2
     assert "mobilenetv2, piecewise, rexnet" in capsys.readouterr().err
+
+
+def _laughs(levels: int = 9) -> str:
+    """A "billion laughs" document: 9 ** levels strings from a few hundred characters."""
+    anchors = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    anchors += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return (
+        f"generator: linear\nvariables:\n  kernel: {{choices: [3, 5]}}\ndescription: [{', '.join(anchors)}]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "generator: linear\nfixed:\n  activation: !!python/object/apply:os.system [echo pwned]\n"
+            "variables:\n  kernel: {choices: [3, 5]}\n",
+            "line 3: the tag !!python/object/apply:os.system is not allowed",
+        ),
+        ("generator: !custom linear\nvariables: {}\n", "line 1: the tag !custom is not allowed"),
+        (
+            "generator: linear\nvariables:\n  depth_mult: " + "[" * 5000 + "]" * 5000 + "\n",
+            "line 3: values are nested deeper than 32 levels",
+        ),
+        (_laughs(), "line 4: the file expands to more than 10,000 values (counting what aliases repeat)"),
+        (
+            "generator: linear\nvariables: &v {kernel: *v}\n",
+            "the alias *v refers to a value that contains it",
+        ),
+        (
+            "generator: linear\nvariables:\n  expansion: {low: 2, high: 6, step: 0.5}\n",
+            "line 3: variables.expansion.step must be a positive integer (the variable is an int), got 0.5",
+        ),
+        (
+            "generator: linear\nvariables:\n  start: {low: 8, high: 32, step: .nan}\n",
+            "variables.start.step must be a positive number of at most high - low, got nan",
+        ),
+        (
+            "generator: linear\nvariables:\n  start: {low: 8, high: 32, step: 1.0e+400}\n",
+            "variables.start.step must be a positive number of at most high - low, got inf",
+        ),
+        (
+            "generator: linear\nfixed:\n  stem: !!int abc\nvariables:\n  kernel: {choices: [3]}\n",
+            "line 3: the value cannot be read",
+        ),
+    ],
+    ids=[
+        "python-tag",
+        "custom-tag",
+        "deep",
+        "billion-laughs",
+        "self-alias",
+        "int-step",
+        "nan-step",
+        "inf-step",
+        "bad-int",
+    ],
+)
+def test_hostile_space_files_are_one_sentence(text, message):
+    with pytest.raises(SpaceError) as err:
+        parse_space(text, "my.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("my.yaml")
+
+
+def test_hostile_space_file_exits_2_before_anything_runs(capsys, tmp_path):
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(_laughs())
+    assert main(["space", str(laughs), "--flops-budget", "400M", "--sample", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rexsearch: error: ") and "expands to more than" in err and len(err) < 400

@@ -157,6 +157,41 @@ def test_bad_settings_are_user_errors():
         TrainSettings(epochs=2, warmup_epochs=3)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": float("inf")}, "lr must be a finite positive number, got inf"),
+        ({"lr": float("nan")}, "lr must be a finite positive number, got nan"),
+        ({"lr": "0.1"}, "lr must be a finite positive number, got '0.1'"),
+        ({"lr": 0}, "lr must be a finite positive number, got 0"),
+        ({"batch_size": "128"}, "batch_size must be an integer >= 2 (BatchNorm needs two images), got '128'"),
+        ({"batch_size": 10**9}, "batch_size must be at most 65,536, got 1000000000"),
+        ({"batch_size": 64.0}, "batch_size must be an integer >= 2 (BatchNorm needs two images), got 64.0"),
+        ({"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
+        ({"epochs": True}, "epochs must be a positive integer, got True"),
+        ({"seed": -1}, "seed must be an integer in [0, 2^32), got -1"),
+        ({"seed": 2**32}, "seed must be at most 4,294,967,295, got 4294967296"),
+        ({"momentum": float("nan")}, "momentum must be in [0, 1), got nan"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0, got inf"),
+        ({"warmup_epochs": float("nan")}, "warmup_epochs must be between 0 and epochs, got nan"),
+        ({"resolution": 4}, "resolution must be an integer >= 8, got 4"),
+        ({"amp": "yes"}, "amp must be true or false, got 'yes'"),
+        ({"device": None}, "device must be auto, cpu, cuda or cuda:N, got None"),
+    ],
+)
+def test_training_numbers_are_validated_in_one_place(settings, message):
+    with pytest.raises(UserError) as err:
+        TrainSettings(**settings)
+    assert str(err.value) == message
+
+
+def test_train_cli_uses_the_same_validation(capsys):
+    from rexsearch.cli import main
+
+    assert main(["train", "--preset", "rexnet-1.0", "--lr", "inf"]) == 2
+    assert "lr must be a finite positive number, got inf" in capsys.readouterr().err
+
+
 def test_bench_reports_both_loops(tiny):
     res = bench_training(tiny, batch_size=32, steps=2, repeats=1)
     for key in ("trainer_images_per_s", "naive_images_per_s", "speedup", "pipeline_images_per_s"):

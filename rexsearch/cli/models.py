@@ -6,7 +6,7 @@ import argparse
 import time
 
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
-from rexsearch.cost import count_cost, format_count, measure_cost
+from rexsearch.cost import check_memory, count_cost, format_count, measure_cost
 from rexsearch.principles import PRESETS, get_preset
 
 
@@ -74,6 +74,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     out: dict = cost.to_dict()
     measured = None
     if args.verify:
+        check_memory(config, args.resolution, purpose="measure it with fvcore (--verify)")
         measured = measure_cost(config, args.resolution)
         out["fvcore"] = measured.to_dict()
         out["seconds"] = {"analytic": analytic_s, "fvcore": measured.seconds}

@@ -7,6 +7,7 @@ import sys
 import time
 
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
+from rexsearch.cost import check_memory
 from rexsearch.proxy import proxy_config
 from rexsearch.rank import (
     DEFAULT_SAMPLES,
@@ -89,6 +90,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     config = load_config_source(args)
     use_proxy = args.resolution <= PROXY_MAX_RESOLUTION if args.proxy is None else args.proxy
     measured = proxy_config(config, args.resolution, config.num_classes) if use_proxy else config
+    check_memory(measured, args.resolution, args.samples, purpose="measure its rank")
     result = measure_rank(
         measured, resolution=args.resolution, samples=args.samples, seed=args.seed, rtol=args.rtol
     )
