@@ -1,4 +1,4 @@
-"""Feature-rank measurement, and the ReXNet paper's random-network rank study.
+"""Feature-rank measurement (the ReXNet paper's random-network studies are in ``rank_study``).
 
 **What is measured.** :func:`measure_rank` runs a batch through a network and, with forward
 hooks, takes the features after every expand layer: the expanded activation of each block
@@ -56,26 +56,20 @@ A trained model is measured the same way; pass real images as ``inputs`` for it.
 The network (when built from a config), the inputs and the row subsampling all come
 from ``seed``: the same seed gives the same result.
 
-**The rank study** (:func:`run_rank_study`) reproduces the paper's study of random
-single-block networks; see its docstring.
+The paper's random-network studies live in :mod:`rexsearch.rank_study`, so that trial
+workers importing this module load neither pandas nor plotly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
 import torch
-import torch.nn.functional as F
-from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 from torch import nn
 
 from rexsearch.config import ReXNetConfig
@@ -318,241 +312,3 @@ def measure_rank(
         resolution=resolution,
         rtol=rtol,
     )
-
-
-# ---------------------------------------------------------------------- the rank study
-#: Block kinds of the study, with their labels.
-STUDY_BLOCKS: dict[str, str] = {
-    "conv1x1": "single 1x1 conv",
-    "conv3x3": "single 3x3 conv",
-    "ib_conv3x3": "inverted bottleneck, 3x3 conv",
-    "ib_dwconv3x3": "inverted bottleneck, 3x3 depthwise conv",
-}
-#: Nonlinearities of the study (functional, so one pre-activation serves all of them).
-STUDY_NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "linear": lambda z: z,
-    "relu6": F.relu6,
-    "relu": F.relu,
-    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
-    "elu": F.elu,
-    "softplus": F.softplus,
-    "hardswish": F.hardswish,
-    "silu": F.silu,
-}
-DIM_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-#: Inverted-bottleneck expansion (ReXNet's and MobileNetV2's t).
-STUDY_EXPANSION = 6
-#: d_out range of the full study and of ``quick`` (inclusive).
-STUDY_D_OUT = (64, 256)
-QUICK_D_OUT = (16, 32)
-#: Networks per point (the paper: 1,000): about 13 minutes on 2 idle CPU cores. The cost is
-#: dominated by the inverted bottleneck with a full 3x3 conv, which grows as d_out³.
-STUDY_NETWORKS = 300
-QUICK_NETWORKS = 4
-CSV_COLUMNS = ("block", "nonlinearity", "dim_ratio", "rank_ratio", "std", "networks")
-
-
-def _standardize(z: torch.Tensor) -> torch.Tensor:
-    """Train-mode BatchNorm (weight 1, bias 0) of ``(G, B, C, H, W)``, per group and channel."""
-    mean = z.mean((1, 3, 4), keepdim=True)
-    var = z.var((1, 3, 4), unbiased=False, keepdim=True)
-    return (z - mean) / torch.sqrt(var + 1e-5)
-
-
-def _apply_each(z: torch.Tensor, shared: bool) -> torch.Tensor:
-    """``(G, ...)``: every study nonlinearity applied to ``z`` (``shared``) or to its own ``z[g]``."""
-    fns = STUDY_NONLINEARITIES.values()
-    if shared:
-        return torch.stack([f(z) for f in fns])
-    return torch.stack([f(zg) for f, zg in zip(fns, z, strict=True)])
-
-
-def _grouped(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply a conv ``fn`` to ``(G, B, C, H, W)`` by folding the groups into the batch."""
-    g, b = x.shape[:2]
-    out = fn(x.flatten(0, 1))
-    return out.reshape(g, b, *out.shape[1:])
-
-
-def _study_block(kind: str, x: torch.Tensor, d_out: int, generator: torch.Generator) -> torch.Tensor:
-    """Outputs ``(G, B, d_out, H, W)`` of one random block for every study nonlinearity."""
-    d_in = x.shape[1]
-
-    def weight(c_out: int, c_in: int, k: int) -> torch.Tensor:
-        return torch.randn(c_out, c_in, k, k, generator=generator) / math.sqrt(c_in * k * k)
-
-    if kind in ("conv1x1", "conv3x3"):
-        k = 1 if kind == "conv1x1" else 3
-        z = _standardize(F.conv2d(x, weight(d_out, d_in, k), padding=k // 2).unsqueeze(0))[0]
-        return _apply_each(z, shared=True)
-    hidden = STUDY_EXPANSION * d_in
-    h = _apply_each(_standardize(F.conv2d(x, weight(hidden, d_in, 1)).unsqueeze(0))[0], shared=True)
-    if kind == "ib_conv3x3":
-        w = weight(hidden, hidden, 3)
-        h = _grouped(h, lambda t: F.conv2d(t, w, padding=1))
-    else:
-        w = torch.randn(hidden, 1, 3, 3, generator=generator) / 3.0
-        h = _grouped(h, lambda t: F.conv2d(t, w, padding=1, groups=hidden))
-    h = _apply_each(_standardize(h), shared=False)
-    w = weight(d_out, hidden, 1)
-    out = _standardize(_grouped(h, lambda t: F.conv2d(t, w)))
-    out[:, :, :d_in] += x
-    return out
-
-
-def run_rank_study(
-    networks: int | None = None,
-    seed: int = 0,
-    quick: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    rtol: float = RTOL,
-    d_out: tuple[int, int] | None = None,
-    blocks: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The paper's random-network rank study: rank(block output) / d_out against d_in / d_out.
-
-    For each block kind (``blocks``, default all of ``STUDY_BLOCKS``), dimension ratio and
-    network: ``d_out`` is drawn uniformly from the inclusive range ``d_out`` (default
-    ``STUDY_D_OUT``, ``QUICK_D_OUT`` with ``quick``), ``d_in = max(1, round(ratio·d_out))``,
-    the input is one ``S x S`` Gaussian image with ``d_in`` channels (``S = ⌈√(2·d_out)⌉``)
-    and the weights are Gaussian. Every conv is followed by train-mode BN; the nonlinearity
-    comes after BN (in an inverted bottleneck after both the expansion and the 3x3 conv;
-    expansion ``STUDY_EXPANSION``, linear projection, the input added to the first
-    ``d_in`` output channels). The same network and input serve all eight nonlinearities.
-    The output's rank is measured on ``ROWS_PER_CHANNEL·d_out`` of its ``S²`` rows with
-    :func:`numerical_rank` at ``rtol``. ``progress(done, total)`` is called after each
-    (block kind, ratio) point. Returns one row per block kind, nonlinearity and ratio with
-    ``CSV_COLUMNS`` (``std``: standard deviation across networks).
-    """
-    networks = networks or (QUICK_NETWORKS if quick else STUDY_NETWORKS)
-    if networks < 1:
-        raise UserError(f"networks must be a positive integer, got {networks}")
-    lo, hi = d_out or (QUICK_D_OUT if quick else STUDY_D_OUT)
-    if not 1 <= lo <= hi:
-        raise UserError(f"d_out must be a range lo..hi with 1 <= lo <= hi, got {lo}..{hi}")
-    kinds = list(blocks or STUDY_BLOCKS)
-    unknown = [k for k in kinds if k not in STUDY_BLOCKS]
-    if unknown:
-        raise UserError(f"unknown block kind {unknown[0]!r}; known: {', '.join(STUDY_BLOCKS)}")
-    generator = torch.Generator().manual_seed(seed)
-    records = []
-    total, done = len(kinds) * len(DIM_RATIOS), 0
-    with torch.no_grad():
-        for kind in kinds:
-            for ratio in DIM_RATIOS:
-                ratios = np.empty((networks, len(STUDY_NONLINEARITIES)))
-                for n in range(networks):
-                    d_out = int(torch.randint(lo, hi + 1, (1,), generator=generator))
-                    d_in = max(1, round(ratio * d_out))
-                    size = math.ceil(math.sqrt(ROWS_PER_CHANNEL * d_out))
-                    x = torch.randn(1, d_in, size, size, generator=generator)
-                    out = _study_block(kind, x, d_out, generator)
-                    flat = out.permute(0, 1, 3, 4, 2).reshape(out.shape[0], -1, d_out)
-                    keep = torch.randperm(flat.shape[1], generator=generator)[: ROWS_PER_CHANNEL * d_out]
-                    ratios[n] = numerical_rank(flat[:, keep], rtol).numpy() / d_out
-                std = ratios.std(0, ddof=1) if networks > 1 else np.zeros(len(STUDY_NONLINEARITIES))
-                for j, name in enumerate(STUDY_NONLINEARITIES):
-                    records.append((kind, name, ratio, float(ratios[:, j].mean()), float(std[j]), networks))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    df = pd.DataFrame.from_records(records, columns=list(CSV_COLUMNS))
-    df.attrs["settings"] = {
-        "networks": networks,
-        "seed": seed,
-        "quick": quick,
-        "d_out": [lo, hi],
-        "rows_per_channel": ROWS_PER_CHANNEL,
-        "expansion": STUDY_EXPANSION,
-        "rtol": rtol,
-    }
-    return df
-
-
-def rank_study_figure(df: pd.DataFrame) -> go.Figure:
-    """One panel per block kind: rank ratio against dimension ratio, a line per nonlinearity."""
-    kinds = [k for k in STUDY_BLOCKS if k in set(df["block"])]
-    cols = 2 if len(kinds) > 1 else 1
-    rows = math.ceil(len(kinds) / cols)
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=[STUDY_BLOCKS[k] for k in kinds],
-        horizontal_spacing=0.08,
-        vertical_spacing=0.12,
-    )
-    colors = dict(zip(STUDY_NONLINEARITIES, ["#444444", *qualitative.D3], strict=False))
-    # Distinct markers keep coinciding curves (ReLU, ReLU6, LeakyReLU) apart.
-    symbols = dict(
-        zip(
-            STUDY_NONLINEARITIES,
-            ["circle", "square", "x", "cross", "diamond", "triangle-up", "star", "circle"],
-            strict=True,
-        )
-    )
-    for i, kind in enumerate(kinds):
-        row, col = i // cols + 1, i % cols + 1
-        fig.add_trace(
-            go.Scatter(
-                x=[0, 1],
-                y=[0, 1],
-                mode="lines",
-                line={"color": "#bbbbbb", "dash": "dot", "width": 1},
-                hoverinfo="skip",
-                showlegend=False,
-            ),
-            row=row,
-            col=col,
-        )
-        for name in STUDY_NONLINEARITIES:
-            part = df[(df["block"] == kind) & (df["nonlinearity"] == name)].sort_values("dim_ratio")
-            if part.empty:
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=part["dim_ratio"],
-                    y=part["rank_ratio"],
-                    customdata=np.stack([part["std"], part["networks"]], axis=1),
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=i == 0,
-                    line={"color": colors[name], "dash": "dash" if name == "linear" else "solid"},
-                    marker={"symbol": symbols[name], "size": 7},
-                    hovertemplate=f"{name}<br>d_in/d_out %{{x:.1f}}<br>rank/d_out %{{y:.3f}}"
-                    " ± %{customdata[0]:.3f}<br>%{customdata[1]} networks<extra></extra>",
-                ),
-                row=row,
-                col=col,
-            )
-        fig.update_xaxes(title_text="d_in / d_out", range=[0, 1.05], row=row, col=col)
-        fig.update_yaxes(title_text="rank / d_out", range=[0, 1.05], row=row, col=col)
-    settings = df.attrs.get("settings", {})
-    subtitle = ""
-    if settings:
-        subtitle = (
-            f"<br><sup>mean over {settings['networks']} random networks per point; d_out uniform in "
-            f"{settings['d_out'][0]}..{settings['d_out'][1]}; BN before the nonlinearity; "
-            f"rank at rtol {settings['rtol']:g}; seed {settings['seed']}</sup>"
-        )
-    fig.update_layout(
-        title=f"Rank of the output feature of random blocks{subtitle}",
-        height=430 * rows + 120,
-        width=1100,
-        template="plotly_white",
-        legend={"title": {"text": "nonlinearity"}},
-    )
-    return fig
-
-
-def write_rank_study(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``rank_study.csv`` and a self-contained ``rank_study.html`` into ``out_dir``."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path, html_path = out / "rank_study.csv", out / "rank_study.html"
-        df.to_csv(csv_path, index=False, columns=list(CSV_COLUMNS), float_format="%.6g")
-        rank_study_figure(df).write_html(html_path, include_plotlyjs=True, full_html=True)
-    except OSError as exc:
-        raise UserError(f"cannot write the rank study to {out}: {exc.strerror or exc}") from None
-    return csv_path, html_path

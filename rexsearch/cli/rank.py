@@ -9,12 +9,15 @@ import time
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
 from rexsearch.cost import check_memory
 from rexsearch.proxy import proxy_config
-from rexsearch.rank import (
-    DEFAULT_SAMPLES,
-    RTOL,
+from rexsearch.rank import DEFAULT_SAMPLES, RTOL, measure_rank
+from rexsearch.rank_study import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    QUICK_NETWORKS,
     STUDY_NETWORKS,
-    measure_rank,
+    run_channel_study,
     run_rank_study,
+    write_channel_study,
     write_rank_study,
 )
 
@@ -68,20 +71,53 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "rank-study",
-        help="the paper's random-network rank study (CSV + HTML)",
-        description="Rank of the output of random single-block networks (four block kinds, "
-        "eight nonlinearities, d_in/d_out from 0.1 to 1.0), averaged over many random-sized "
-        "networks per point. Writes DIR/rank_study.csv and DIR/rank_study.html.",
+        help="the paper's random-network rank studies (CSV + HTML)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""The ReXNet paper's random-network rank studies.
+
+--study blocks (default): rank of the output of random single-block networks (single 1x1
+conv, single 3x3 conv, inverted bottleneck with a 3x3 conv or a 3x3 depthwise conv; eight
+nonlinearities; d_in/d_out 0.1 .. 1.0), averaged over random-sized networks per point.
+Writes DIR/rank_study_PROTOCOL.csv and .html.
+
+--study channels: random L-layer networks of 1x1 convs growing from d_out/10 to d_out
+channels in k equal steps at random layers (the other layers keep the width, ReLU);
+rank of the final feature against k = 1..L for L = 2, 4, 8, 12, with SiLU or ReLU after
+the expand layers. Writes DIR/channel_study_PROTOCOL.csv and .html.
+
+--protocol paper (default), the setting the paper's Figure 1 implies:
+  inputs      N = d_out + 2 rows drawn from U[0, 1), 1x1 spatial size (a 3x3 conv acts
+              through its centre tap, a depthwise conv is a per-channel scale)
+  d_out       uniform in 16..256 (16..64 with --quick); d_in = round(ratio * d_out)
+  weights     standard normal (torch.randn), biases U(+-1/sqrt(fan_in)) (PyTorch's default);
+              in the channel study weights are scaled by 1/sqrt(fan_in)
+  BatchNorm   a fresh layer in eval mode: the identity
+  bottleneck  expansion 2, nonlinearity after the expansion and the 3x3 conv, linear
+              projection, input added to the first d_in output channels
+  rank        strict numerical rank of the float32 output (torch.linalg.matrix_rank's
+              default: singular values above sigma_max * max(M, C) * eps)
+--protocol batchnorm, the earlier setting: one Gaussian S x S image (S = ceil(sqrt(2 d_out))),
+  fan-scaled Gaussian weights, BatchNorm on batch statistics before every nonlinearity,
+  d_out 64..256, expansion 6, rank at relative tolerance 0.03 on 2 d_out rows.""",
     )
+    p.add_argument(
+        "--study", choices=("blocks", "channels"), default="blocks", help="which study (default blocks)"
+    )
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=DEFAULT_PROTOCOL, help="default paper")
     p.add_argument("--quick", action="store_true", help="a small study (seconds), for checks")
     p.add_argument(
         "--networks",
         type=positive_int,
         default=None,
-        help=f"random networks per point (default {STUDY_NETWORKS}; with --quick a few)",
+        help=f"random networks per point (default {STUDY_NETWORKS}; with --quick {QUICK_NETWORKS})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--rtol", type=_rtol, default=RTOL, help=f"rank tolerance (default {RTOL})")
+    p.add_argument(
+        "--rtol",
+        type=_rtol,
+        default=None,
+        help=f"rank tolerance (default: 0 for paper, {RTOL} for batchnorm)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.set_defaults(handler=cmd_rank_study)
 
@@ -140,12 +176,31 @@ def cmd_rank_study(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    df = run_rank_study(args.networks, seed=args.seed, quick=args.quick, progress=progress, rtol=args.rtol)
-    csv_path, html_path = write_rank_study(df, args.out)
+    if args.study == "channels":
+        df = run_channel_study(
+            args.networks,
+            seed=args.seed,
+            quick=args.quick,
+            progress=progress,
+            protocol=args.protocol,
+            rtol=args.rtol,
+        )
+        csv_path, html_path = write_channel_study(df, args.out)
+    else:
+        df = run_rank_study(
+            args.networks,
+            seed=args.seed,
+            quick=args.quick,
+            progress=progress,
+            rtol=args.rtol,
+            protocol=args.protocol,
+        )
+        csv_path, html_path = write_rank_study(df, args.out)
     settings = df.attrs["settings"]
     print(f"wrote {csv_path} and {html_path}")
     print(
-        f"{settings['networks']} networks per point, d_out {settings['d_out'][0]}..{settings['d_out'][1]}, "
-        f"rtol {settings['rtol']:g}, seed {settings['seed']}, {time.perf_counter() - start:.1f} s"
+        f"protocol {settings['protocol']}, {settings['networks']} networks per point, "
+        f"d_out {settings['d_out'][0]}..{settings['d_out'][1]}, rtol {settings['rtol']:g}, "
+        f"seed {settings['seed']}, {time.perf_counter() - start:.1f} s"
     )
     return 0
