@@ -18,6 +18,7 @@ from rexsearch import search
 from rexsearch.cli import main
 from rexsearch.errors import UserError
 from rexsearch.rundir import load_run
+from rexsearch.search import cluster
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -119,7 +120,7 @@ def test_multi_node_cluster_needs_shared_storage_path(tmp_path, capsys, monkeypa
         search.check_cluster(settings, 3)
     search.check_cluster(search.SearchSettings(**{**settings.to_dict(), "storage_path": "s3://b/p"}), 3)
 
-    monkeypatch.setattr(search, "check_resources", lambda cpus, gpus: {"CPU": 2.0, "GPU": 0.0, "nodes": 2.0})
+    monkeypatch.setattr(cluster, "check_resources", lambda cpus, gpus: {"CPU": 2.0, "GPU": 0.0, "nodes": 2.0})
     run_dir = tmp_path / "run"
     args = ["run", "--flops-budget", "400M", "--objectives", "rank", "--run-dir", str(run_dir), "--quiet"]
     assert main(args) == 2

@@ -1,7 +1,9 @@
 """The ``rexsearch`` command: argument parsing and messages only.
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function that
-adds its parser and sets ``handler``; the library below never prints.
+Each subcommand lives in a module of this package with a ``register(subparsers)`` function
+that adds its parsers and sets ``handler``; the library below never prints. Only the module
+of the command being run is imported (:data:`COMMANDS` names the others for ``--help``), so
+``rexsearch --version`` and ``rexsearch --help`` import neither torch, Ray nor plotly.
 """
 
 from __future__ import annotations
@@ -13,27 +15,66 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from rexsearch import __version__
+from rexsearch._version import __version__
 from rexsearch.errors import UserError
 
-#: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("models", "search", "inspect", "train", "rank")
+#: Every command: the module that registers it and its one-line help, in ``--help`` order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "presets": ("models", "list presets with params/MACs; with NAME, print its config JSON"),
+    "cost": ("models", "parameters and MACs of a config (analytic; --verify adds fvcore)"),
+    "run": ("search", "the search: proxy trainings on Ray Tune, chosen by Optuna, inside a budget"),
+    "resume": ("search", "continue an interrupted run"),
+    "space": ("search", "candidate configs a space yields under a budget"),
+    "dashboard": ("inspect", "optuna-dashboard on a run's storage"),
+    "report": ("inspect", "(re)write a run's HTML report, trials.csv and pareto.png"),
+    "export": ("inspect", "checkpoint of a run's winner, or of a preset in another layout"),
+    "train": ("train", "train one config's CIFAR-100 proxy and evaluate it on the test set"),
+    "bench": ("train", "benchmarks (bench train: proxy-training throughput)"),
+    "rank": ("rank", "per-layer normalized feature rank of a config (data-free)"),
+    "rank-study": ("rank", "the paper's random-network rank studies (CSV + HTML)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_help(name: str) -> str:
+    """The one-line help of command ``name`` (what ``rexsearch --help`` lists)."""
+    return COMMANDS[name][1]
+
+
+def build_parser(command: str | None = None, full: bool = False) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module is imported and registered
+    (the others are listed by name and help), with ``full`` every module is."""
     parser = argparse.ArgumentParser(
         prog="rexsearch",
         description="Channel-configuration search for ReXNet-style CNNs under a compute budget.",
     )
     parser.add_argument("--version", action="version", version=f"rexsearch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"rexsearch.cli.{name}").register(sub)
+    wanted = (
+        {m for m, _ in COMMANDS.values()}
+        if full
+        else {COMMANDS[command][0]}
+        if command in COMMANDS
+        else set()
+    )
+    registered: set[str] = set()
+    for name, (module, help_text) in COMMANDS.items():
+        if module in wanted:
+            if module not in registered:
+                importlib.import_module(f"rexsearch.cli.{module}").register(sub)
+                registered.add(module)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (its first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rexsearch.cli import command_help
 from rexsearch.cost import macs_convention
 from rexsearch.errors import UserError
 from rexsearch.export import FORMATS, WEIGHTS, export_preset, export_trial
@@ -31,7 +32,7 @@ def _seed(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dashboard",
-        help="optuna-dashboard on a run's storage",
+        help=command_help("dashboard"),
         description="Serve optuna-dashboard on the run's Optuna storage (run.json's storage URL): "
         "trials with their configs, MACs, params, rank and accuracy curves as user attributes, "
         "objective names on the axes, infeasible trials marked. Stop it with Ctrl-C.",
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "report",
-        help="(re)write a run's HTML report, trials.csv and pareto.png",
+        help=command_help("report"),
         description="Write RUN_DIR/trials.csv (one row per trial), RUN_DIR/report.html (one "
         "self-contained file that opens offline: Pareto fronts, history, channel profiles, "
         "per-principle analysis, rank calibration, importances, verdict) and RUN_DIR/pareto.png. "
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="checkpoint of a run's winner, or of a preset in another layout",
+        help=command_help("export"),
         description="Export a trial of a run (RUN_DIR --trial best|N) or a preset (--preset NAME) "
         "into --out DIR: config.json, model.safetensors and a model card README.md, plus "
         "model.onnx or model.torchscript.pt on request. " + BEST_DEFINITION + " The directory is "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
 from rexsearch.cost import check_memory, count_cost, format_count, measure_cost
 from rexsearch.principles import PRESETS, get_preset
@@ -13,7 +14,7 @@ from rexsearch.principles import PRESETS, get_preset
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "presets",
-        help="list presets with params/MACs; with NAME, print its config JSON",
+        help=command_help("presets"),
         description="List the presets with parameters and MACs (224x224, conv+linear "
         "multiply-accumulates). With NAME, print that preset's config JSON, which can be "
         "edited and passed back with --config.",
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "cost",
-        help="parameters and MACs of a config (analytic; --verify adds fvcore)",
+        help=command_help("cost"),
         description="Parameters and MACs (conv+linear multiply-accumulates at the given "
         "resolution, batch 1, eval mode: the 'FLOPs' of mobile-CNN papers) computed from "
         "the config alone, plus fvcore's total (which adds BatchNorm and pooling).",

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
 from rexsearch.cost import check_memory
 from rexsearch.proxy import proxy_config
@@ -38,7 +39,7 @@ def _rtol(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
-        help="per-layer normalized feature rank of a config (data-free)",
+        help=command_help("rank"),
         description="Feed random Gaussian images through a freshly initialised network "
         "(BatchNorm on batch statistics) and report the normalized rank of every expand "
         "layer's feature, the rank objective (their mean) and the nuclear norm of the pooled "
@@ -71,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "rank-study",
-        help="the paper's random-network rank studies (CSV + HTML)",
+        help=command_help("rank-study"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""The ReXNet paper's random-network rank studies.
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from rexsearch.cli import command_help
 from rexsearch.cli.common import positive_int, print_table
 from rexsearch.cost import format_count, parse_budget
 from rexsearch.errors import UserError
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
     p = sub.add_parser(
         "run",
-        help="the search: proxy trainings on Ray Tune, chosen by Optuna, inside a budget",
+        help=command_help("run"),
         description="Search channel configurations inside a MACs budget (conv+linear multiply-"
         "accumulates at --resolution, batch 1). Trials train CIFAR-100 proxies on Ray Tune; Optuna "
         "maximises proxy accuracy and feature rank. Writes a run directory (run.json, study.db, "
@@ -89,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "resume",
-        help="continue an interrupted run",
+        help=command_help("resume"),
         description="Continue a run after Ctrl-C, a crash or kill -9: finished trials are "
         "kept, trials left running are marked FAIL and run again.",
     )
@@ -102,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "space",
-        help="candidate configs a space yields under a budget",
+        help=command_help("space"),
         description="Sample a search space under a MACs budget; every candidate lands in [0.97 B, B].",
     )
     p.add_argument("space", metavar="SPACE", help=f"space name ({shipped}) or YAML file")

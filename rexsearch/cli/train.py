@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json
 from rexsearch.config import ReXNetConfig
 from rexsearch.data import load_cifar100, stratified_subset
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = TrainSettings()
     p = sub.add_parser(
         "train",
-        help="train one config's CIFAR-100 proxy and evaluate it on the test set",
+        help=command_help("train"),
         usage="%(prog)s (--preset NAME | --config FILE | RUN_DIR --trial N) [options]",
         description="Train the CIFAR proxy of a config (see README, 'CIFAR-100 data and proxy "
         "training') on the CIFAR-100 training set and report top-1 on the test set after every "
@@ -103,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opts.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("bench", help="benchmarks (bench train: proxy-training throughput)")
+    p = sub.add_parser("bench", help=command_help("bench"))
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     p = bench.add_parser(
         "train",
