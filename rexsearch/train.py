@@ -575,29 +575,35 @@ def bench_training(
     }
 
 
-def measure_throughput(config: ReXNetConfig, batch_size: int, steps: int = 2) -> float:
-    """Training images/s of ``config``'s proxy here: a few plain SGD steps after one warm-up step."""
+def measure_throughput(config: ReXNetConfig, batch_size: int, steps: int = 3, repeats: int = 5) -> float:
+    """Training images/s of ``config``'s proxy here: the median of ``repeats`` timings of
+    ``steps`` plain SGD steps each, after one warm-up step (allocations, oneDNN kernel choice)."""
     model = build_model(proxy_config(config)).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(batch_size, 3, PROXY_RESOLUTION, PROXY_RESOLUTION).to(memory_format=torch.channels_last)
     y = torch.randint(0, NUM_CLASSES, (batch_size,))
     loss_fn = nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    for i in range(steps + 1):
-        if i == 1:
-            start = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-    return steps * batch_size / (time.perf_counter() - start)
+
+    step()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def estimate_seconds(
     trials: int, epochs: int, train_images: int, val_images: int, images_per_s: float
 ) -> float:
-    """Rough wall time of ``trials`` proxy trainings at a measured training throughput.
-
-    Evaluation is counted at a third of a training image (a forward pass only).
-    """
+    """Rough wall time of ``trials`` proxy trainings on ``train_images`` (evaluated on
+    ``val_images``) at a measured training throughput; evaluation is counted at a third of a
+    training image (a forward pass only)."""
     per_trial = epochs * (train_images + val_images / 3) / max(images_per_s, 1e-9)
     return per_trial * trials

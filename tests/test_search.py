@@ -322,3 +322,16 @@ def test_existing_run_is_not_touched(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert (run_dir / "run.json").read_text() == "{}"
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+def test_eta_counts_the_split_the_trials_train_on():
+    from types import SimpleNamespace
+
+    import torch
+
+    from rexsearch import search
+
+    settings = search.SearchSettings(run_dir="unused", flops_budget=400_000_000, trials=4, epochs=3)
+    small = SimpleNamespace(train_y=torch.zeros(1200), val_y=torch.zeros(300))
+    seconds = search.estimate_training_seconds(settings, small, images_per_s=100.0)
+    assert seconds == pytest.approx(4 * 3 * (1200 + 300 / 3) / 100.0)  # not CIFAR-100's 45,000 images

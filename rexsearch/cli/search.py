@@ -304,7 +304,7 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             f"{resources.gpus_per_trial:g} GPU per trial)"
         )
         if settings.needs_data and not resources.gpus:
-            _cpu_note(settings, view)
+            _cpu_note(settings, split, view)
         try:
             outcome = search.execute(
                 settings, split, on_progress=view, on_event=view.event, resources=resources
@@ -334,21 +334,23 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
     return 0
 
 
-def _cpu_note(settings, view: _LiveView) -> None:
+def _cpu_note(settings, split, view: _LiveView) -> None:
+    from rexsearch.search import estimate_training_seconds
     from rexsearch.space import InfeasibleError, baseline_candidate
-    from rexsearch.train import estimate_seconds, measure_throughput
+    from rexsearch.train import measure_throughput
 
     try:
         base = baseline_candidate("rexnet-linear", settings.budget).config
     except InfeasibleError:
         return
-    ips = measure_throughput(base, settings.batch_size)
-    train_images = settings.train_images or 50000 - settings.val_images
-    seconds = estimate_seconds(settings.trials, settings.epochs, train_images, settings.val_images, ips)
+    batch = max(2, min(settings.batch_size, len(split.train_y)))
+    ips = measure_throughput(base, batch)
+    seconds = estimate_training_seconds(settings, split, ips)
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
-        f"{settings.epochs} epochs would take about {_duration(seconds)} (before early stopping); shorten "
-        "with --trials, --epochs and --train-images (e.g. --trials 8 --epochs 2 --train-images 5000)"
+        f"{settings.epochs} epochs on {len(split.train_y):,} training images would take about "
+        f"{_duration(seconds)} (before early stopping); shorten with --trials, --epochs and "
+        "--train-images (e.g. --trials 8 --epochs 2 --train-images 5000)"
     )
 
 

@@ -26,7 +26,7 @@ from rexsearch.search.cluster import (
     default_resources,
     ensure_ray,
 )
-from rexsearch.search.run import SearchOutcome, execute, load_split
+from rexsearch.search.run import SearchOutcome, estimate_training_seconds, execute, load_split
 from rexsearch.search.settings import SAMPLERS, SearchSettings, settings_from_run, start_run
 from rexsearch.search.study import TrialDecoder, prepare_resume, record_outcome
 from rexsearch.search.trial import Deadline, TrialJob, TrialTimeoutError, trial_function
@@ -48,6 +48,7 @@ __all__ = [
     "cluster_resources",
     "default_resources",
     "ensure_ray",
+    "estimate_training_seconds",
     "execute",
     "load_split",
     "prepare_resume",

@@ -53,6 +53,16 @@ def load_split(settings: SearchSettings, progress: Callable[[int, int], None] | 
     )
 
 
+def estimate_training_seconds(settings: SearchSettings, split: Any, images_per_s: float) -> float:
+    """Wall time of the run's trainings at ``images_per_s``, on the split the trials will train on
+    (its real size: a small data set or ``--train-images`` is counted as it is)."""
+    from rexsearch.train import estimate_seconds
+
+    return estimate_seconds(
+        settings.trials, settings.epochs, len(split.train_y), len(split.val_y), images_per_s
+    )
+
+
 def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources) -> TrialJob:
     """The settings every trial of this session shares."""
     return TrialJob(
