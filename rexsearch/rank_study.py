@@ -40,6 +40,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -278,20 +279,19 @@ def run_rank_study(
         raise UserError(f"unknown block kind {unknown[0]!r}; known: {', '.join(STUDY_BLOCKS)}")
     one_network = _paper_network if paper else _batchnorm_network
     generator = torch.Generator().manual_seed(seed)
-    records = []
-    total, done = len(kinds) * len(DIM_RATIOS), 0
+    cells = [(kind, ratio) for kind in kinds for ratio in DIM_RATIOS]
     with torch.no_grad(), _one_thread() if paper else nullcontext():
-        for kind in kinds:
-            for ratio in DIM_RATIOS:
-                ratios = np.stack(
-                    [one_network(kind, ratio, lo, hi, expansion, rtol, generator) for _ in range(networks)]
-                )
-                std = ratios.std(0, ddof=1) if networks > 1 else np.zeros(len(STUDY_NONLINEARITIES))
-                for j, name in enumerate(STUDY_NONLINEARITIES):
-                    records.append((kind, name, ratio, float(ratios[:, j].mean()), float(std[j]), networks))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+        stats = _averaged(
+            cells,
+            lambda kind, ratio: one_network(kind, ratio, lo, hi, expansion, rtol, generator),
+            networks,
+            progress,
+        )
+    records = [
+        (kind, name, ratio, mean[j], std[j], networks)
+        for (kind, ratio), mean, std in stats
+        for j, name in enumerate(STUDY_NONLINEARITIES)
+    ]
     df = pd.DataFrame.from_records(records, columns=list(CSV_COLUMNS))
     df.attrs["settings"] = {
         "protocol": protocol,
@@ -303,6 +303,24 @@ def run_rank_study(
         "rtol": rtol,
     }
     return df
+
+
+def _averaged(
+    cells: Sequence[tuple[Any, Any]],
+    draw: Callable[[Any, Any], np.ndarray],
+    networks: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[tuple[Any, Any], list[float], list[float]]]:
+    """For each cell, the mean and sample std (0 for one network) of ``networks`` draws of
+    ``draw(*cell)`` (one rank ratio per nonlinearity), drawn in cell order."""
+    out = []
+    for done, cell in enumerate(cells, start=1):
+        ratios = np.stack([draw(*cell) for _ in range(networks)])
+        std = ratios.std(0, ddof=1) if networks > 1 else np.zeros(ratios.shape[1])
+        out.append((cell, [float(v) for v in ratios.mean(0)], [float(v) for v in std]))
+        if progress is not None:
+            progress(done, len(cells))
+    return out
 
 
 # ---------------------------------------------------------------------- the channel study
@@ -385,20 +403,19 @@ def run_channel_study(
     if not 0.0 <= rtol < 1.0:
         raise UserError(f"rtol must be in [0, 1), got {rtol}")
     generator = torch.Generator().manual_seed(seed)
-    records = []
-    total, done = sum(depths), 0
+    cells = [(depth, k) for depth in depths for k in range(1, depth + 1)]
     with torch.no_grad(), _one_thread():
-        for depth in depths:
-            for k in range(1, depth + 1):
-                ratios = np.stack(
-                    [_channel_network(depth, k, lo, hi, protocol, rtol, generator) for _ in range(networks)]
-                )
-                std = ratios.std(0, ddof=1) if networks > 1 else np.zeros(len(CHANNEL_NONLINEARITIES))
-                for j, name in enumerate(CHANNEL_NONLINEARITIES):
-                    records.append((depth, k, name, float(ratios[:, j].mean()), float(std[j]), networks))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+        stats = _averaged(
+            cells,
+            lambda depth, k: _channel_network(depth, k, lo, hi, protocol, rtol, generator),
+            networks,
+            progress,
+        )
+    records = [
+        (depth, k, name, mean[j], std[j], networks)
+        for (depth, k), mean, std in stats
+        for j, name in enumerate(CHANNEL_NONLINEARITIES)
+    ]
     df = pd.DataFrame.from_records(records, columns=list(CHANNEL_COLUMNS))
     df.attrs["settings"] = {
         "protocol": protocol,
