@@ -75,6 +75,7 @@ from torch import nn
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import UserError
 from rexsearch.model import ReXNet, build_model
+from rexsearch.proxy import PROXY_RESOLUTION
 
 #: Machine epsilon of the features' dtype: the floor of the rank tolerance.
 FEATURE_EPS = float(torch.finfo(torch.float32).eps)
@@ -230,7 +231,7 @@ def _check_inputs(inputs: torch.Tensor) -> None:
 def measure_rank(
     config_or_model: ReXNetConfig | ReXNet,
     *,
-    resolution: int = 32,
+    resolution: int = PROXY_RESOLUTION,
     samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
     inputs: torch.Tensor | None = None,

@@ -77,7 +77,7 @@ class TrainSettings:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
-    resolution: int = 32
+    resolution: int = PROXY_RESOLUTION
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True

@@ -9,7 +9,7 @@ import time
 from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
 from rexsearch.cost import check_memory
-from rexsearch.proxy import proxy_config
+from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 from rexsearch.rank import DEFAULT_SAMPLES, RTOL, measure_rank
 from rexsearch.rank_study import (
     DEFAULT_PROTOCOL,
@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "penultimate feature.",
     )
     add_config_source(p)
-    p.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
+    p.add_argument(
+        "--resolution",
+        type=positive_int,
+        default=PROXY_RESOLUTION,
+        help=f"input size (default {PROXY_RESOLUTION})",
+    )
     p.add_argument(
         "--samples",
         type=positive_int,

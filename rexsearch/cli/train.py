@@ -15,6 +15,7 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.data import load_cifar100, stratified_subset
 from rexsearch.errors import UserError
 from rexsearch.principles import get_preset
+from rexsearch.proxy import PROXY_RESOLUTION
 from rexsearch.results import RunResults, describe_state, trial_number
 from rexsearch.train import (
     CPU_FP32_PEAK_GFLOPS,
@@ -77,7 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=5.0,
         help="warm-up epochs (default 5, at most --epochs)",
     )
-    opts.add_argument("--resolution", type=positive_int, default=32, help="input size (default 32)")
+    opts.add_argument(
+        "--resolution",
+        type=positive_int,
+        default=PROXY_RESOLUTION,
+        help=f"input size (default {PROXY_RESOLUTION})",
+    )
     opts.add_argument(
         "--train-images",
         type=positive_int,

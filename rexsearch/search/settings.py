@@ -10,7 +10,7 @@ from typing import Any
 from rexsearch import __version__
 from rexsearch.errors import UserError
 from rexsearch.results import OBJECTIVES
-from rexsearch.rundir import RAY_DIR, RunInfo, sqlite_url, write_run_json
+from rexsearch.rundir import RAY_DIR, RUN_JSON, RunInfo, sqlite_url, write_run_json
 from rexsearch.space import Budget, load_space
 from rexsearch.storage import mask_url, open_storage
 
@@ -120,7 +120,7 @@ def _versions() -> dict[str, str]:
 def start_run(settings: SearchSettings, argv: list[str]) -> Path:
     """Validate a new run and create its directory with run.json (nothing else is written)."""
     run_dir = Path(settings.run_dir)
-    if (run_dir / "run.json").exists():
+    if (run_dir / RUN_JSON).exists():
         raise UserError(
             f"{run_dir} already holds a run; continue it with `rexsearch resume {run_dir}` "
             "or choose another --run-dir"
