@@ -438,22 +438,27 @@ class Family:
     ms: tuple[float, ...]  # row-major over the axes
 
     def value(self, coords: tuple[int, ...]) -> float:
+        """Interpolated time at ``coords``: linear inside the grid (bilinear on two axes),
+        the edge slope above a 1-axis grid, and proportional scaling below it and outside a
+        2-axis grid's rows; each keeps the value monotone in every coordinate."""
         if len(self.axes) == 1:
             return _interp1(self.axes[0], self.ms, coords[0])
         rows, cols = self.axes
         n = len(cols)
 
-        def row(i: int) -> tuple[float, ...]:
-            return self.ms[i * n : (i + 1) * n]
+        def row(i: int) -> float:
+            return _interp1(cols, self.ms[i * n : (i + 1) * n], coords[1])
 
-        x, y = coords
+        x = coords[0]
         if len(rows) == 1:
-            return _interp1(cols, row(0), y)
-        i, tx, ex = _cell(rows, x)
-        lo = _interp1(cols, row(i), y)
-        hi = _interp1(cols, row(i + 1), y)
-        inside = lo + (hi - lo) * tx
-        return max(0.0, inside + ex * (hi - lo))
+            return row(0)
+        if x <= rows[0]:
+            return row(0) * x / rows[0]
+        if x >= rows[-1]:
+            return row(len(rows) - 1) * x / rows[-1]
+        i = bisect.bisect_right(rows, x) - 1
+        t = (x - rows[i]) / (rows[i + 1] - rows[i])
+        return row(i) + (row(i + 1) - row(i)) * t
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -473,22 +478,15 @@ class Family:
         )
 
 
-def _cell(axis: Sequence[int], x: float) -> tuple[int, float, float]:
-    """Cell index, position inside it clamped to [0, 1], and the extrapolation beyond it (in cells)."""
-    if len(axis) == 1:
-        return 0, 0.0, 0.0
-    i = min(max(bisect.bisect_right(axis, x) - 1, 0), len(axis) - 2)
-    t = (x - axis[i]) / (axis[i + 1] - axis[i])
-    return i, min(max(t, 0.0), 1.0), t - min(max(t, 0.0), 1.0)
-
-
 def _interp1(axis: Sequence[int], values: Sequence[float], x: float) -> float:
-    """Piecewise-linear through the points, edge slopes beyond them, never below zero."""
+    """Piecewise-linear through the points, the edge slope above them, proportional below."""
     if len(axis) == 1:
         return values[0]
-    i, t, extra = _cell(axis, x)
-    lo, hi = values[i], values[i + 1]
-    return max(0.0, lo + (hi - lo) * (t + extra))
+    if x <= axis[0]:
+        return values[0] * x / axis[0]
+    i = min(bisect.bisect_right(axis, x) - 1, len(axis) - 2)
+    t = (x - axis[i]) / (axis[i + 1] - axis[i])
+    return values[i] + (values[i + 1] - values[i]) * t
 
 
 def _grid(low: int, high: int, points: int) -> tuple[int, ...]:
@@ -532,17 +530,23 @@ class Correction:
 
 
 def fit_correction(summed: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
-    """Least-squares line through (summed, measured); a ratio through the origin if its slope is not > 0."""
+    """Least-squares line through (summed, measured) with a non-negative intercept and a positive slope.
+
+    When the free line would cross below zero (an intercept under 0) or fall (a slope not
+    above 0), the line through the origin is fitted instead, so predictions stay positive
+    and grow with the summed time.
+    """
     n = len(summed)
     if n >= 2:
         mx, my = sum(summed) / n, sum(measured) / n
         sxx = sum((x - mx) ** 2 for x in summed)
         if sxx > 0:
             slope = sum((x - mx) * (y - my) for x, y in zip(summed, measured, strict=True)) / sxx
-            if slope > 0:
+            if slope > 0 and my - slope * mx >= 0:
                 return my - slope * mx, slope
-    ratio = sum(measured) / sum(summed) if n and sum(summed) > 0 else 1.0
-    return 0.0, ratio
+    sxx = sum(x * x for x in summed)
+    ratio = sum(x * y for x, y in zip(summed, measured, strict=True)) / sxx if sxx > 0 else 1.0
+    return 0.0, ratio if ratio > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -717,12 +721,16 @@ def _families(
         elif op == "se":
             for ratio in se_ratios:
                 merge("se", (ratio, key[1]), r)
+        elif op == "add":  # a full add (in == out) wherever a partial one runs, and back
+            merge("add", (not key[0], key[1]), r)
         elif op == "dw":
             for k in kernels:
                 merge("dw", (k, key[1], key[2]), r)
     out = []
     for (op, key), r in ranges.items():
         axes = tuple((lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points) for lo, hi in r)
+        if op == "se":  # an SE needs at least one channel in its bottleneck
+            axes = (tuple(sorted({max(c, key[0]) for c in axes[0]})),)
         out.append((op, key, axes))
     return out
 

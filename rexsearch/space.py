@@ -541,16 +541,26 @@ def fit_budget(
     return best_cfg, best, lo
 
 
+def _narrowest(space: Space, values: Mapping[str, Any], multiple: int | None) -> ReXNetConfig | None:
+    """The config at the narrowest valid width (as :func:`fit_budget` searches it), or None."""
+    w = WIDTH_RANGE[0]
+    while w < WIDTH_RANGE[1]:
+        try:
+            return space.build(values, w, multiple)
+        except ConfigError:
+            w *= 1.25
+    return None
+
+
 def smallest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
     """The smallest cost over ``samples`` random shapes of ``space`` at the narrowest width."""
     rng = random.Random(seed)
     best: Cost | None = None
     for _ in range(samples):
-        values = space.suggest(_RandomTrial(rng))
-        try:
-            c = count_cost(space.build(values, WIDTH_RANGE[0], budget.channel_multiple), budget.resolution)
-        except ConfigError:
+        cfg = _narrowest(space, space.suggest(_RandomTrial(rng)), budget.channel_multiple)
+        if cfg is None:
             continue
+        c = count_cost(cfg, budget.resolution)
         if best is None or (c.macs, c.params) < (best.macs, best.params):
             best = c
     if best is None:
@@ -565,12 +575,9 @@ def smallest_reachable_latency(space: Space, budget: Budget, samples: int = 200,
     rng = random.Random(seed)
     best = math.inf
     for _ in range(samples):
-        values = space.suggest(_RandomTrial(rng))
-        try:
-            cfg = space.build(values, WIDTH_RANGE[0], budget.channel_multiple)
-        except ConfigError:
-            continue
-        best = min(best, budget.latency_table.predict(cfg, budget.resolution))
+        cfg = _narrowest(space, space.suggest(_RandomTrial(rng)), budget.channel_multiple)
+        if cfg is not None:
+            best = min(best, budget.latency_table.predict(cfg, budget.resolution))
     if best == math.inf:
         raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
     return best

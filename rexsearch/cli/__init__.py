@@ -17,7 +17,7 @@ from rexsearch import __version__
 from rexsearch.errors import UserError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("models", "search", "inspect", "train", "rank")
+COMMAND_MODULES = ("models", "search", "inspect", "train", "rank", "latency")
 
 
 def build_parser() -> argparse.ArgumentParser:
