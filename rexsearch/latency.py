@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -444,21 +445,23 @@ class Family:
         if len(self.axes) == 1:
             return _interp1(self.axes[0], self.ms, coords[0])
         rows, cols = self.axes
-        n = len(cols)
-
-        def row(i: int) -> float:
-            return _interp1(cols, self.ms[i * n : (i + 1) * n], coords[1])
-
-        x = coords[0]
+        grid = self._rows
+        x, y = coords
         if len(rows) == 1:
-            return row(0)
+            return _interp1(cols, grid[0], y)
         if x <= rows[0]:
-            return row(0) * x / rows[0]
+            return _interp1(cols, grid[0], y) * x / rows[0]
         if x >= rows[-1]:
-            return row(len(rows) - 1) * x / rows[-1]
+            return _interp1(cols, grid[-1], y) * x / rows[-1]
         i = bisect.bisect_right(rows, x) - 1
         t = (x - rows[i]) / (rows[i + 1] - rows[i])
-        return row(i) + (row(i + 1) - row(i)) * t
+        lo = _interp1(cols, grid[i], y)
+        return lo + (_interp1(cols, grid[i + 1], y) - lo) * t
+
+    @cached_property
+    def _rows(self) -> tuple[tuple[float, ...], ...]:
+        n = len(self.axes[-1])
+        return tuple(self.ms[i : i + n] for i in range(0, len(self.ms), n))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -563,10 +566,9 @@ class LatencyTable:
 
     def op_ms(self, op: Op) -> float:
         """Predicted time of one operator (cached)."""
-        try:
-            return self._cache[op]
-        except KeyError:
-            pass
+        cached = self._cache.get(op)
+        if cached is not None:
+            return cached
         name, key, coords = op
         family = self.families.get((name, key))
         if family is None:
@@ -753,6 +755,10 @@ def build_table(
 ) -> LatencyTable:
     """Measure every operator family on this machine and fit the end-to-end correction.
 
+    Every time in the table is the fastest of its samples (each sample averages at least
+    2 ms of runs), operators and calibration networks alike: other work on the machine only
+    ever adds time, so the fastest sample is the steadiest estimate of the device itself.
+
     ``shapes`` (default :func:`calibration_shapes`) set the channel range of each family's
     grid; ``calibration`` (default: six of the shapes) are measured end to end for the
     correction. ``progress(stage, done, total)`` is called as measurements finish.
@@ -773,13 +779,13 @@ def build_table(
         per_run_ms = 0.0
         if runtime == "onnxruntime":
             tiny = _runner(_Add(1, True), (torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)), env)
-            per_run_ms = statistics.median(_samples(tiny, warmup, repeats)) * 1e3
+            per_run_ms = min(_samples(tiny, warmup, repeats)) * 1e3
         for op, key, axes in specs:
             coords = [(c,) for c in axes[0]] if len(axes) == 1 else [(a, b) for a in axes[0] for b in axes[1]]
             ms = []
             for c in coords:
                 module, inputs = _op_module(op, key, c, env.batch)
-                t = statistics.median(_samples(_runner(module, inputs, env), warmup, repeats)) * 1e3
+                t = min(_samples(_runner(module, inputs, env), warmup, repeats)) * 1e3
                 ms.append(max(0.0, t - per_run_ms))
                 done += 1
                 if progress:
@@ -793,7 +799,7 @@ def build_table(
             {
                 "name": cfg.name or cfg.short_hash(),
                 "summed_ms": raw.summed_ms(cfg),
-                "measured_ms": measured.median_ms,
+                "measured_ms": measured.min_ms,
             }
         )
         if progress:
