@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -77,12 +78,13 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     args = ap.parse_args()
     quick = args.quick
+    began = time.perf_counter()
     per_space = 5 if quick else 50
     decodes = 100 if quick else 1000
     sample_measured = 5 if quick else 20
     warmup, repeats = (2, 5) if quick else (5, 15)
     Path(args.tables).mkdir(parents=True, exist_ok=True)
-    results: dict = {"quick": quick, "threads": args.threads, "runtimes": {}}
+    results: dict = {"quick": quick, "threads": args.threads, "load_before": os.getloadavg(), "runtimes": {}}
     targets = [("cpu", r) for r in args.runtimes.split(",")]
     try:
         environment("cuda", "torch")
@@ -94,7 +96,7 @@ def main() -> int:
     for device, runtime in targets:
         tag = f"{runtime}-{device}"
         env = environment(device, runtime, args.threads)
-        log(f"== {tag}: building the table on {env.describe()}")
+        log(f"== {tag}: building the table on {env.describe()}; load average {os.getloadavg()[0]:.1f}")
         start = time.perf_counter()
         table = build_table(
             device,
@@ -210,6 +212,8 @@ def main() -> int:
             }
             log(f"  {name}: {cost.macs:,} MACs, {lat.median_ms:.2f} ms (IQR {lat.spread_ms:.2f})")
         results["runtimes"][tag] = out
+    results["load_after"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - began
     text = json.dumps(results, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")
