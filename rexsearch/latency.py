@@ -14,7 +14,7 @@
 * :func:`predict_latency` sums the table's operators for a config and applies the
   correction. Channel counts between grid points are interpolated (bilinear for dense
   convs, whose time is close to ``a + b·cin + c·cout + d·cin·cout``, linear for the rest);
-  beyond the grid they are extrapolated with the edge slope above and proportionally below.
+  beyond the grid the time is taken proportional to the channel count.
   The grid is replaced by its lower monotone envelope when it is built, so the prediction
   never decreases when a width grows, which the bisection of
   :func:`rexsearch.space.fit_budget` relies on. Per-operator results are cached; a
@@ -440,9 +440,8 @@ class Family:
     ms: tuple[float, ...]  # row-major over the axes
 
     def value(self, coords: tuple[int, ...]) -> float:
-        """Interpolated time at ``coords``: linear inside the grid (bilinear on two axes),
-        the edge slope above a 1-axis grid, and proportional scaling below it and outside a
-        2-axis grid's rows; each keeps the value monotone in every coordinate."""
+        """Interpolated time at ``coords``: linear inside the grid (bilinear on two axes) and
+        proportional to the channels outside it, which keeps it monotone in every coordinate."""
         if len(self.axes) == 1:
             return _interp1(self.axes[0], self.ms, coords[0])
         rows, cols = self.axes
@@ -483,12 +482,14 @@ class Family:
 
 
 def _interp1(axis: Sequence[int], values: Sequence[float], x: float) -> float:
-    """Piecewise-linear through the points, the edge slope above them, proportional below."""
+    """Piecewise-linear through the points, proportional to the channels outside them."""
     if len(axis) == 1:
         return values[0]
     if x <= axis[0]:
         return values[0] * x / axis[0]
-    i = min(bisect.bisect_right(axis, x) - 1, len(axis) - 2)
+    if x >= axis[-1]:
+        return values[-1] * x / axis[-1]
+    i = bisect.bisect_right(axis, x) - 1
     t = (x - axis[i]) / (axis[i + 1] - axis[i])
     return values[i] + (values[i + 1] - values[i]) * t
 

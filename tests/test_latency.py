@@ -17,7 +17,10 @@ from rexsearch.cost import count_cost
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.latency import (
     Environment,
+    Family,
     LatencyTableError,
+    _grid,
+    _monotone,
     build_table,
     config_ops,
     environment,
@@ -141,16 +144,30 @@ def test_prediction_is_monotone_in_width(table, space):
         assert predicted[-1] > predicted[0]
 
 
+def _assert_monotone(family, rng, points=30):
+    for _ in range(points):
+        point = [rng.uniform(0.5, 2 * a[-1]) for a in family.axes]
+        base = family.value(tuple(point))
+        for axis in range(len(family.axes)):
+            bigger = list(point)
+            bigger[axis] *= 1.3
+            assert family.value(tuple(bigger)) >= base - 1e-12
+
+
+def test_interpolation_is_monotone_on_any_measured_grid():
+    rng = random.Random(0)
+    for _ in range(300):
+        axes = tuple(_grid(rng.randint(1, 50), rng.randint(50, 3000), rng.randint(2, 6)) for _ in range(2))
+        raw = [rng.random() for _ in range(len(axes[0]) * len(axes[1]))]  # noisy, not monotone
+        _assert_monotone(Family("conv", (1, 1, 7), axes, tuple(_monotone(axes, raw))), rng)
+        axis = axes[1]
+        _assert_monotone(Family("dw", (3, 1, 7), (axis,), tuple(_monotone((axis,), raw[: len(axis)]))), rng)
+
+
 def test_every_operator_family_is_monotone(table):
+    rng = random.Random(1)
     for family in table.families.values():
-        axes = family.axes
-        for _ in range(30):
-            point = [random.uniform(0.5, 2 * a[-1]) for a in axes]
-            base = family.value(tuple(point))
-            for axis in range(len(axes)):
-                bigger = list(point)
-                bigger[axis] *= 1.3
-                assert family.value(tuple(bigger)) >= base
+        _assert_monotone(family, rng)
 
 
 def test_ops_mirror_the_model(space):
