@@ -135,7 +135,7 @@ def constraint_values(record: Mapping[str, Any], budget: Budget) -> list[float] 
     macs, params = record.get("macs"), record.get("params")
     if macs is None:
         return None
-    values = [float(macs - budget.macs)]
+    values = [] if budget.macs is None else [float(macs - budget.macs)]
     if budget.params is not None:
         values.append(float((params if params is not None else math.inf) - budget.params))
     return values

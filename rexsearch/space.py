@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -40,8 +40,12 @@ from rexsearch.principles import (
     config_from_widths,
     expand_layers_schedule,
     linear_schedule,
+    make_divisible,
     stagewise_schedule,
 )
+
+if TYPE_CHECKING:
+    from rexsearch.latency import LatencyTable
 
 SPACE_FORMAT = "rexsearch.space/1"
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -94,6 +98,7 @@ def _common_params() -> dict[str, Param]:
         "num_classes": Param("int", 1000, 1, 100000),
         "dropout": Param("float", 0.2, 0.0, 0.9),
         "shortcut": Param("choice", "partial", choices=SHORTCUTS),
+        "channel_multiple": Param("int", 1, 1, 128),
     }
 
 
@@ -158,6 +163,7 @@ def _build_linear(p: Mapping[str, Any], width: float) -> ReXNetConfig:
         stem=int(p["stem"]),
         penultimate=int(p["penultimate"]),
         plan=plan,
+        ch_div=int(p["channel_multiple"]),
         kernel=int(p["kernel"]),
         keep_small=False,
         **_common_kwargs(p),
@@ -177,11 +183,16 @@ def _build_stagewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
         width_mult=width,
         stem=int(p["stem"]),
         penultimate=int(p["penultimate"]),
-        ch_div=1,
+        ch_div=int(p["channel_multiple"]),
         se=_se_tuple(p, 7),
         kernel=int(p["kernel"]),
         **_common_kwargs(p),
     )
+
+
+def _round_width(value: float, multiple: int) -> int:
+    """``round`` (at least 1), or the nearest multiple of ``multiple`` (:func:`make_divisible`)."""
+    return max(1, round(value)) if multiple <= 1 else make_divisible(value, multiple)
 
 
 def _piecewise_f(x: float, slopes: tuple[float, float, float]) -> float:
@@ -203,15 +214,20 @@ def _build_piecewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
     slopes = (float(p["slope1"]), float(p["slope2"]), float(p["slope3"]))
     a, b = float(p["growth"]), float(p["start"])
     raw = [b + a * _piecewise_f(i / max(d - 1, 1), slopes) for i in range(d)]
-    widths = [max(1, round(c * width)) for c in raw]
+    m = int(p["channel_multiple"])
+    widths = [_round_width(c * width, m) for c in raw]
     return config_from_widths(
-        max(1, round(int(p["stem"]) * width)),
+        _round_width(int(p["stem"]) * width, m),
         widths,
         plan.block_strides(),
         plan.block_expansions(),
         plan.block_se(),
         int(p["kernel"]),
-        penultimate_channels=max(1, int(int(p["penultimate"]) * width)),
+        penultimate_channels=(
+            max(1, int(int(p["penultimate"]) * width))
+            if m <= 1
+            else make_divisible(int(p["penultimate"]) * width, m)
+        ),
         **_common_kwargs(p),
     )
 
@@ -294,30 +310,85 @@ class Candidate:
     cost: Cost
     sampled: dict[str, Any]
     width: float
+    latency_ms: float | None = None  # predicted, when the budget has a latency
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "config": self.config.to_dict(),
             "macs": self.cost.macs,
             "params": self.cost.params,
             "sampled": self.sampled,
         }
+        if self.latency_ms is not None:
+            out["latency_ms"] = self.latency_ms
+        return out
 
 
 @dataclass(frozen=True)
 class Budget:
-    """MACs budget (and optional params budget) at a resolution; MACs must be in [0.97 B, B]."""
+    """MACs budget (and optional params and latency budgets) at a resolution.
 
-    macs: int
+    Every budget given is an upper bound. Without a latency budget the MACs must land in
+    [0.97 B, B]. With one (``latency_ms``, predicted by ``latency_table``, kept under
+    ``latency_ms * (1 - latency_margin)``), the binding budget must be met within 3%:
+    the MACs in [0.97 B, B] or the predicted latency in the top 3% of its limit; without a
+    MACs budget only the latency constrains the width. ``channel_multiple`` rounds every
+    width (stem, blocks, penultimate) to a multiple of it, overriding the space's own.
+    """
+
+    macs: int | None = None
     params: int | None = None
     resolution: int = 224
+    latency_ms: float | None = None
+    latency_table: LatencyTable | None = field(default=None, compare=False, repr=False)
+    latency_margin: float = 0.0
+    channel_multiple: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.macs is None and self.latency_ms is None:
+            raise UserError("a budget needs MACs (--flops-budget) or a latency (--latency-budget)")
+        if self.latency_ms is not None and self.latency_table is None:
+            raise UserError("a latency budget needs a latency table (--latency-table FILE)")
+        if not 0.0 <= self.latency_margin < 1.0:
+            raise UserError(f"the latency margin must be in [0, 1), got {self.latency_margin}")
+        if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 128:
+            raise UserError(f"the channel multiple must be in 1..128, got {self.channel_multiple}")
 
     @property
     def lower(self) -> int:
-        return math.ceil(LOWER_FRACTION * self.macs)
+        """The lower edge of the MACs window (0 without a MACs budget)."""
+        return 0 if self.macs is None else math.ceil(LOWER_FRACTION * self.macs)
 
-    def fits(self, cost: Cost) -> bool:
-        return self.lower <= cost.macs <= self.macs and (self.params is None or cost.params <= self.params)
+    @property
+    def latency_limit(self) -> float | None:
+        """The predicted latency a candidate must stay under (the budget less the margin)."""
+        return None if self.latency_ms is None else self.latency_ms * (1.0 - self.latency_margin)
+
+    def predict_ms(self, config: ReXNetConfig) -> float | None:
+        """Predicted latency of ``config`` by the budget's table (None without a latency budget)."""
+        if self.latency_table is None or self.latency_ms is None:
+            return None
+        return self.latency_table.predict(config, self.resolution)
+
+    def within(self, cost: Cost, latency_ms: float | None = None) -> bool:
+        """Under every upper bound (MACs, params, predicted latency)."""
+        limit = self.latency_limit
+        return (
+            (self.macs is None or cost.macs <= self.macs)
+            and (self.params is None or cost.params <= self.params)
+            and (limit is None or (latency_ms is not None and latency_ms <= limit))
+        )
+
+    def tight(self, cost: Cost, latency_ms: float | None = None) -> bool:
+        """The binding budget is met within 3% (see the class docstring)."""
+        if self.latency_ms is None:
+            return cost.macs >= self.lower
+        macs_tight = self.macs is not None and cost.macs >= self.lower
+        limit = self.latency_limit or 0.0
+        return macs_tight or (latency_ms is not None and latency_ms >= LOWER_FRACTION * limit)
+
+    def fits(self, cost: Cost, latency_ms: float | None = None) -> bool:
+        return self.within(cost, latency_ms) and self.tight(cost, latency_ms)
 
 
 @dataclass(frozen=True)
@@ -336,18 +407,28 @@ class Space:
         params, _ = GENERATORS[self.generator]
         return {name: p.default for name, p in params.items()} | self.fixed
 
-    def build(self, values: Mapping[str, Any], width: float) -> ReXNetConfig:
-        """The config for sampled ``values`` (fixed parts and defaults filled in) at ``width``."""
+    def build(
+        self, values: Mapping[str, Any], width: float, channel_multiple: int | None = None
+    ) -> ReXNetConfig:
+        """The config for sampled ``values`` (fixed parts and defaults filled in) at ``width``;
+        ``channel_multiple`` overrides the space's rounding of widths."""
         _, builder = GENERATORS[self.generator]
-        return builder({**self.defaults(), **values}, width)
+        p = {**self.defaults(), **values}
+        if channel_multiple is not None:
+            p["channel_multiple"] = channel_multiple
+        return builder(p, width)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         return {v.name: v.suggest(trial) for v in self.variables}
 
-    def decode(self, values: Mapping[str, Any], budget: Budget) -> Candidate:
-        """Solve the width for ``values`` so the candidate fits ``budget``."""
-        config, cost, width = fit_budget(lambda w: self.build(values, w), budget)
-        return Candidate(config, cost, dict(values), width)
+    def decode(
+        self, values: Mapping[str, Any], budget: Budget, channel_multiple: int | None = None
+    ) -> Candidate:
+        """Solve the width for ``values`` so the candidate fits ``budget`` (widths rounded to
+        ``channel_multiple``, else the budget's, else the space's)."""
+        multiple = channel_multiple if channel_multiple is not None else budget.channel_multiple
+        config, cost, width = fit_budget(lambda w: self.build(values, w, multiple), budget)
+        return Candidate(config, cost, dict(values), width, budget.predict_ms(config))
 
     def sample(self, budget: Budget, n: int, seed: int = 0, max_tries: int | None = None) -> list[Candidate]:
         """``n`` candidates from seeded uniform draws (infeasible draws are skipped)."""
@@ -382,10 +463,11 @@ def fit_budget(
     """Largest width (bisection in log space, then nearby round numbers) whose config fits the budget.
 
     MACs and params never decrease with the width (every channel count is a rounded,
-    non-decreasing function of it), so bisection finds the boundary. Raises
+    non-decreasing function of it), and neither does the predicted latency (the table is
+    monotone in every channel count), so bisection finds the boundary. Raises
     :class:`InfeasibleError` when even the smallest width is over budget, or when the
-    largest fitting width stays under the window's lower edge (rounding steps or the
-    params budget bind first).
+    largest fitting width stays under the window's lower edge (rounding steps or another
+    budget bind first).
     """
     lo, hi = WIDTH_RANGE
 
@@ -396,8 +478,11 @@ def fit_budget(
             return None
         return cfg, count_cost(cfg, budget.resolution)
 
-    def ok(c: Cost) -> bool:
-        return c.macs <= budget.macs and (budget.params is None or c.params <= budget.params)
+    def ok(found: tuple[ReXNetConfig, Cost]) -> bool:
+        cfg, c = found
+        if not budget.within(c, 0.0):  # MACs and params first: they cost no prediction
+            return False
+        return budget.latency_ms is None or budget.within(c, budget.predict_ms(cfg))
 
     narrowest = cost_at(lo)
     while narrowest is None and lo < hi:
@@ -406,12 +491,15 @@ def fit_budget(
     if narrowest is None:
         raise InfeasibleError("no width gives a valid network of this shape")
     best_cfg, best = narrowest
-    if not ok(best):
+    if not ok(narrowest):
+        latency = budget.predict_ms(best_cfg)
+        predicted = f" and {latency:.2f} ms predicted" if latency is not None else ""
         raise InfeasibleError(
-            f"even the narrowest network of this shape needs {best.macs:,} MACs and {best.params:,} params"
+            f"even the narrowest network of this shape needs {best.macs:,} MACs, {best.params:,} params"
+            f"{predicted}"
         )
     widest = cost_at(hi)
-    if widest is not None and ok(widest[1]):
+    if widest is not None and ok(widest):
         (best_cfg, best), lo = widest, hi
     else:
         llo, lhi = math.log(lo), math.log(hi)
@@ -420,7 +508,7 @@ def fit_budget(
             found = cost_at(mid)
             if found is None:
                 llo = math.log(mid)
-            elif ok(found[1]):
+            elif ok(found):
                 llo, (best_cfg, best) = math.log(mid), found
             else:
                 lhi = math.log(mid)
@@ -430,17 +518,38 @@ def fit_budget(
         for digits in (1, 2, 3):
             w = round(math.exp(lhi), digits)
             found = cost_at(w) if lo < w else None
-            if found is not None and ok(found[1]) and found[1].macs > best.macs:
+            if found is not None and ok(found) and found[1].macs > best.macs:
                 (best_cfg, best), lo = found, w
-    if best.macs < budget.lower:
-        why = (
-            "the params budget binds first" if budget.params is not None else "rounding steps are too coarse"
-        )
+    latency = budget.predict_ms(best_cfg)
+    if not budget.tight(best, latency):
+        if budget.latency_ms is None:
+            why = (
+                "the params budget binds first"
+                if budget.params is not None
+                else "rounding steps are too coarse"
+            )
+            raise InfeasibleError(
+                f"the widest fitting network has {best.macs:,} MACs, under {budget.lower:,} "
+                f"(97% of the budget); {why}"
+            )
+        limit = budget.latency_limit or 0.0
         raise InfeasibleError(
-            f"the widest fitting network has {best.macs:,} MACs, under {budget.lower:,} "
-            f"(97% of the budget); {why}"
+            f"the widest fitting network has {best.macs:,} MACs and {latency:.2f} ms predicted, "
+            f"under 97% of the binding budget ({budget.lower:,} MACs or {LOWER_FRACTION * limit:.2f} ms); "
+            "the params budget or rounding steps bind first"
         )
     return best_cfg, best, lo
+
+
+def _narrowest(space: Space, values: Mapping[str, Any], multiple: int | None) -> ReXNetConfig | None:
+    """The config at the narrowest valid width (as :func:`fit_budget` searches it), or None."""
+    w = WIDTH_RANGE[0]
+    while w < WIDTH_RANGE[1]:
+        try:
+            return space.build(values, w, multiple)
+        except ConfigError:
+            w *= 1.25
+    return None
 
 
 def smallest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
@@ -448,14 +557,28 @@ def smallest_reachable(space: Space, budget: Budget, samples: int = 200, seed: i
     rng = random.Random(seed)
     best: Cost | None = None
     for _ in range(samples):
-        values = space.suggest(_RandomTrial(rng))
-        try:
-            c = count_cost(space.build(values, WIDTH_RANGE[0]), budget.resolution)
-        except ConfigError:
+        cfg = _narrowest(space, space.suggest(_RandomTrial(rng)), budget.channel_multiple)
+        if cfg is None:
             continue
+        c = count_cost(cfg, budget.resolution)
         if best is None or (c.macs, c.params) < (best.macs, best.params):
             best = c
     if best is None:
+        raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
+    return best
+
+
+def smallest_reachable_latency(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> float:
+    """The smallest predicted latency (ms) over ``samples`` random shapes at the narrowest width."""
+    if budget.latency_table is None:
+        raise UserError("the smallest reachable latency needs a budget with a latency table")
+    rng = random.Random(seed)
+    best = math.inf
+    for _ in range(samples):
+        cfg = _narrowest(space, space.suggest(_RandomTrial(rng)), budget.channel_multiple)
+        if cfg is not None:
+            best = min(best, budget.latency_table.predict(cfg, budget.resolution))
+    if best == math.inf:
         raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
     return best
 
@@ -466,11 +589,23 @@ def check_feasible(space: Space, budget: Budget, samples: int = 50, seed: int = 
         return
     small = smallest_reachable(space, budget, seed=seed)
     params = f" and {budget.params:,} params" if budget.params is not None else ""
+    rounding = (
+        f" with widths rounded to multiples of {budget.channel_multiple}" if budget.channel_multiple else ""
+    )
+    where = f"at {budget.resolution}x{budget.resolution}{rounding}"
+    if budget.latency_ms is None:
+        raise UserError(
+            f"the space {space.name!r} cannot meet a budget of {budget.macs:,} MACs{params} {where}: "
+            f"the smallest reachable cost is {small.macs:,} MACs and {small.params:,} params, and no "
+            f"sampled shape landed in [{budget.lower:,}, {budget.macs:,}] MACs"
+        )
+    fastest = smallest_reachable_latency(space, budget, seed=seed)
+    macs = f"{budget.macs:,} MACs, " if budget.macs is not None else ""
+    margin = f" (less a {budget.latency_margin:.0%} margin)" if budget.latency_margin else ""
     raise UserError(
-        f"the space {space.name!r} cannot meet a budget of {budget.macs:,} MACs{params} at "
-        f"{budget.resolution}x{budget.resolution}: the smallest reachable cost is {small.macs:,} MACs "
-        f"and {small.params:,} params, and no sampled shape landed in "
-        f"[{budget.lower:,}, {budget.macs:,}] MACs"
+        f"the space {space.name!r} cannot meet a budget of {macs}{budget.latency_ms:g} ms{margin}{params} "
+        f"{where}: the smallest reachable latency is {fastest:.2f} ms predicted (and the smallest "
+        f"cost {small.macs:,} MACs, {small.params:,} params), and no sampled shape fit"
     )
 
 
@@ -481,21 +616,23 @@ BASELINES = ("rexnet-linear", "mobilenetv2-stagewise")
 def baseline_candidate(name: str, budget: Budget, num_classes: int = 1000) -> Candidate:
     """A baseline scaled to the budget: ``rexnet-linear`` (the paper's linear ReXNet, by its
     width multiplier) or ``mobilenetv2-stagewise`` (MobileNetV2's stages, widths rounded to
-    1 instead of 8 so that the budget window can be met)."""
+    1 instead of 8 so that the budget window can be met); both round to the budget's
+    ``channel_multiple`` when it has one."""
+    multiple = budget.channel_multiple or 1
     if name == "rexnet-linear":
 
         def build(w: float) -> ReXNetConfig:
-            return linear_schedule(width_mult=w, num_classes=num_classes)
+            return linear_schedule(width_mult=w, ch_div=multiple, num_classes=num_classes)
 
     elif name == "mobilenetv2-stagewise":
 
         def build(w: float) -> ReXNetConfig:
-            return stagewise_schedule(width_mult=w, ch_div=1, num_classes=num_classes)
+            return stagewise_schedule(width_mult=w, ch_div=multiple, num_classes=num_classes)
 
     else:
         raise UserError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
     config, cost, width = fit_budget(build, budget)
-    return Candidate(config, cost, {"width": round(width, 4)}, width)
+    return Candidate(config, cost, {"width": round(width, 4)}, width, budget.predict_ms(config))
 
 
 def baseline_configs(budget: Budget, num_classes: int = 1000) -> dict[str, Candidate]:

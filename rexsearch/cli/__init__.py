@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("train", "benchmarks (bench train: proxy-training throughput)"),
     "rank": ("rank", "per-layer normalized feature rank of a config (data-free)"),
     "rank-study": ("rank", "the paper's random-network rank studies (CSV + HTML)"),
+    "latency": ("latency", "end-to-end latency of a config on this machine (torch or ONNX Runtime)"),
+    "latency-table": ("latency", "build, show or use a per-operator latency table"),
 }
 
 

@@ -1,0 +1,225 @@
+"""Latency predictor and latency budgets on this machine (numbers for the README).
+
+For each runtime (torch and ONNX Runtime on the CPU, and CUDA when a GPU is present):
+
+1. the time to build a latency table;
+2. predicted vs measured end-to-end latency on the presets and random configs of every
+   shipped space (50 each): median and 90th-percentile relative error, Kendall's tau;
+3. decoding candidates of ``rexnet.yaml`` under a latency budget (rexnet-1.0's predicted
+   latency): time, share within the predicted budget, share within it when measured on a
+   sample (with no margin and with a 5% margin);
+4. rexnet-1.0 against the same schedule with widths rounded to multiples of 8, and against
+   the linear ReXNet solved to the same MACs budget with widths multiples of 8.
+
+    python benchmarks/bench_latency.py            # the full run (tens of minutes on 2 cores)
+    python benchmarks/bench_latency.py --quick    # a check that it works (a few minutes)
+
+Timings on a shared machine are noisy: say whether other jobs ran when quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from scipy.stats import kendalltau
+
+from rexsearch.cost import count_cost
+from rexsearch.latency import build_table, calibration_shapes, environment, load_table, measure_latency
+from rexsearch.principles import PRESETS, get_preset, linear_schedule
+from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, baseline_candidate, load_space
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def eval_configs(per_space: int, seed: int = 0) -> list[tuple[str, object]]:
+    """Presets plus ``per_space`` random configs of every shipped space at random MACs budgets."""
+    rng = random.Random(seed)
+    out = [(name, p.config()) for name, p in PRESETS.items()]
+    for path in sorted(SPACES_DIR.glob("*.yaml")):
+        space = load_space(path)
+        got = 0
+        while got < per_space:
+            budget = Budget(round(math.exp(rng.uniform(math.log(100e6), math.log(1.2e9)))))
+            try:
+                cand = space.decode(space.suggest(_RandomTrial(rng)), budget)
+            except Exception:
+                continue
+            got += 1
+            out.append((f"{space.name}-{got}", cand.config))
+    return out
+
+
+def quantile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="coarse tables, few configs: a check that it runs")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steadier on a shared VM)")
+    ap.add_argument(
+        "--runtimes", default="torch,onnxruntime", help="comma-separated (default torch,onnxruntime)"
+    )
+    ap.add_argument("--tables", default="/tmp/rexsearch-bench-latency", help="where the tables are written")
+    ap.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    args = ap.parse_args()
+    quick = args.quick
+    began = time.perf_counter()
+    per_space = 5 if quick else 50
+    decodes = 100 if quick else 1000
+    sample_measured = 5 if quick else 20
+    warmup, repeats = (2, 5) if quick else (5, 15)
+    Path(args.tables).mkdir(parents=True, exist_ok=True)
+    results: dict = {"quick": quick, "threads": args.threads, "load_before": os.getloadavg(), "runtimes": {}}
+    targets = [("cpu", r) for r in args.runtimes.split(",")]
+    try:
+        environment("cuda", "torch")
+        targets.append(("cuda", "torch"))
+    except Exception:
+        log("no CUDA device: CPU only")
+    configs = eval_configs(per_space)
+    log(f"{len(configs)} evaluation configs")
+    for device, runtime in targets:
+        tag = f"{runtime}-{device}"
+        env = environment(device, runtime, args.threads)
+        log(f"== {tag}: building the table on {env.describe()}; load average {os.getloadavg()[0]:.1f}")
+        start = time.perf_counter()
+        table = build_table(
+            device,
+            runtime,
+            args.threads,
+            shapes=calibration_shapes(per_space=2) if quick else None,
+            points=4 if quick else 6,
+            repeats=3 if quick else 7,
+        )
+        build_s = time.perf_counter() - start
+        path = Path(args.tables) / f"{tag}.json"
+        table.save(path)
+        table = load_table(path, expect=env)
+        rows = []
+        for i, (name, cfg) in enumerate(configs):
+            lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
+            rows.append(
+                {
+                    "name": name,
+                    "macs": count_cost(cfg).macs,
+                    "measured_ms": lat.median_ms,
+                    "fastest_ms": lat.min_ms,
+                    "predicted_ms": table.predict(cfg),
+                }
+            )
+            if (i + 1) % 10 == 0:
+                log(f"  measured {i + 1}/{len(configs)}")
+        errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows]
+        errors_fast = [abs(r["predicted_ms"] / r["fastest_ms"] - 1) for r in rows]
+        predicted = [r["predicted_ms"] for r in rows]
+        tau = kendalltau(predicted, [r["measured_ms"] for r in rows]).statistic
+        tau_fast = kendalltau(predicted, [r["fastest_ms"] for r in rows]).statistic
+        tau_macs = kendalltau([r["macs"] for r in rows], [r["measured_ms"] for r in rows]).statistic
+        out = {
+            "environment": env.to_dict(),
+            "table_build_s": build_s,
+            "table_operators": sum(len(f.ms) for f in table.families.values()),
+            "correction": {"intercept_ms": table.correction.intercept_ms, "slope": table.correction.slope},
+            "configs": len(rows),
+            "median_rel_error": statistics.median(errors),
+            "p90_rel_error": quantile(errors, 0.9),
+            "kendall_tau": tau,
+            "kendall_tau_macs": tau_macs,
+            "vs_fastest": {
+                "median_rel_error": statistics.median(errors_fast),
+                "p90_rel_error": quantile(errors_fast, 0.9),
+                "kendall_tau": tau_fast,
+            },
+            "rows": rows,
+        }
+        log(
+            f"  error vs median: median {out['median_rel_error']:.1%}, p90 {out['p90_rel_error']:.1%}, "
+            f"tau {tau:.3f} (MACs alone: tau {tau_macs:.3f}); vs fastest run: median "
+            f"{statistics.median(errors_fast):.1%}, p90 {quantile(errors_fast, 0.9):.1%}, "
+            f"tau {tau_fast:.3f}; table {build_s:.0f} s"
+        )
+
+        # Decoding under a latency budget.
+        limit = table.predict(get_preset("rexnet-1.0"))
+        space = load_space("rexnet")
+        for margin in (0.0, 0.05):
+            budget = Budget(latency_ms=limit, latency_table=table, latency_margin=margin)
+            rng = random.Random(7)
+            draws = [space.suggest(_RandomTrial(rng)) for _ in range(decodes)]
+            start = time.perf_counter()
+            cands = []
+            for values in draws:
+                try:
+                    cands.append(space.decode(values, budget))
+                except Exception:
+                    continue
+            decode_s = time.perf_counter() - start
+            inside = sum(c.latency_ms <= limit for c in cands) / len(cands)
+            sample = random.Random(1).sample(cands, min(sample_measured, len(cands)))
+            lats = [measure_latency(c.config, env=env, warmup=warmup, repeats=repeats) for c in sample]
+            measured = [lat.median_ms for lat in lats]
+            within = sum(m <= limit for m in measured) / len(measured)
+            out[f"decode_margin_{margin:g}"] = {
+                "budget_ms": limit,
+                "draws": decodes,
+                "decoded": len(cands),
+                "seconds": decode_s,
+                "within_predicted": inside,
+                "measured_sample": len(measured),
+                "within_measured": within,
+                "within_measured_fastest": sum(lat.min_ms <= limit for lat in lats) / len(lats),
+                "measured_over_budget_median": statistics.median(m / limit for m in measured),
+            }
+            log(
+                f"  decode margin {margin:.0%}: {len(cands)}/{decodes} in {decode_s:.2f} s, "
+                f"{inside:.0%} within the predicted {limit:.2f} ms, {within:.0%} of {len(measured)} measured"
+            )
+
+        # Channel multiples of 8 at equal MACs.
+        variants = {
+            "rexnet-1.0": get_preset("rexnet-1.0"),
+            "rexnet-1.0 rounded to 8": linear_schedule(1.0, ch_div=8),
+            "rexnet-linear at 400M, multiples of 8": baseline_candidate(
+                "rexnet-linear", Budget(400_000_000, channel_multiple=8)
+            ).config,
+        }
+        out["channel_multiple"] = {}
+        for name, cfg in variants.items():
+            lat = measure_latency(cfg, env=env, warmup=warmup, repeats=3 * repeats)
+            cost = count_cost(cfg)
+            out["channel_multiple"][name] = {
+                "macs": cost.macs,
+                "params": cost.params,
+                "measured_ms": lat.median_ms,
+                "spread_ms": lat.spread_ms,
+                "fastest_ms": lat.min_ms,
+                "predicted_ms": table.predict(cfg),
+            }
+            log(f"  {name}: {cost.macs:,} MACs, {lat.median_ms:.2f} ms (IQR {lat.spread_ms:.2f})")
+        results["runtimes"][tag] = out
+    results["load_after"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - began
+    text = json.dumps(results, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

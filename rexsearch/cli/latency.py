@@ -1,0 +1,276 @@
+"""`rexsearch latency`, `rexsearch latency-table build|show|preview`.
+
+:func:`add_budget_flags` and :func:`budget_from_args` give any command the budget flags
+(`--flops-budget`, `--params-budget`, `--latency-budget`, `--latency-table`,
+`--channel-multiple`, `--resolution`) and turn them into a :class:`~rexsearch.space.Budget`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from rexsearch.cli import command_help
+from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
+from rexsearch.cost import parse_budget
+from rexsearch.errors import UserError
+from rexsearch.latency import (
+    DEVICES,
+    RUNTIMES,
+    build_table,
+    calibration_shapes,
+    environment,
+    load_table,
+    measure_latency,
+    parse_latency_budget,
+)
+from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+
+
+def _env_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default cpu)")
+    p.add_argument(
+        "--runtime", choices=RUNTIMES, default="torch", help="torch or onnxruntime (default torch)"
+    )
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, usually all cores)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--resolution", type=positive_int, default=224, help="input size (default 224)")
+
+
+def add_budget_flags(p: argparse.ArgumentParser, flops_required: bool = False) -> None:
+    """The budget flags; a latency budget may stand alone or join the MACs/params budgets."""
+    p.add_argument("--flops-budget", required=flops_required, metavar="B", help="MACs budget, e.g. 400M")
+    p.add_argument("--params-budget", metavar="P", help="parameter budget, e.g. 5M")
+    p.add_argument("--latency-budget", metavar="T", help="predicted latency budget: 12ms, 0.012s or 12 (ms)")
+    p.add_argument(
+        "--latency-table", metavar="FILE", help="the table that predicts latency (latency-table build)"
+    )
+    p.add_argument(
+        "--latency-margin",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0)",
+    )
+    p.add_argument(
+        "--channel-multiple",
+        type=positive_int,
+        metavar="M",
+        help="round every width to a multiple of M, e.g. 8",
+    )
+    p.add_argument("--resolution", type=positive_int, default=224, help="budget resolution (default 224)")
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """A Budget from :func:`add_budget_flags`' flags (exit 2 on a bad value or a missing pair)."""
+    if args.latency_table and not args.latency_budget:
+        raise UserError("--latency-table is used with --latency-budget; give both")
+    if args.latency_budget and not args.latency_table:
+        raise UserError(
+            "--latency-budget needs --latency-table FILE (build one with `rexsearch latency-table build`)"
+        )
+    if not args.flops_budget and not args.latency_budget:
+        raise UserError("give a budget: --flops-budget B and/or --latency-budget T with --latency-table FILE")
+    macs = parse_budget(args.flops_budget, "--flops-budget") if args.flops_budget else None
+    params = parse_budget(args.params_budget, "--params-budget") if args.params_budget else None
+    latency = parse_latency_budget(args.latency_budget) if args.latency_budget else None
+    table = load_table(args.latency_table) if args.latency_table else None
+    if table is not None and table.resolution != args.resolution:
+        raise UserError(
+            f"the latency table {args.latency_table} was built at {table.resolution}x{table.resolution} and "
+            f"the budget at {args.resolution}x{args.resolution}: build one at --resolution {args.resolution}"
+        )
+    if not 0.0 <= args.latency_margin < 1.0:
+        raise UserError(f"--latency-margin must be in [0, 1), got {args.latency_margin}")
+    return Budget(macs, params, args.resolution, latency, table, args.latency_margin, args.channel_multiple)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency",
+        help=command_help("latency"),
+        description="Time the built network end to end: eval mode, BatchNorm folded into the convs, "
+        "warm-up, then repeated runs; prints the median and the spread (interquartile range) with the "
+        "settings (device name, runtime and version, threads, batch). CUDA is timed with "
+        "synchronisation. With --latency-table, also the table's prediction.",
+    )
+    add_config_source(p)
+    _env_flags(p)
+    p.add_argument("--warmup", type=positive_int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--repeats", type=positive_int, default=30, help="timed runs (default 30)")
+    p.add_argument("--latency-table", metavar="FILE", help="also predict with this table (same environment)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_latency)
+
+    table = sub.add_parser(
+        "latency-table",
+        help=command_help("latency-table"),
+        description="A latency table holds operator latencies measured on this machine (convs, depthwise "
+        "convs, activations, SE, shortcuts, classifier on channel grids) and a correction fitted on "
+        "end-to-end measurements; it predicts a config's latency in microseconds.",
+    )
+    tsub = table.add_subparsers(dest="table_command", metavar="ACTION", required=True)
+    p = tsub.add_parser("build", help="measure a table on this machine (a few minutes on a CPU)")
+    _env_flags(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the table file (JSON)")
+    p.add_argument("--points", type=positive_int, default=6, help="grid points per channel axis (default 6)")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed samples per operator (default 7)")
+    p.add_argument(
+        "--quick", action="store_true", help="a coarse table in well under a minute (tests, a look)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(handler=cmd_table_build)
+
+    p = tsub.add_parser("show", help="what a table was measured on, its correction and its size")
+    p.add_argument("table", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_table_show)
+
+    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    p = tsub.add_parser(
+        "preview",
+        help="candidate configs a space yields under a latency (and MACs) budget",
+        description="Sample a search space under a predicted latency budget, alone or with MACs/params "
+        "budgets, optionally with widths rounded to a multiple (--channel-multiple 8).",
+    )
+    p.add_argument("space", metavar="SPACE", help=f"space name ({shipped}) or YAML file")
+    add_budget_flags(p)
+    p.add_argument("--sample", type=positive_int, default=5, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="JSON lines, one candidate each")
+    p.set_defaults(handler=cmd_table_preview)
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    config = load_config_source(args)
+    env = environment(args.device, args.runtime, args.threads, args.batch)
+    table = load_table(args.latency_table, expect=env) if args.latency_table else None
+    result = measure_latency(config, args.resolution, warmup=args.warmup, repeats=args.repeats, env=env)
+    out = {"config": config.name or config.short_hash(), **result.to_dict()}
+    if table is not None:
+        if table.resolution != args.resolution:
+            raise UserError(
+                f"the latency table was built at {table.resolution}x{table.resolution}; "
+                f"measure at --resolution {table.resolution} or build a table at {args.resolution}"
+            )
+        out["predicted_ms"] = table.predict(config, args.resolution)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{out['config']} at {args.resolution}x{args.resolution}, batch {env.batch}, BatchNorm folded")
+    print(f"  on            {env.describe()}")
+    print(
+        f"  latency       {result.median_ms:.3f} ms median, {result.spread_ms:.3f} ms IQR "
+        f"(min {result.min_ms:.3f}, p90 {result.p90_ms:.3f}; {args.repeats} runs after {args.warmup} warm-up)"
+    )
+    if table is not None:
+        err = out["predicted_ms"] / result.median_ms - 1
+        print(f"  predicted     {out['predicted_ms']:.3f} ms by the table ({err:+.1%})")
+    return 0
+
+
+def _progress(quiet: bool) -> Callable[[str, int, int], None]:
+    start = time.perf_counter()
+
+    def report(stage: str, done: int, total: int) -> None:
+        if quiet or (not sys.stderr.isatty() and done != total):
+            return
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r{stage}: {done}/{total} measured, {time.perf_counter() - start:.0f} s{end}")
+        sys.stderr.flush()
+
+    return report
+
+
+def cmd_table_build(args: argparse.Namespace) -> int:
+    points, repeats, shapes = args.points, args.repeats, None
+    if args.quick:
+        points, repeats, shapes = min(points, 4), min(repeats, 3), calibration_shapes(per_space=2)
+    table = build_table(
+        args.device,
+        args.runtime,
+        args.threads,
+        args.resolution,
+        args.batch,
+        shapes=shapes,
+        points=points,
+        repeats=repeats,
+        progress=_progress(args.quiet),
+    )
+    table.save(args.out)
+    ops = sum(len(f.ms) for f in table.families.values())
+    families = len(table.families)
+    print(
+        f"wrote {args.out}: {ops} operator measurements in {families} families, {table.build_seconds:.0f} s"
+    )
+    print(f"  on          {table.environment.describe()}")
+    c = table.correction
+    fit = f"measured = {c.intercept_ms:.3f} ms + {c.slope:.3f} x summed"
+    print(f"  correction  {fit} ({len(c.calibration)} networks)")
+    return 0
+
+
+def cmd_table_show(args: argparse.Namespace) -> int:
+    table = load_table(args.table)
+    c = table.correction
+    info = {
+        "environment": table.environment.to_dict(),
+        "resolution": table.resolution,
+        "versions": table.versions,
+        "families": len(table.families),
+        "operators": sum(len(f.ms) for f in table.families.values()),
+        "build_seconds": table.build_seconds,
+        "correction": c.to_dict(),
+    }
+    if args.json:
+        print_json(info)
+        return 0
+    print(
+        f"{args.table}: {info['operators']} operators in {info['families']} families at {table.resolution}px"
+    )
+    print(f"  on          {table.environment.describe()}")
+    print(f"  correction  measured = {c.intercept_ms:.3f} ms + {c.slope:.3f} x summed")
+    print_table(
+        ["calibration network", "summed ms", "measured ms", "predicted ms"],
+        [
+            [r["name"], f"{r['summed_ms']:.3f}", f"{r['measured_ms']:.3f}", f"{c.apply(r['summed_ms']):.3f}"]
+            for r in c.calibration
+        ],
+    )
+    return 0
+
+
+def cmd_table_preview(args: argparse.Namespace) -> int:
+    budget = budget_from_args(args)
+    space = load_space(args.space)
+    check_feasible(space, budget, seed=args.seed)
+    candidates = space.sample(budget, args.sample, seed=args.seed)
+    if args.json:
+        for cand in candidates:
+            print(json.dumps(cand.to_dict()))
+        return 0
+    limits = []
+    if budget.macs is not None:
+        limits.append(f"{budget.macs:,} MACs")
+    if budget.latency_ms is not None:
+        limits.append(f"{budget.latency_ms:g} ms predicted")
+    if budget.channel_multiple:
+        limits.append(f"widths multiples of {budget.channel_multiple}")
+    print(f"{space.name}: {len(candidates)} candidates under {', '.join(limits)} at {budget.resolution}px")
+    print_table(
+        ["#", "MACs", "params", "predicted ms", "channels"],
+        [
+            [
+                i,
+                f"{cand.cost.macs:,}",
+                f"{cand.cost.params:,}",
+                "-" if cand.latency_ms is None else f"{cand.latency_ms:.2f}",
+                " ".join(map(str, cand.config.out_channels)),
+            ]
+            for i, cand in enumerate(candidates)
+        ],
+    )
+    return 0

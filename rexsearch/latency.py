@@ -1,0 +1,825 @@
+"""Latency on the deployment device: end-to-end measurement, a per-operator lookup table, a predictor.
+
+* :func:`measure_latency` times a built network end to end: eval mode, BatchNorm folded
+  into the convolutions (as a deployed network runs), warm-up, then repeated timing; it
+  reports the median and the spread (interquartile range) with the settings recorded
+  (device and its name, runtime and version, threads, batch). CUDA is timed with
+  synchronisation; ONNX Runtime runs the exported graph (``pip install 'rexsearch[onnx]'``).
+* :func:`build_table` measures, on the device, every operator a ReXNet-style network is
+  made of — dense convs (stem, expand, projection, head), depthwise convs, activations, SE,
+  the (partial) residual add and the classifier — on a grid of channel counts per operator
+  family (same kernel, stride, spatial size), and fits a linear correction
+  ``measured = a + b * summed`` on a few end-to-end calibration networks, for what the sum
+  misses (framework overhead between operators, fusions, caches).
+* :func:`predict_latency` sums the table's operators for a config and applies the
+  correction. Channel counts between grid points are interpolated (bilinear for dense
+  convs, whose time is close to ``a + b·cin + c·cout + d·cin·cout``, linear for the rest);
+  beyond the grid the time is taken proportional to the channel count.
+  The grid is replaced by its lower monotone envelope when it is built, so the prediction
+  never decreases when a width grows, which the bisection of
+  :func:`rexsearch.space.fit_budget` relies on. Per-operator results are cached; a
+  prediction costs about 0.1-0.5 ms (more when every operator is new). A family the table lacks (another
+  resolution, kernel or spatial size) is refused with the command that builds one.
+
+A table records where it was measured (:class:`Environment`); :func:`load_table` refuses a
+table built on another device, runtime or thread count, naming both.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import io
+import json
+import math
+import platform
+import random
+import re
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from rexsearch.config import ACTIVATIONS, ReXNetConfig
+from rexsearch.errors import BudgetError, UserError
+from rexsearch.model import ConvBNAct, SqueezeExcite, build_model, make_activation
+
+TABLE_FORMAT = "rexsearch.latency-table/1"
+DEVICES = ("cpu", "cuda")
+RUNTIMES = ("torch", "onnxruntime")
+#: SE ratios the shipped spaces can choose; a table measures each of them.
+SE_RATIOS = (4, 8, 12, 16)
+#: Widths at which the calibration shapes are built: they set the range of each grid.
+CALIBRATION_WIDTHS = (0.25, 0.5, 1.0, 2.0, 3.0)
+
+Progress = Callable[[str, int, int], None]
+
+
+class LatencyTableError(UserError):
+    """A latency table does not fit the request (another device or runtime, a missing family)."""
+
+
+# ---------------------------------------------------------------------------- budget strings
+_LATENCY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$", re.IGNORECASE)
+_LATENCY_SCALE = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
+
+
+def parse_latency_budget(text: str | float, flag: str = "--latency-budget") -> float:
+    """``12ms``, ``0.012s``, ``500us`` or a bare ``12`` (milliseconds) -> milliseconds."""
+    m = _LATENCY_RE.match(str(text))
+    if not m or isinstance(text, bool):
+        raise BudgetError(
+            f"{flag} must be a duration such as 12ms, 0.012s or 12 (milliseconds), got {text!r}"
+        )
+    value = float(m.group(1)) * _LATENCY_SCALE[(m.group(2) or "").lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"{flag} must be positive, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- environment
+@dataclass(frozen=True)
+class Environment:
+    """Where a latency was measured: what must match for a table to be reused."""
+
+    device: str
+    device_name: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    batch: int = 1
+
+    def describe(self) -> str:
+        return (
+            f"{self.device} ({self.device_name}) with {self.runtime} {self.runtime_version}, "
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}, batch {self.batch}"
+        )
+
+    def mismatches(self, other: Environment) -> list[str]:
+        """Names of the fields where ``other`` differs."""
+        return [k for k in asdict(self) if getattr(self, k) != getattr(other, k)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Environment:
+        return cls(
+            **{k: data[k] for k in ("device", "device_name", "runtime", "runtime_version", "threads")},
+            batch=int(data.get("batch", 1)),
+        )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UserError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def environment(
+    device: str = "cpu", runtime: str = "torch", threads: int | None = None, batch: int = 1
+) -> Environment:
+    """The environment of this machine for ``device`` and ``runtime`` (threads default: torch's)."""
+    _check_choice("device", device, DEVICES)
+    _check_choice("runtime", runtime, RUNTIMES)
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here"
+            )
+        name = torch.cuda.get_device_name()
+    else:
+        name = _cpu_name()
+    if runtime == "onnxruntime":
+        ort = _onnxruntime()
+        version = ort.__version__
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError(
+                "--runtime onnxruntime --device cuda needs onnxruntime-gpu (CUDAExecutionProvider)"
+            )
+    else:
+        version = torch.__version__
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be a positive integer, got {threads}")
+    return Environment(device, name, runtime, version, threads or torch.get_num_threads(), batch)
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "--runtime onnxruntime needs onnx and onnxruntime: pip install 'rexsearch[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+# ---------------------------------------------------------------------------- timing
+@contextmanager
+def _torch_threads(threads: int) -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _runner(module: Any, inputs: tuple[Any, ...], env: Environment) -> Callable[[], Any]:
+    """One synchronised forward of ``module`` on ``inputs`` in ``env``'s runtime and device."""
+    module = module.eval()
+    if env.runtime == "onnxruntime":
+        ort = _onnxruntime()
+        buffer = io.BytesIO()
+        names = [f"in{i}" for i in range(len(inputs))]
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, buffer, dynamo=False, input_names=names, opset_version=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = env.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = ["CUDAExecutionProvider"] if env.device == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+        feed = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
+        return lambda: session.run(None, feed)
+    if env.device == "cuda":
+        module = module.cuda()
+        inputs = tuple(x.cuda() for x in inputs)
+
+        def run_cuda() -> Any:
+            with torch.inference_mode():
+                out = module(*inputs)
+            torch.cuda.synchronize()
+            return out
+
+        return run_cuda
+
+    def run_cpu() -> Any:
+        with torch.inference_mode():
+            return module(*inputs)
+
+    return run_cpu
+
+
+def _samples(run: Callable[[], Any], warmup: int, repeats: int, min_sample_s: float = 2e-3) -> list[float]:
+    """Per-call seconds of ``repeats`` samples; short calls are looped so a sample lasts ``min_sample_s``."""
+    for _ in range(max(warmup, 1)):
+        run()
+    start = time.perf_counter()
+    run()
+    once = time.perf_counter() - start
+    number = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            run()
+        out.append((time.perf_counter() - start) / number)
+    return out
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+# ---------------------------------------------------------------------------- BN folding
+def fold_batchnorm(model: Any) -> Any:
+    """A copy of a built ReXNet (eval mode) with every BatchNorm folded into the conv before it."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, ConvBNAct):
+            m.conv, m.bn = fuse_conv_bn_eval(m.conv, m.bn), nn.Identity()
+        elif isinstance(m, SqueezeExcite):
+            m.fc1, m.bn = fuse_conv_bn_eval(m.fc1, m.bn), nn.Identity()
+    return model
+
+
+# ---------------------------------------------------------------------------- end to end
+@dataclass(frozen=True)
+class Latency:
+    """End-to-end latency of one network: median and spread (IQR) of ``repeats`` timings, in ms."""
+
+    median_ms: float
+    spread_ms: float
+    min_ms: float
+    p90_ms: float
+    repeats: int
+    warmup: int
+    resolution: int
+    environment: Environment
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": self.median_ms,
+            "spread_ms": self.spread_ms,
+            "min_ms": self.min_ms,
+            "p90_ms": self.p90_ms,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "resolution": self.resolution,
+            "batch": self.environment.batch,
+            "bn_folded": True,
+            "settings": self.environment.to_dict(),
+        }
+
+
+def measure_latency(
+    config: ReXNetConfig,
+    resolution: int = 224,
+    device: str = "cpu",
+    runtime: str = "torch",
+    threads: int | None = None,
+    batch: int = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    env: Environment | None = None,
+) -> Latency:
+    """End-to-end latency of ``config`` (eval mode, BN folded) on this machine."""
+    env = env or environment(device, runtime, threads, batch)
+    torch.manual_seed(0)
+    model = fold_batchnorm(build_model(config))
+    x = torch.randn(env.batch, 3, resolution, resolution)
+    with _torch_threads(env.threads):
+        run = _runner(model, (x,), env)
+        samples = _samples(run, warmup, repeats, min_sample_s=0.0)
+    ms = [s * 1e3 for s in samples]
+    return Latency(
+        statistics.median(ms),
+        _quantile(ms, 0.75) - _quantile(ms, 0.25),
+        min(ms),
+        _quantile(ms, 0.9),
+        repeats,
+        warmup,
+        resolution,
+        env,
+    )
+
+
+# ---------------------------------------------------------------------------- operators
+def _out_hw(hw: int, k: int, stride: int) -> int:
+    return (hw + 2 * (k // 2) - k) // stride + 1
+
+
+Op = tuple[str, tuple[Any, ...], tuple[int, ...]]  # (op, family key, channel coordinates)
+
+
+def config_ops(config: ReXNetConfig, resolution: int) -> list[Op]:
+    """The inference operators of ``config`` (BN folded), mirroring :mod:`rexsearch.model`.
+
+    Families: ``conv`` (k, stride, hw) over (cin, cout); ``dw`` (k, stride, hw) over c;
+    ``act`` (name, hw) over c; ``se`` (ratio, hw) over c; ``add`` (full, hw) over the
+    shortcut's channels; ``classifier`` (hw, classes) over the penultimate width. ``hw`` is
+    the input size of the operator.
+    """
+    ops: list[Op] = []
+
+    def act(name: str, c: int, hw: int) -> None:
+        if name != "identity":
+            ops.append(("act", (name, hw), (c,)))
+
+    hw = resolution
+    ops.append(("conv", (3, config.stem_stride, hw), (3, config.stem_channels)))
+    hw = _out_hw(hw, 3, config.stem_stride)
+    act(config.activation, config.stem_channels, hw)
+    for b in config.blocks:
+        dw = b.dw_channels
+        if b.expansion != 1:
+            ops.append(("conv", (1, 1, hw), (b.in_channels, dw)))
+            act(config.block_activation(b), dw, hw)
+        ops.append(("dw", (b.kernel, b.stride, hw), (dw,)))
+        hw = _out_hw(hw, b.kernel, b.stride)
+        if b.se:
+            ops.append(("se", (config.se_ratio, hw), (dw,)))
+        act(config.block_dw_activation(b), dw, hw)
+        ops.append(("conv", (1, 1, hw), (dw, b.out_channels)))
+        if config.uses_shortcut(b):
+            ops.append(("add", (b.in_channels == b.out_channels, hw), (b.in_channels,)))
+    ops.append(("conv", (1, 1, hw), (config.blocks[-1].out_channels, config.penultimate_channels)))
+    act(config.activation, config.penultimate_channels, hw)
+    ops.append(("classifier", (hw, config.num_classes), (config.penultimate_channels,)))
+    return ops
+
+
+def _op_module(
+    op: str, key: tuple[Any, ...], coords: tuple[int, ...], batch: int
+) -> tuple[Any, tuple[Any, ...]]:
+    """A module doing one operator, and its inputs."""
+    gen = torch.Generator().manual_seed(0)
+    if op == "conv":
+        k, stride, hw = key
+        cin, cout = coords
+        return nn.Conv2d(cin, cout, k, stride, k // 2, bias=True), (
+            torch.randn(batch, cin, hw, hw, generator=gen),
+        )
+    if op == "dw":
+        k, stride, hw = key
+        (c,) = coords
+        return nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=True), (
+            torch.randn(batch, c, hw, hw, generator=gen),
+        )
+    if op == "act":
+        name, hw = key
+        (c,) = coords
+        return make_activation(name), (torch.randn(batch, c, hw, hw, generator=gen),)
+    if op == "se":
+        ratio, hw = key
+        (c,) = coords
+        return fold_batchnorm(nn.Sequential(SqueezeExcite(c, ratio))), (
+            torch.randn(batch, c, hw, hw, generator=gen),
+        )
+    if op == "add":
+        full, hw = key
+        (c,) = coords
+        out = torch.randn(batch, c if full else c + 1, hw, hw, generator=gen)
+        return _Add(c, full), (out, torch.randn(batch, c, hw, hw, generator=gen))
+    if op == "classifier":
+        hw, classes = key
+        (c,) = coords
+        return _Classifier(c, classes), (torch.randn(batch, c, hw, hw, generator=gen),)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+class _Add(nn.Module):
+    """The model's shortcut: a full add, or the partial add into the first channels."""
+
+    def __init__(self, channels: int, full: bool) -> None:
+        super().__init__()
+        self.channels, self.full = channels, full
+
+    def forward(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.full:
+            return out + x
+        out[:, : self.channels] += x
+        return out
+
+
+class _Classifier(nn.Module):
+    """Global average pool and the linear classifier (dropout is the identity in eval mode)."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x).flatten(1))
+
+
+# ---------------------------------------------------------------------------- grids
+@dataclass(frozen=True)
+class Family:
+    """Measured times (ms) of one operator family on a grid of channel counts (1 or 2 axes)."""
+
+    op: str
+    key: tuple[Any, ...]
+    axes: tuple[tuple[int, ...], ...]
+    ms: tuple[float, ...]  # row-major over the axes
+
+    def value(self, coords: tuple[int, ...]) -> float:
+        """Interpolated time at ``coords``: linear inside the grid (bilinear on two axes) and
+        proportional to the channels outside it, which keeps it monotone in every coordinate."""
+        if len(self.axes) == 1:
+            return _interp1(self.axes[0], self.ms, coords[0])
+        rows, cols = self.axes
+        grid = self._rows
+        x, y = coords
+        if len(rows) == 1:
+            return _interp1(cols, grid[0], y)
+        if x <= rows[0]:
+            return _interp1(cols, grid[0], y) * x / rows[0]
+        if x >= rows[-1]:
+            return _interp1(cols, grid[-1], y) * x / rows[-1]
+        i = bisect.bisect_right(rows, x) - 1
+        t = (x - rows[i]) / (rows[i + 1] - rows[i])
+        lo = _interp1(cols, grid[i], y)
+        return lo + (_interp1(cols, grid[i + 1], y) - lo) * t
+
+    @cached_property
+    def _rows(self) -> tuple[tuple[float, ...], ...]:
+        n = len(self.axes[-1])
+        return tuple(self.ms[i : i + n] for i in range(0, len(self.ms), n))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "key": list(self.key),
+            "axes": [list(a) for a in self.axes],
+            "ms": list(self.ms),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Family:
+        return cls(
+            data["op"],
+            tuple(data["key"]),
+            tuple(tuple(int(v) for v in a) for a in data["axes"]),
+            tuple(float(v) for v in data["ms"]),
+        )
+
+
+def _interp1(axis: Sequence[int], values: Sequence[float], x: float) -> float:
+    """Piecewise-linear through the points, proportional to the channels outside them."""
+    if len(axis) == 1:
+        return values[0]
+    if x <= axis[0]:
+        return values[0] * x / axis[0]
+    if x >= axis[-1]:
+        return values[-1] * x / axis[-1]
+    i = bisect.bisect_right(axis, x) - 1
+    t = (x - axis[i]) / (axis[i + 1] - axis[i])
+    return values[i] + (values[i + 1] - values[i]) * t
+
+
+def _grid(low: int, high: int, points: int) -> tuple[int, ...]:
+    """About ``points`` geometrically spaced integers covering [low/1.25, high*1.25]."""
+    a, b = max(1, math.floor(low / 1.25)), max(2, math.ceil(high * 1.25))
+    if a >= b or points < 2:
+        return (a,) if a == b else (a, b)
+    ratio = (b / a) ** (1 / (points - 1))
+    return tuple(sorted({max(1, round(a * ratio**i)) for i in range(points)} | {a, b}))
+
+
+def _monotone(axes: Sequence[Sequence[int]], ms: list[float]) -> list[float]:
+    """The lower monotone envelope: each point becomes the least time at it or at any larger point.
+
+    Noise from other work only ever adds time, so where a point measures slower than a
+    larger one, the larger one's time is the better estimate; the result never decreases
+    as channels grow along any axis.
+    """
+    if len(axes) == 1:
+        out, best = [], math.inf
+        for v in reversed(ms):
+            best = min(best, v)
+            out.append(best)
+        return out[::-1]
+    n = len(axes[1])
+    rows = [_monotone([axes[1]], ms[i * n : (i + 1) * n]) for i in range(len(axes[0]))]
+    for i in range(len(rows) - 2, -1, -1):
+        rows[i] = [min(a, b) for a, b in zip(rows[i], rows[i + 1], strict=True)]
+    return [v for r in rows for v in r]
+
+
+# ---------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Correction:
+    """``measured = intercept_ms + slope * summed`` fitted on end-to-end calibration networks."""
+
+    intercept_ms: float
+    slope: float
+    calibration: tuple[dict[str, Any], ...] = ()
+
+    def apply(self, summed_ms: float) -> float:
+        return self.intercept_ms + self.slope * summed_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intercept_ms": self.intercept_ms, "slope": self.slope, "calibration": list(self.calibration)}
+
+
+def fit_correction(summed: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line through (summed, measured) with a non-negative intercept and a positive slope.
+
+    When the free line would cross below zero (an intercept under 0) or fall (a slope not
+    above 0), the line through the origin is fitted instead, so predictions stay positive
+    and grow with the summed time.
+    """
+    n = len(summed)
+    if n >= 2:
+        mx, my = sum(summed) / n, sum(measured) / n
+        sxx = sum((x - mx) ** 2 for x in summed)
+        if sxx > 0:
+            slope = sum((x - mx) * (y - my) for x, y in zip(summed, measured, strict=True)) / sxx
+            if slope > 0 and my - slope * mx >= 0:
+                return my - slope * mx, slope
+    sxx = sum(x * x for x in summed)
+    ratio = sum(x * y for x, y in zip(summed, measured, strict=True)) / sxx if sxx > 0 else 1.0
+    return 0.0, ratio if ratio > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Per-operator latencies measured in one environment, plus the end-to-end correction."""
+
+    environment: Environment
+    resolution: int
+    families: dict[tuple[str, tuple[Any, ...]], Family]
+    correction: Correction
+    versions: dict[str, str] = field(default_factory=dict)
+    build_seconds: float = 0.0
+    _cache: dict[Op, float] = field(default_factory=dict, compare=False, repr=False)
+
+    def op_ms(self, op: Op) -> float:
+        """Predicted time of one operator (cached)."""
+        cached = self._cache.get(op)
+        if cached is not None:
+            return cached
+        name, key, coords = op
+        family = self.families.get((name, key))
+        if family is None:
+            family = self._nearest_se(key) if name == "se" else None
+            if family is None:
+                raise LatencyTableError(self._missing(name, key))
+        value = family.value(coords)
+        self._cache[op] = value
+        return value
+
+    def _nearest_se(self, key: tuple[Any, ...]) -> Family | None:
+        """SE time is pool and gating over c·hw; another ratio's family stands in for a missing ratio."""
+        ratio, hw = key
+        options = [k for (op, k) in self.families if op == "se" and k[1] == hw]
+        if not options:
+            return None
+        best = min(options, key=lambda k: abs(k[0] - ratio))
+        return self.families[("se", best)]
+
+    def _missing(self, name: str, key: tuple[Any, ...]) -> str:
+        return (
+            f"the latency table has no {name} operators {key} (it covers {self.resolution}x{self.resolution} "
+            f"inputs with the kernels, strides and heads of its calibration networks); build one for this "
+            f"network with `rexsearch latency-table build --resolution {self.resolution} ...`"
+        )
+
+    def summed_ms(self, config: ReXNetConfig, resolution: int | None = None) -> float:
+        """Sum of the operators' times, before the correction."""
+        return sum(self.op_ms(op) for op in config_ops(config, resolution or self.resolution))
+
+    def predict(self, config: ReXNetConfig, resolution: int | None = None) -> float:
+        return self.correction.apply(self.summed_ms(config, resolution))
+
+    def check_environment(self, target: Environment, source: str = "the latency table") -> None:
+        """Raise when the table was measured elsewhere than ``target``, naming both."""
+        diff = self.environment.mismatches(target)
+        if diff:
+            raise LatencyTableError(
+                f"{source} was built on {self.environment.describe()}, but the target is "
+                f"{target.describe()} ({', '.join(diff)} differ); build a table there with "
+                f"`rexsearch latency-table build --device {target.device} --runtime {target.runtime} "
+                f"--threads {target.threads} --out FILE`"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": TABLE_FORMAT,
+            "environment": self.environment.to_dict(),
+            "resolution": self.resolution,
+            "versions": dict(self.versions),
+            "build_seconds": self.build_seconds,
+            "correction": self.correction.to_dict(),
+            "families": [f.to_dict() for f in self.families.values()],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON file atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<table>") -> LatencyTable:
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise LatencyTableError(f"{source} is not a latency table (format {TABLE_FORMAT!r})")
+        try:
+            families = [Family.from_dict(f) for f in data["families"]]
+            corr = data["correction"]
+            return cls(
+                Environment.from_dict(data["environment"]),
+                int(data["resolution"]),
+                {(f.op, f.key): f for f in families},
+                Correction(
+                    float(corr["intercept_ms"]), float(corr["slope"]), tuple(corr.get("calibration", ()))
+                ),
+                dict(data.get("versions", {})),
+                float(data.get("build_seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LatencyTableError(
+                f"{source} is a damaged latency table ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def predict_latency(config: ReXNetConfig, table: LatencyTable, resolution: int | None = None) -> float:
+    """Predicted end-to-end latency (ms) of ``config`` in the table's environment."""
+    return table.predict(config, resolution)
+
+
+def load_table(path: str | Path, expect: Environment | None = None) -> LatencyTable:
+    """Read a table file; with ``expect``, refuse a table measured in another environment."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise LatencyTableError(f"cannot read the latency table {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise LatencyTableError(f"{path} is not a latency table (not valid JSON: {exc.msg})") from None
+    table = LatencyTable.from_dict(data, str(path))
+    if expect is not None:
+        table.check_environment(expect, f"the latency table {path}")
+    return table
+
+
+# ---------------------------------------------------------------------------- building
+def calibration_shapes(per_space: int = 6, seed: int = 1000) -> list[ReXNetConfig]:
+    """Presets and random shapes of every shipped space at several widths: they set the grids' ranges."""
+    from rexsearch.principles import PRESETS
+    from rexsearch.space import SPACES_DIR, _RandomTrial, load_space
+
+    rng = random.Random(seed)
+    out = [p.config() for p in PRESETS.values()]
+    for path in sorted(SPACES_DIR.glob("*.yaml")):
+        space = load_space(path)
+        for _ in range(per_space):
+            values = space.suggest(_RandomTrial(rng))
+            for w in CALIBRATION_WIDTHS:
+                try:
+                    out.append(space.build(values, w))
+                except UserError:
+                    continue
+    return out
+
+
+def _families(
+    configs: Iterable[ReXNetConfig],
+    resolution: int,
+    points: int,
+    activations: Sequence[str],
+    se_ratios: Sequence[int],
+    kernels: Sequence[int],
+) -> list[tuple[str, tuple[Any, ...], tuple[tuple[int, ...], ...]]]:
+    """Operator families with their grids, from the ranges the configs use."""
+    ranges: dict[tuple[str, tuple[Any, ...]], list[list[int]]] = {}
+    for cfg in configs:
+        for op, key, coords in config_ops(cfg, resolution):
+            r = ranges.setdefault((op, key), [[c, c] for c in coords])
+            for axis, c in zip(r, coords, strict=True):
+                axis[0], axis[1] = min(axis[0], c), max(axis[1], c)
+
+    def merge(op: str, key: tuple[Any, ...], like: list[list[int]]) -> None:
+        r = ranges.setdefault((op, key), [list(a) for a in like])
+        for axis, other in zip(r, like, strict=True):
+            axis[0], axis[1] = min(axis[0], other[0]), max(axis[1], other[1])
+
+    for (op, key), r in list(ranges.items()):
+        if op == "act":
+            for name in activations:
+                if name != "identity":
+                    merge("act", (name, key[1]), r)
+        elif op == "se":
+            for ratio in se_ratios:
+                merge("se", (ratio, key[1]), r)
+        elif op == "add":  # a full add (in == out) wherever a partial one runs, and back
+            merge("add", (not key[0], key[1]), r)
+        elif op == "dw":
+            for k in kernels:
+                merge("dw", (k, key[1], key[2]), r)
+    out = []
+    for (op, key), r in ranges.items():
+        axes = tuple((lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points) for lo, hi in r)
+        if op == "se":  # an SE needs at least one channel in its bottleneck
+            axes = (tuple(sorted({max(c, key[0]) for c in axes[0]})),)
+        out.append((op, key, axes))
+    return out
+
+
+def build_table(
+    device: str = "cpu",
+    runtime: str = "torch",
+    threads: int | None = None,
+    resolution: int = 224,
+    batch: int = 1,
+    shapes: Sequence[ReXNetConfig] | None = None,
+    calibration: Sequence[ReXNetConfig] | None = None,
+    points: int = 6,
+    activations: Sequence[str] = ACTIVATIONS,
+    se_ratios: Sequence[int] = SE_RATIOS,
+    kernels: Sequence[int] = (3,),
+    warmup: int = 3,
+    repeats: int = 7,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """Measure every operator family on this machine and fit the end-to-end correction.
+
+    Every time in the table is the fastest of its samples (each sample averages at least
+    2 ms of runs), operators and calibration networks alike: other work on the machine only
+    ever adds time, so the fastest sample is the steadiest estimate of the device itself.
+
+    ``shapes`` (default :func:`calibration_shapes`) set the channel range of each family's
+    grid; ``calibration`` (default: six of the shapes) are measured end to end for the
+    correction. ``progress(stage, done, total)`` is called as measurements finish.
+    """
+    start = time.perf_counter()
+    env = environment(device, runtime, threads, batch)
+    shapes = list(shapes) if shapes is not None else calibration_shapes()
+    if calibration is None:
+        step = max(1, len(shapes) // 6)
+        calibration = shapes[::step][:6]
+    specs = _families(shapes, resolution, points, activations, se_ratios, kernels)
+    total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
+    families: dict[tuple[str, tuple[Any, ...]], Family] = {}
+    done = 0
+    with _torch_threads(env.threads), torch.no_grad():
+        # ONNX Runtime pays a per-run cost (feeds, fetches, session bookkeeping) once per graph,
+        # not once per node: it is measured on a one-element graph and taken off every operator.
+        per_run_ms = 0.0
+        if runtime == "onnxruntime":
+            tiny = _runner(_Add(1, True), (torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)), env)
+            per_run_ms = min(_samples(tiny, warmup, repeats)) * 1e3
+        for op, key, axes in specs:
+            coords = [(c,) for c in axes[0]] if len(axes) == 1 else [(a, b) for a in axes[0] for b in axes[1]]
+            ms = []
+            for c in coords:
+                module, inputs = _op_module(op, key, c, env.batch)
+                t = min(_samples(_runner(module, inputs, env), warmup, repeats)) * 1e3
+                ms.append(max(0.0, t - per_run_ms))
+                done += 1
+                if progress:
+                    progress("operators", done, total)
+            families[(op, key)] = Family(op, key, axes, tuple(_monotone(axes, ms)))
+    raw = LatencyTable(env, resolution, families, Correction(0.0, 1.0))
+    rows = []
+    for i, cfg in enumerate(calibration):
+        measured = measure_latency(cfg, resolution, env=env, warmup=max(3, warmup), repeats=max(10, repeats))
+        rows.append(
+            {
+                "name": cfg.name or cfg.short_hash(),
+                "summed_ms": raw.summed_ms(cfg),
+                "measured_ms": measured.min_ms,
+            }
+        )
+        if progress:
+            progress("calibration", i + 1, len(calibration))
+    intercept, slope = fit_correction([r["summed_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    if runtime == "onnxruntime":
+        versions["onnxruntime"] = env.runtime_version
+    return LatencyTable(
+        env,
+        resolution,
+        families,
+        Correction(intercept, slope, tuple(rows)),
+        versions,
+        time.perf_counter() - start,
+    )

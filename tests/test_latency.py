@@ -1,0 +1,314 @@
+"""Latency measurement, the per-operator table, the predictor and latency/channel-multiple budgets.
+
+Everything runs on tiny networks at 32x32 with coarse tables; no assertion is about time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from rexsearch.cli import main
+from rexsearch.config import ReXNetConfig
+from rexsearch.cost import count_cost
+from rexsearch.errors import BudgetError, UserError
+from rexsearch.latency import (
+    Environment,
+    Family,
+    LatencyTableError,
+    _grid,
+    _monotone,
+    build_table,
+    config_ops,
+    environment,
+    load_table,
+    measure_latency,
+    parse_latency_budget,
+    predict_latency,
+)
+from rexsearch.space import Budget, _RandomTrial, check_feasible, load_space, parse_space
+
+RES = 32
+TINY_SPACE = """
+format: rexsearch.space/1
+name: tiny
+generator: linear
+fixed:
+  depth_mult: 0.25
+  activation: silu
+  dw_activation: relu6
+  expansion: 3
+  se_ratio: 4
+  penultimate: 64
+  num_classes: 10
+  stem: 8
+variables:
+  start: {low: 8, high: 16}
+  growth: {low: 20, high: 60}
+  expand_fraction: {low: 0.5, high: 1.0}
+"""
+LATENCY_KEYS = {
+    "median_ms",
+    "spread_ms",
+    "min_ms",
+    "p90_ms",
+    "repeats",
+    "warmup",
+    "resolution",
+    "batch",
+    "bn_folded",
+    "settings",
+}
+SETTINGS_KEYS = {"device", "device_name", "runtime", "runtime_version", "threads", "batch"}
+
+
+@pytest.fixture(scope="module")
+def space():
+    return parse_space(TINY_SPACE, "tiny.yaml")
+
+
+def _shapes(space, n=4, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        values = space.suggest(_RandomTrial(rng))
+        out += [space.build(values, w) for w in (0.25, 1.0, 3.0)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def table(space):
+    shapes = _shapes(space)
+    return build_table(
+        threads=1,
+        resolution=RES,
+        shapes=shapes,
+        calibration=shapes[1::3][:3],
+        points=3,
+        warmup=1,
+        repeats=2,
+        activations=("silu", "relu6", "relu"),
+    )
+
+
+def test_measurement_is_positive_in_a_stable_format(space):
+    config = _shapes(space, 1)[1]
+    result = measure_latency(config, RES, threads=1, warmup=1, repeats=3)
+    out = result.to_dict()
+    assert set(out) == LATENCY_KEYS and set(out["settings"]) == SETTINGS_KEYS
+    assert 0 < result.min_ms <= result.median_ms <= result.p90_ms and result.spread_ms >= 0
+    assert out["settings"]["runtime"] == "torch" and out["settings"]["threads"] == 1
+    assert out["resolution"] == RES and out["bn_folded"] is True
+
+
+def test_onnxruntime_measurement(space):
+    pytest.importorskip("onnxruntime")
+    result = measure_latency(_shapes(space, 1)[0], RES, runtime="onnxruntime", threads=1, warmup=1, repeats=3)
+    assert result.median_ms > 0 and result.environment.runtime == "onnxruntime"
+
+
+def test_cli_latency_json(tmp_path, space, capsys):
+    path = tmp_path / "tiny.json"
+    _shapes(space, 1)[0].save(path)
+    argv = ["latency", "--config", str(path), "--resolution", "32", "--threads", "1", "--warmup", "1"]
+    assert main([*argv, "--repeats", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["median_ms"] > 0 and set(out) == LATENCY_KEYS | {"config"}
+
+
+def test_table_round_trips_through_its_file(table, space, tmp_path):
+    path = tmp_path / "table.json"
+    table.save(path)
+    again = load_table(path, expect=table.environment)
+    assert again == table
+    for config in _shapes(space, 3, seed=5):
+        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
+        assert predict_latency(config, table) > 0
+
+
+def test_prediction_is_monotone_in_width(table, space):
+    rng = random.Random(3)
+    for _ in range(4):
+        values = space.suggest(_RandomTrial(rng))
+        predicted = []
+        for w in (0.05 * 1.1**i for i in range(50)):  # far below and above the measured grid
+            try:
+                predicted.append(predict_latency(space.build(values, w), table))
+            except UserError:  # too narrow to be valid
+                continue
+        assert len(predicted) > 30
+        assert all(b >= a for a, b in itertools.pairwise(predicted))
+        assert predicted[-1] > predicted[0]
+
+
+def _assert_monotone(family, rng, points=30):
+    for _ in range(points):
+        point = [rng.uniform(0.5, 2 * a[-1]) for a in family.axes]
+        base = family.value(tuple(point))
+        for axis in range(len(family.axes)):
+            bigger = list(point)
+            bigger[axis] *= 1.3
+            assert family.value(tuple(bigger)) >= base - 1e-12
+
+
+def test_interpolation_is_monotone_on_any_measured_grid():
+    rng = random.Random(0)
+    for _ in range(300):
+        axes = tuple(_grid(rng.randint(1, 50), rng.randint(50, 3000), rng.randint(2, 6)) for _ in range(2))
+        raw = [rng.random() for _ in range(len(axes[0]) * len(axes[1]))]  # noisy, not monotone
+        _assert_monotone(Family("conv", (1, 1, 7), axes, tuple(_monotone(axes, raw))), rng)
+        axis = axes[1]
+        _assert_monotone(Family("dw", (3, 1, 7), (axis,), tuple(_monotone((axis,), raw[: len(axis)]))), rng)
+
+
+def test_every_operator_family_is_monotone(table):
+    rng = random.Random(1)
+    for family in table.families.values():
+        _assert_monotone(family, rng)
+
+
+def test_ops_mirror_the_model(space):
+    config = _shapes(space, 1)[1]
+    ops = config_ops(config, RES)
+    convs = [op for op in ops if op[0] == "conv"]
+    assert convs[0] == ("conv", (3, config.stem_stride, RES), (3, config.stem_channels))
+    assert sum(op[0] == "dw" for op in ops) == config.depth
+    assert ops[-1] == ("classifier", (1, 10), (config.penultimate_channels,))
+
+
+def test_tiny_latency_budget_refuses_with_smallest_reachable_latency(table, space):
+    budget = Budget(latency_ms=1e-5, latency_table=table, resolution=RES)
+    with pytest.raises(UserError, match=r"smallest reachable latency is [\d.]+ ms predicted"):
+        check_feasible(space, budget)
+
+
+def test_latency_budget_alone_keeps_candidates_inside(table, space):
+    reference = predict_latency(_shapes(space, 1)[1], table)
+    budget = Budget(latency_ms=reference, latency_table=table, resolution=RES)
+    candidates = space.sample(budget, 10, seed=2)
+    assert len(candidates) == 10
+    for c in candidates:
+        assert c.latency_ms == pytest.approx(predict_latency(c.config, table))
+        assert 0.97 * reference <= c.latency_ms <= reference
+        assert c.to_dict()["latency_ms"] == c.latency_ms
+
+
+def test_latency_and_macs_budgets_together(table, space):
+    config = _shapes(space, 1)[1]
+    macs = count_cost(config, RES).macs
+    latency = predict_latency(config, table)
+    budget = Budget(macs, latency_ms=latency * 0.8, latency_table=table, resolution=RES)
+    for c in space.sample(budget, 8, seed=4):
+        assert c.cost.macs <= macs and c.latency_ms <= latency * 0.8
+        assert c.cost.macs >= budget.lower or c.latency_ms >= 0.97 * latency * 0.8
+    margin = Budget(latency_ms=latency, latency_table=table, resolution=RES, latency_margin=0.1)
+    assert all(c.latency_ms <= 0.9 * latency for c in space.sample(margin, 5, seed=4))
+
+
+def test_table_from_another_device_or_runtime_is_refused_naming_both(table, tmp_path):
+    path = tmp_path / "table.json"
+    table.save(path)
+    data = json.loads(path.read_text())
+    data["environment"].update(device_name="Other CPU 9000", runtime="onnxruntime", runtime_version="1.0")
+    path.write_text(json.dumps(data))
+    here = environment("cpu", "torch", threads=1)
+    with pytest.raises(LatencyTableError) as info:
+        load_table(path, expect=here)
+    message = str(info.value)
+    assert "Other CPU 9000" in message and "onnxruntime 1.0" in message
+    assert here.device_name in message and f"torch {here.runtime_version}" in message
+    assert "--runtime torch" in message
+
+
+def test_missing_family_is_refused(table):
+    wide = ReXNetConfig.from_dict({**_config_dict(), "blocks": [dict(_config_dict()["blocks"][0], kernel=7)]})
+    with pytest.raises(LatencyTableError, match="no dw operators"):
+        predict_latency(wide, table)
+
+
+def _config_dict():
+    return {
+        "stem_channels": 8,
+        "blocks": [
+            {"in_channels": 8, "out_channels": 16, "expansion": 3, "kernel": 3, "stride": 2, "se": False}
+        ],
+        "penultimate_channels": 64,
+        "num_classes": 10,
+    }
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_channel_multiple_rounds_every_width_inside_the_budget(table, space, multiple):
+    reference = predict_latency(_shapes(space, 1)[1], table)
+    budget = Budget(
+        latency_ms=reference * 1.5, latency_table=table, resolution=RES, channel_multiple=multiple
+    )
+    for c in space.sample(budget, 6, seed=1):
+        widths = [c.config.stem_channels, c.config.penultimate_channels, *c.config.out_channels]
+        assert all(w % multiple == 0 for w in widths)
+        assert c.latency_ms <= reference * 1.5
+
+
+@pytest.mark.parametrize("name", ["rexnet", "mobilenetv2", "piecewise"])
+def test_channel_multiple_with_macs_budget_on_shipped_spaces(name):
+    budget = Budget(400_000_000, channel_multiple=8)
+    for c in load_space(name).sample(budget, 10, seed=0):
+        widths = [c.config.stem_channels, c.config.penultimate_channels, *c.config.out_channels]
+        assert all(w % 8 == 0 for w in widths)
+        assert budget.lower <= c.cost.macs <= budget.macs
+        assert count_cost(c.config) == c.cost
+
+
+def test_channel_multiple_in_the_space_file():
+    text = TINY_SPACE.replace("  stem: 8\n", "  stem: 8\n  channel_multiple: 4\n")
+    space = parse_space(text, "tiny4.yaml")
+    for c in space.sample(Budget(5_000_000, resolution=RES), 5, seed=0):
+        assert all(w % 4 == 0 for w in c.config.out_channels)
+
+
+@pytest.mark.parametrize(("text", "ms"), [("12ms", 12.0), ("0.012s", 12.0), ("12", 12.0), ("500us", 0.5)])
+def test_latency_budget_strings(text, ms):
+    assert parse_latency_budget(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["12qs", "ms", "-3ms", "0", "twelve"])
+def test_bad_latency_budget_strings(text):
+    with pytest.raises(BudgetError, match="--latency-budget"):
+        parse_latency_budget(text)
+
+
+def test_cli_preview_refuses_a_tiny_budget_with_exit_2(table, space, tmp_path, capsys):
+    table_path, space_path = tmp_path / "t.json", tmp_path / "tiny.yaml"
+    table.save(table_path)
+    space_path.write_text(TINY_SPACE)
+    argv = [
+        "latency-table",
+        "preview",
+        str(space_path),
+        "--latency-table",
+        str(table_path),
+        "--resolution",
+        "32",
+    ]
+    assert main([*argv, "--latency-budget", "0.00001ms"]) == 2
+    assert "smallest reachable latency" in capsys.readouterr().err
+    assert main([*argv, "--latency-budget", "12qs"]) == 2
+    assert "--latency-budget must be a duration" in capsys.readouterr().err
+    assert main([*argv[:3], "--latency-budget", "5ms"]) == 2
+    assert "--latency-table" in capsys.readouterr().err
+    budget = predict_latency(_shapes(space, 1)[1], table) * 1.5
+    flags = ["--latency-budget", f"{budget}ms", "--channel-multiple", "8", "--json", "--sample", "2"]
+    assert main([*argv, *flags]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all(line["latency_ms"] <= budget for line in lines)
+    assert all(w % 8 == 0 for line in lines for w in ReXNetConfig.from_dict(line["config"]).out_channels)
+
+
+def test_environment_mismatch_lists_fields():
+    a = Environment("cpu", "X", "torch", "2.0", 2)
+    b = Environment("cpu", "X", "torch", "2.0", 1)
+    assert a.mismatches(b) == ["threads"]
+    assert a.describe() == "cpu (X) with torch 2.0, 2 threads, batch 1"
