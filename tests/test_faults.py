@@ -224,3 +224,26 @@ def test_unreachable_ray_address_fails_at_once(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cannot join Ray at 127.0.0.1:{port}: nothing answers there" in err
     assert "ray start --head" in err and "Traceback" not in err and not run_dir.exists()
+
+
+def test_trial_workers_wait_passively():
+    """Workers of the Ray a run starts get OMP_WAIT_POLICY=PASSIVE (spinning threads of two trials
+    starve each other on shared cores); a value the user exported wins."""
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        import ray
+        from rexsearch.search.cluster import ensure_ray
+        if sys.argv[1] != "unset":
+            os.environ["OMP_WAIT_POLICY"] = sys.argv[1]
+        else:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        started = ensure_ray(None)
+        policy = ray.get(ray.remote(lambda: os.environ.get("OMP_WAIT_POLICY")).remote())
+        if started:
+            ray.shutdown()
+        print(json.dumps({"started": started, "policy": policy}))
+        """
+    )
+    assert run_driver_script(script, "unset") == {"started": True, "policy": "PASSIVE"}
+    assert run_driver_script(script, "ACTIVE")["policy"] == "ACTIVE"

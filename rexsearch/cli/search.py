@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -284,6 +285,9 @@ def _resume(
 
 
 def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
+    from rexsearch.search.cluster import worker_env
+
+    os.environ.update(worker_env())  # before torch loads here: the speed probe and local workers
     import optuna
 
     from rexsearch import search

@@ -14,6 +14,18 @@ from dataclasses import dataclass
 from rexsearch.errors import UserError
 from rexsearch.search.settings import SearchSettings
 
+#: Environment of every trial worker (and of the driver, set before torch loads): OpenMP threads
+#: sleep at once when they run out of work instead of spinning first. Spinning threads of two
+#: trials (or of a trial and another job) on the same cores starve each other: measured with
+#: benchmarks/bench_contention.py (README, "Trials under CPU contention"). A value the user
+#: exported is kept.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def worker_env() -> dict[str, str]:
+    """:data:`WORKER_ENV` with the user's own values taking precedence."""
+    return {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
+
 
 def auth_hint() -> str:
     return (
@@ -41,7 +53,12 @@ def ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    kwargs = {
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "include_dashboard": False,
+        "runtime_env": {"env_vars": worker_env()},  # also the workers of a cluster joined by address
+    }
     if address:
         _check_reachable(address)
     try:
