@@ -15,8 +15,8 @@ import pytest
 import runfixture
 
 from rexsearch.cli import main
-from rexsearch.errors import UserError
 from rexsearch.dashboard import dashboard_server
+from rexsearch.errors import UserError
 
 
 @pytest.fixture(scope="module")

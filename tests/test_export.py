@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import rexsearch
+from rexsearch.checkpoints import load_model
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import LayoutError, UserError
-from rexsearch.checkpoints import load_model
 from rexsearch.export import export_preset, export_trial
 from rexsearch.layouts import expected_shapes, to_layout
 from rexsearch.model import build_model

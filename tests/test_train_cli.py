@@ -13,8 +13,8 @@ from conftest import tiny_config
 
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig
-from rexsearch.results import RunResults
 from rexsearch.proxy import proxy_config
+from rexsearch.results import RunResults
 from rexsearch.train import Trainer
 
 

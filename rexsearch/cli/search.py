@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +15,9 @@ from rexsearch.cli.common import positive_int, print_table
 from rexsearch.cost import format_count, parse_budget
 from rexsearch.errors import UserError
 from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+
+#: The largest batch the CPU speed probe trains (its images/s barely change above it).
+PROBE_BATCH = 256
 
 
 def _float(text: str) -> float:
@@ -274,29 +279,56 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _resume(
     run_dir: str, address: str | None, data_dir: str | None, quiet: bool, storage_path: str | None = None
 ) -> int:
-    from rexsearch.rundir import load_run
-    from rexsearch.search import settings_from_run
+    import optuna
 
+    from rexsearch.rundir import RunLock, load_run
+    from rexsearch.search import check_resumable, settings_from_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = load_run(run_dir)
     settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
-    return _execute(settings, _LiveView(quiet), new_run=False, argv=[])
+    lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
+    try:
+        check_resumable(run)
+        return _execute(settings, _LiveView(quiet), new_run=False, argv=[], lock=lock)
+    finally:
+        lock.release()
 
 
-def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
+class _Termination:
+    """SIGTERM handled like Ctrl-C: Ray Tune's SIGINT handler stops the session cleanly."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)  # after ray.init, which installs its own
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _execute(settings, view: _LiveView, new_run: bool, argv: list[str], lock=None) -> int:
     import optuna
 
     from rexsearch import search
+    from rexsearch.rundir import RunLock
     from rexsearch.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
     split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
+    termination = _Termination()
     started = search.ensure_ray(settings.address)
+    termination.install()
+    own_lock = None
     try:
         resources = search.cluster_resources(settings)
         if new_run:
             search.start_run(settings, argv)
+            lock = own_lock = RunLock.acquire(settings.run_dir)
         view.event(
             f"run directory: {settings.run_dir}  (Ray: {resources.cpus:g} CPU, "
             f"{resources.gpus:g} GPU, {resources.nodes} node(s); {resources.cpus_per_trial:g} CPU and "
@@ -306,11 +338,13 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             _cpu_note(settings, view)
         try:
             outcome = search.execute(
-                settings, split, on_progress=view, on_event=view.event, resources=resources
+                settings, split, on_progress=view, on_event=view.event, resources=resources, lock=lock
             )
         finally:
             view.end()
     finally:
+        if own_lock is not None:
+            own_lock.release()
         if started:
             import ray
 
@@ -322,7 +356,7 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             f"`rexsearch resume {settings.run_dir}`",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signal.SIGTERM if termination.received else 130
     if outcome.stopped_by_failures:
         print(
             f"stopped after {settings.max_failures} failed trials (--max-failures); see trials.csv "
@@ -341,7 +375,8 @@ def _cpu_note(settings, view: _LiveView) -> None:
         base = baseline_candidate("rexnet-linear", settings.budget).config
     except InfeasibleError:
         return
-    ips = measure_throughput(base, settings.batch_size)
+    # the trainer's batch (at most the training split), capped: images/s hardly changes above it
+    ips = measure_throughput(base, min(settings.batch_size, settings.train_split_images, PROBE_BATCH))
     train_images = settings.train_images or 50000 - settings.val_images
     seconds = estimate_seconds(settings.trials, settings.epochs, train_images, settings.val_images, ips)
     view.event(
