@@ -196,7 +196,8 @@ def _explain(exc: BaseException, url: str, parsed: Any, shown: str) -> str:
     if "no password supplied" in lowered:
         return (
             f"the database server at {where} asks user {user!r} for a password and --storage {shown} "
-            "gives none; put it in the URL (USER:PASSWORD@HOST), in PGPASSWORD or in ~/.pgpass"
+            f"gives none (run.json keeps no password); set {PASSWORD_ENV} or PGPASSWORD, "
+            "or put it in ~/.pgpass"
         )
     if "does not exist" in lowered and "database" in lowered:
         return (

@@ -287,9 +287,9 @@ def _resume(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = load_run(run_dir)
     settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
+    check_resumable(run)  # read only: a missing, renamed or empty study writes nothing, not even the lock
     lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
     try:
-        check_resumable(run)
         return _execute(settings, _LiveView(quiet), new_run=False, argv=[], lock=lock)
     finally:
         lock.release()
@@ -388,8 +388,10 @@ def _cpu_note(settings, view: _LiveView) -> None:
 
 def _finish(outcome, settings, view: _LiveView) -> None:
     from rexsearch.results import RunResults
+    from rexsearch.storage import open_storage
 
-    results = RunResults.load(outcome.run)
+    # the session's own storage URL: run.json's has no password (it comes from the environment)
+    results = RunResults.load(outcome.run, outcome.run.open_study(open_storage(settings.storage_url())))
     try:
         from rexsearch.report import write_report
 
