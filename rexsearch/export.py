@@ -35,7 +35,7 @@ from rexsearch.model import build_model
 from rexsearch.principles import get_preset
 from rexsearch.proxy import PROXY_RESOLUTION
 from rexsearch.results import BEST_DEFINITION, METRICS, RunResults
-from rexsearch.rundir import RunInfo
+from rexsearch.rundir import RUN_JSON, RunInfo
 
 WEIGHTS = ("init", "proxy")
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -59,17 +59,65 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------- writing
-def _check_out(out: Path, force: bool) -> None:
+#: Entries of an existing --out that are looked through for run directories before --force replaces it.
+FORCE_SCAN_LIMIT = 20_000
+
+
+def _check_out(out: Path, force: bool, run_dir: Path | None = None) -> None:
+    """Refuse an --out that would clobber what an export reads or the user works in.
+
+    Never the current directory or one above it, never a run directory, a folder inside one
+    or a folder holding one (``run_dir``, the run exported, included); then: a new or empty
+    directory, or a non-empty one with ``force``.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    target = out.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UserError(
+            f"--out {out} is the current directory or a folder above it; give a new folder, "
+            "e.g. --out exported-model"
+        )
+    source = run_dir.resolve() if run_dir is not None else None
+    for folder in (target, *target.parents):
+        if folder == source or (folder / RUN_JSON).is_file():
+            what = "is" if folder == target else "lies inside"
+            raise UserError(
+                f"--out {out} {what} the run directory {folder}; exports go to a folder of their own"
+            )
+    if source is not None and target in source.parents:
+        raise UserError(f"--out {out} holds the run directory {source}; exports go to a folder of their own")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not force:
         raise UserError(f"--out {out} is not empty; choose another directory or pass --force to replace it")
+    _check_no_run_inside(out)
+
+
+def _check_no_run_inside(out: Path) -> None:
+    """--force replaces ``out``: refuse when it holds a run directory (or too much to tell)."""
+    import os
+
+    seen = 0
+    for root, dirs, files in os.walk(out):
+        seen += len(dirs) + len(files)
+        if RUN_JSON in files:
+            raise UserError(
+                f"--out {out} holds the run directory {root}; --force would delete it: choose another --out"
+            )
+        if seen > FORCE_SCAN_LIMIT:
+            raise UserError(
+                f"--out {out} holds more than {FORCE_SCAN_LIMIT:,} files and folders; --force replaces only "
+                "earlier exports and other small folders: choose another --out"
+            )
 
 
 @contextmanager
-def _staged(out: Path, force: bool) -> Iterator[Path]:
+def _staged(out: Path, force: bool, run_dir: Path | None = None) -> Iterator[Path]:
     """A temporary sibling of ``out`` that replaces ``out`` only when the block succeeds."""
-    _check_out(out, force)
+    _check_out(out, force, run_dir)
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = out.with_name(f".{out.name}.tmp-{tag}")
@@ -144,13 +192,15 @@ def _seeded_model(config: ReXNetConfig, seed: int) -> nn.Module:
         return build_model(config).eval()
 
 
-def _check_options(out: Path, force: bool, layout: str, formats: Sequence[str]) -> None:
+def _check_options(
+    out: Path, force: bool, layout: str, formats: Sequence[str], run_dir: Path | None = None
+) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {unknown[0]!r}")
     if layout not in LAYOUTS:
         raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    _check_out(out, force)
+    _check_out(out, force, run_dir)
 
 
 def _write(
@@ -195,7 +245,7 @@ def export_trial(
     results = RunResults.load(run_dir)
     info = results.run
     out = Path(out)
-    _check_options(out, force, layout, formats)
+    _check_options(out, force, layout, formats, info.path)
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen, why = results.select(trial, pick)
@@ -215,7 +265,7 @@ def export_trial(
         model = load_into(config, read_safetensors(path)[0], "rexsearch", path)
         resolution = PROXY_RESOLUTION
     card = _trial_card(info, chosen, config, why, weights, seed, layout, formats, out, resolution)
-    with _staged(out, force) as tmp:
+    with _staged(out, force, info.path) as tmp:
         names, diff = _write(tmp, model, config, resolution, layout, formats, card)
         if weights == "proxy":
             target = ReXNetConfig.from_dict(attrs["config"])

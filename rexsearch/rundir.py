@@ -25,6 +25,7 @@ TRAIN_DIR = "train"
 TRIALS_CSV = "trials.csv"
 REPORT_HTML = "report.html"
 PARETO_PNG = "pareto.png"
+LOCK_FILE = "driver.lock"
 
 
 def weights_path(run_dir: str | Path, trial_number: int) -> Path:
@@ -32,9 +33,48 @@ def weights_path(run_dir: str | Path, trial_number: int) -> Path:
     return Path(run_dir) / WEIGHTS_DIR / f"trial-{trial_number}.safetensors"
 
 
+#: run.json's storage for the default SQLite study: relative, resolved against the run directory,
+#: so a copied or moved run directory reads its own study.
+RUN_SQLITE = f"sqlite:///{STUDY_DB}"
+
+
 def sqlite_url(run_dir: str | Path) -> str:
-    """The default storage of a run: SQLite ``RUN_DIR/study.db``."""
+    """The default storage of a run: SQLite ``RUN_DIR/study.db`` (absolute)."""
     return f"sqlite:///{(Path(run_dir).resolve() / STUDY_DB).as_posix()}"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a SQLite URL (as written, maybe relative), or None (not SQLite, in memory)."""
+    if not url.strip().lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # malformed: the storage opener explains it
+        return None
+    return database if database and database != ":memory:" else None
+
+
+def resolve_storage(url: str, run_dir: str | Path) -> str:
+    """A run.json storage URL made usable: a relative SQLite path is taken inside ``run_dir``."""
+    path = sqlite_path(url)
+    if path is None or Path(path).is_absolute():
+        return url
+    return f"sqlite:///{(Path(run_dir).resolve() / path).as_posix()}"
+
+
+def stored_storage(url: str | None, run_dir: str | Path) -> str:
+    """What run.json records as the storage: :data:`RUN_SQLITE` for the default, other SQLite
+    paths made absolute, and never a password (see :func:`rexsearch.storage.strip_password`)."""
+    from rexsearch.storage import strip_password
+
+    if url is None:
+        return RUN_SQLITE
+    path = sqlite_path(url)
+    if path is not None and not Path(path).is_absolute():
+        return f"sqlite:///{Path(path).resolve().as_posix()}"
+    return strip_password(url)
 
 
 @dataclass(frozen=True)
@@ -46,7 +86,8 @@ class RunInfo:
 
     @property
     def storage_url(self) -> str:
-        return self.data["storage"]
+        """The study's storage; a relative SQLite path (the default) lies in the run directory."""
+        return resolve_storage(self.data["storage"], self.path)
 
     @property
     def study_name(self) -> str:
@@ -89,9 +130,19 @@ class RunInfo:
         return self.path / name
 
     def open_storage(self):
-        """The run's Optuna storage, connected (see :func:`rexsearch.storage.open_storage`)."""
+        """The run's Optuna storage, connected (see :func:`rexsearch.storage.open_storage`).
+
+        A SQLite file that is missing is refused rather than created, so reading a run
+        (report, dashboard, export, resume) never leaves an empty study behind.
+        """
         from rexsearch.storage import open_storage
 
+        path = sqlite_path(self.storage_url)
+        if path is not None and not Path(path).is_file():
+            raise UserError(
+                f"the study database {path} of the run {self.path} is missing; is {self.path} a complete "
+                "run (was study.db deleted or left behind when the folder was copied)?"
+            )
         return open_storage(self.storage_url)
 
     def open_study(self, storage=None):
@@ -123,13 +174,112 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise UserError(f"cannot read {meta}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise UserError(f"{meta} is not a {RUN_FORMAT} file")
+    _check_keys(meta, data)
+    return RunInfo(path.resolve(), data)
+
+
+def _check_keys(meta: Path, data: dict[str, Any]) -> None:
+    """The keys every reader relies on, with their types: one sentence naming the first bad one."""
+
+    def bad(key: str, what: str) -> UserError:
+        return UserError(f"{meta} is damaged: {key!r} must be {what}; restore run.json from a backup")
+
     for key in ("storage", "study_name", "objectives", "budget"):
         if key not in data:
             raise UserError(f"{meta} lacks the key {key!r}")
-    return RunInfo(path.resolve(), data)
+    if not isinstance(data["storage"], str) or not data["storage"]:
+        raise bad("storage", "a storage URL")
+    if not isinstance(data["study_name"], str) or not data["study_name"]:
+        raise bad("study_name", "a study name")
+    objectives = data["objectives"]
+    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
+        raise bad("objectives", "a list of objective names")
+    budget = data["budget"]
+    if not isinstance(budget, dict):
+        raise bad("budget", "an object with flops, params and resolution")
+    for key, optional in (("flops", False), ("params", True), ("resolution", False)):
+        value = budget.get(key)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"budget.{key}", "a positive integer")
+    settings = data.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise bad("settings", "an object")
 
 
 def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:
     """Write run.json atomically (temporary file, then rename)."""
     data = {"format": RUN_FORMAT, **data}
     write_text_atomic(Path(run_dir) / RUN_JSON, json.dumps(data, indent=2) + "\n")
+
+
+class RunLock:
+    """One driver per run: an exclusive lock on ``RUN_DIR/driver.lock`` holding its pid and host.
+
+    The lock is the kernel's (``flock``), so a driver that dies, even by SIGKILL, releases it
+    with its last file descriptor and never leaves it stuck; the pid and host written into the
+    file only name the holder in the refusal. The file descriptor is not inherited by the
+    processes a driver starts (Ray's), so they cannot keep a dead driver's lock. With a
+    PostgreSQL storage the lock still lives in the run directory: two drivers of one run
+    must use the same run directory (which is where run.json is read from).
+    """
+
+    def __init__(self, run_dir: str | Path, fd: int) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> RunLock:
+        """Take the lock or raise :class:`UserError` naming the driver that holds it."""
+        import fcntl
+        import os
+        import socket
+
+        from rexsearch.files import os_error_message
+
+        path = Path(run_dir) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise UserError(os_error_message(exc, path, "lock the run")) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"process {info['pid']} on {info['host']} (since {info['since']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise UserError(
+                f"the run {Path(run_dir)} is in use by {who}; wait for it to finish or stop it "
+                "(Ctrl-C), then resume"
+            ) from None
+        record = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}, separators=(", ", ": ")
+        )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (record + "\n").encode(), 0)
+        return cls(run_dir, fd)
+
+    def release(self) -> None:
+        """Give the lock up (also done by the kernel when the process ends)."""
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -580,6 +580,22 @@ def smallest_reachable_latency(space: Space, budget: Budget, samples: int = 200,
             best = min(best, budget.latency_table.predict(cfg, budget.resolution))
     if best == math.inf:
         raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
+
+
+def largest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
+    """The largest cost over ``samples`` random shapes of ``space`` at the widest width."""
+    rng = random.Random(seed)
+    best: Cost | None = None
+    for _ in range(samples):
+        values = space.suggest(_RandomTrial(rng))
+        try:
+            c = count_cost(space.build(values, WIDTH_RANGE[1]), budget.resolution)
+        except ConfigError:
+            continue
+        if best is None or c.macs > best.macs:
+            best = c
+    if best is None:
+        raise UserError(f"the space {space.name!r} yields no valid network at its widest width")
     return best
 
 
@@ -587,6 +603,13 @@ def check_feasible(space: Space, budget: Budget, samples: int = 50, seed: int = 
     """Raise a UserError (before any trial runs) when the space cannot meet the budget."""
     if space.sample(budget, 1, seed=seed, max_tries=samples):
         return
+    large = largest_reachable(space, budget, samples=50, seed=seed)
+    if large.macs < budget.lower:
+        raise UserError(
+            f"the space {space.name!r} cannot reach a budget of {budget.macs:,} MACs at "
+            f"{budget.resolution}x{budget.resolution}: the largest reachable cost is about {large.macs:,} "
+            f"MACs ({large.params:,} params); lower --flops-budget or use a wider space"
+        )
     small = smallest_reachable(space, budget, seed=seed)
     params = f" and {budget.params:,} params" if budget.params is not None else ""
     rounding = (

@@ -22,7 +22,10 @@ POSTGRES_FORM = "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE"
 #: Seconds a PostgreSQL (psycopg2) connection attempt may take (unless the URL sets connect_timeout).
 CONNECT_TIMEOUT_S = 10
 _POSTGRES_EXTRA = "pip install 'rexsearch[postgres]'"
+#: The environment variable that gives the storage password at resume (the URL in run.json has none).
+PASSWORD_ENV = "REXSEARCH_STORAGE_PASSWORD"
 _PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)(\S*)(@)")
+_QUERY_PASSWORD_RE = re.compile(r"([?&](?:password|passwd|pwd)=)([^&\s]*)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
@@ -31,8 +34,40 @@ def mask_url(url: str) -> str:
 
 
 def mask_passwords(text: str) -> str:
-    """``text`` (e.g. a command line) with the password of every URL in it replaced by ``***``."""
-    return _PASSWORD_RE.sub(r"\1***\3", text)
+    """``text`` (e.g. a command line) with the password of every URL in it replaced by ``***``.
+
+    Covers ``user:password@host`` and a ``password=`` query parameter.
+    """
+    return _QUERY_PASSWORD_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\3", text))
+
+
+def strip_password(url: str) -> str:
+    """``url`` without its password (userinfo and ``password=`` query), for run.json.
+
+    At resume the password comes from :data:`PASSWORD_ENV`, or libpq's own ``PGPASSWORD``
+    and ``~/.pgpass`` (see :func:`with_password`).
+    """
+    text = _PASSWORD_RE.sub(r"\1@", url).replace(":@", "@")
+    text = re.sub(r"([?&])(?:password|passwd|pwd)=[^&\s]*&?", r"\1", text, flags=re.IGNORECASE)
+    return text.rstrip("?&")
+
+
+def with_password(url: str) -> str:
+    """``url`` with the password of :data:`PASSWORD_ENV` filled in when it names none."""
+    import os
+
+    password = os.environ.get(PASSWORD_ENV)
+    if not password or is_sqlite(url):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # malformed: open_storage explains it
+        return url
+    if parsed.password or "password" in parsed.query:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def is_sqlite(url: str) -> bool:
@@ -44,6 +79,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import make_url
 
+    url = with_password(url)
     shown = mask_url(url)
     try:
         parsed = make_url(url)
@@ -122,7 +158,9 @@ def _explain(exc: BaseException, url: str, parsed: Any, shown: str) -> str:
     from sqlalchemy import exc as sa_exc
 
     backend = parsed.get_backend_name()
-    password = parsed.password
+    password = parsed.password or parsed.query.get("password")
+    if isinstance(password, tuple):
+        password = password[0]
     if isinstance(exc, sa_exc.ArgumentError | ValueError) and not isinstance(exc, sa_exc.DBAPIError):
         return _malformed(url, shown)
     detail = _driver_message(exc)
@@ -142,7 +180,10 @@ def _explain(exc: BaseException, url: str, parsed: Any, shown: str) -> str:
     if isinstance(host, tuple):
         host = ",".join(host)
     default_port = {"postgresql": 5432, "mysql": 3306}.get(backend)
-    port = parsed.port or default_port
+    query_port = parsed.query.get("port")
+    if isinstance(query_port, tuple):
+        query_port = ",".join(query_port)
+    port = parsed.port or query_port or default_port
     shown_host = f"[{host}]" if ":" in host else host
     where = f"{shown_host}:{port}" if port else shown_host
     user = parsed.username or "(none)"
@@ -155,7 +196,8 @@ def _explain(exc: BaseException, url: str, parsed: Any, shown: str) -> str:
     if "no password supplied" in lowered:
         return (
             f"the database server at {where} asks user {user!r} for a password and --storage {shown} "
-            "gives none; put it in the URL (USER:PASSWORD@HOST), in PGPASSWORD or in ~/.pgpass"
+            f"gives none (run.json keeps no password); set {PASSWORD_ENV} or PGPASSWORD, "
+            "or put it in ~/.pgpass"
         )
     if "does not exist" in lowered and "database" in lowered:
         return (

@@ -9,6 +9,7 @@ of the command being run is imported (:data:`COMMANDS` names the others for ``--
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -91,12 +92,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # an internal error: one line, the traceback on request
-        if os.environ.get("REXSEARCH_DEBUG"):
-            traceback.print_exc()
-        print(
-            f"rexsearch: internal error: {type(exc).__name__}: {exc}"
-            " (set REXSEARCH_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            return _internal(exc)
+        from rexsearch.files import os_error_message
+
+        print(f"rexsearch: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if _DISK_FULL in str(exc).lower():  # SQLite's own word for ENOSPC
+            print(
+                "rexsearch: error: the study database's disk is full (SQLite: database or disk is full); "
+                "free some space on it, then resume",
+                file=sys.stderr,
+            )
+            return 2
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> int:
+    """An internal error: one line, the traceback on request."""
+    if os.environ.get("REXSEARCH_DEBUG"):
+        traceback.print_exc()
+    print(
+        f"rexsearch: internal error: {type(exc).__name__}: {exc} (set REXSEARCH_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_FULL = "database or disk is full"

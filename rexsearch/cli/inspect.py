@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rexsearch.cli import command_help
 from rexsearch.cost import macs_convention
@@ -20,6 +21,18 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
     return value
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _seed(text: str) -> int:
@@ -97,6 +110,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from rexsearch.dashboard import dashboard_server
 
     server = dashboard_server(args.run_dir, args.host, args.port)
+    if not _loopback(args.host):
+        print(
+            f"rexsearch: warning: the dashboard listens on {args.host}, beyond this machine, and has no "
+            "authentication: anyone who can reach it can read the study and delete trials or the whole "
+            "study; prefer --host 127.0.0.1 with an SSH tunnel",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"optuna-dashboard for {args.run_dir}: http://{args.host}:{server.server_port}/ (Ctrl-C to stop)",
         flush=True,

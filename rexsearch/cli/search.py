@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,9 @@ from rexsearch.cli.common import positive_int, print_table
 from rexsearch.cost import format_count, parse_budget
 from rexsearch.errors import UserError
 from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+
+#: The largest batch the CPU speed probe trains (its images/s barely change above it).
+PROBE_BATCH = 256
 
 
 def _float(text: str) -> float:
@@ -276,32 +280,59 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _resume(
     run_dir: str, address: str | None, data_dir: str | None, quiet: bool, storage_path: str | None = None
 ) -> int:
-    from rexsearch.rundir import load_run
-    from rexsearch.search import settings_from_run
+    import optuna
 
+    from rexsearch.rundir import RunLock, load_run
+    from rexsearch.search import check_resumable, settings_from_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = load_run(run_dir)
     settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
-    return _execute(settings, _LiveView(quiet), new_run=False, argv=[])
+    check_resumable(run)  # read only: a missing, renamed or empty study writes nothing, not even the lock
+    lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
+    try:
+        return _execute(settings, _LiveView(quiet), new_run=False, argv=[], lock=lock)
+    finally:
+        lock.release()
 
 
-def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
+class _Termination:
+    """SIGTERM handled like Ctrl-C: Ray Tune's SIGINT handler stops the session cleanly."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)  # after ray.init, which installs its own
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _execute(settings, view: _LiveView, new_run: bool, argv: list[str], lock=None) -> int:
     from rexsearch.search.cluster import worker_env
 
     os.environ.update(worker_env())  # before torch loads here: the speed probe and local workers
     import optuna
 
     from rexsearch import search
+    from rexsearch.rundir import RunLock
     from rexsearch.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
     split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
+    termination = _Termination()
     started = search.ensure_ray(settings.address)
+    termination.install()
+    own_lock = None
     try:
         resources = search.cluster_resources(settings)
         if new_run:
             search.start_run(settings, argv)
+            lock = own_lock = RunLock.acquire(settings.run_dir)
         view.event(
             f"run directory: {settings.run_dir}  (Ray: {resources.cpus:g} CPU, "
             f"{resources.gpus:g} GPU, {resources.nodes} node(s); {resources.cpus_per_trial:g} CPU and "
@@ -311,11 +342,13 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             _cpu_note(settings, split, view)
         try:
             outcome = search.execute(
-                settings, split, on_progress=view, on_event=view.event, resources=resources
+                settings, split, on_progress=view, on_event=view.event, resources=resources, lock=lock
             )
         finally:
             view.end()
     finally:
+        if own_lock is not None:
+            own_lock.release()
         if started:
             import ray
 
@@ -327,7 +360,7 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             f"`rexsearch resume {settings.run_dir}`",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signal.SIGTERM if termination.received else 130
     if outcome.stopped_by_failures:
         print(
             f"stopped after {settings.max_failures} failed trials (--max-failures); see trials.csv "
@@ -347,8 +380,8 @@ def _cpu_note(settings, split, view: _LiveView) -> None:
         base = baseline_candidate("rexnet-linear", settings.budget).config
     except InfeasibleError:
         return
-    batch = max(2, min(settings.batch_size, len(split.train_y)))
-    ips = measure_throughput(base, batch)
+    # the trainer's batch (at most the training split), capped: images/s hardly changes above it
+    ips = measure_throughput(base, max(2, min(settings.batch_size, len(split.train_y), PROBE_BATCH)))
     seconds = estimate_training_seconds(settings, split, ips)
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
@@ -360,8 +393,10 @@ def _cpu_note(settings, split, view: _LiveView) -> None:
 
 def _finish(outcome, settings, view: _LiveView) -> None:
     from rexsearch.results import RunResults
+    from rexsearch.storage import open_storage
 
-    results = RunResults.load(outcome.run)
+    # the session's own storage URL: run.json's has no password (it comes from the environment)
+    results = RunResults.load(outcome.run, outcome.run.open_study(open_storage(settings.storage_url())))
     try:
         from rexsearch.report import write_report
 

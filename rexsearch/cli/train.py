@@ -201,6 +201,25 @@ def _identity(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _own_output(out: Path) -> bool:
+    """Whether ``out`` holds an earlier ``rexsearch train`` output (its metrics.json)."""
+    try:
+        return json.loads((out / "metrics.json").read_text()).get("format") == METRICS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(out: Path) -> None:
+    """--out must be new, empty, or an earlier output of rexsearch train (which is resumed)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not _own_output(out):
+        raise UserError(
+            f"--out {out} is not empty and holds no earlier rexsearch train output (metrics.json); "
+            "choose a new or empty folder"
+        )
+
+
 def _check_resume(out: Path, identity: dict[str, Any]) -> None:
     metrics = out / "metrics.json"
     if not (out / "checkpoint.json").is_file():
@@ -294,6 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         compile=args.compile,
     )
     out = Path(args.out) if args.out else default_out
+    _check_out(out)  # before the data is loaded: a foreign folder is refused at once
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
 
     def download_progress(done: int, total: int) -> None:

@@ -28,7 +28,7 @@ from rexsearch.search.cluster import (
 )
 from rexsearch.search.run import SearchOutcome, estimate_training_seconds, execute, load_split
 from rexsearch.search.settings import SAMPLERS, SearchSettings, settings_from_run, start_run
-from rexsearch.search.study import TrialDecoder, prepare_resume, record_outcome
+from rexsearch.search.study import TrialDecoder, check_resumable, prepare_resume, record_outcome, session_seed
 from rexsearch.search.trial import Deadline, TrialJob, TrialTimeoutError, trial_function
 from rexsearch.search.tune import LiveView, Progress, trial_error_message
 
@@ -45,6 +45,7 @@ __all__ = [
     "TrialTimeoutError",
     "check_cluster",
     "check_resources",
+    "check_resumable",
     "cluster_resources",
     "default_resources",
     "ensure_ray",
@@ -53,6 +54,7 @@ __all__ = [
     "load_split",
     "prepare_resume",
     "record_outcome",
+    "session_seed",
     "settings_from_run",
     "start_run",
     "trial_error_message",

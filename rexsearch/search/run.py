@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rexsearch.rundir import RunInfo, load_run
+from rexsearch.rundir import RunInfo, RunLock, load_run
 from rexsearch.search.cluster import Resources, cluster_resources
 from rexsearch.search.settings import SearchSettings
 from rexsearch.search.study import (
@@ -24,6 +24,7 @@ from rexsearch.search.study import (
     make_sampler,
     open_study,
     prepare_resume,
+    session_seed,
 )
 from rexsearch.search.trial import TrialJob, trial_function
 from rexsearch.search.tune import FailureStopper, LiveView, Progress, RecordingASHA, StudySearcher
@@ -86,23 +87,44 @@ def execute(
     on_event: Callable[[str], None] | None = None,
     trainable_fn: Callable[..., None] | None = None,
     resources: Resources | None = None,
+    lock: RunLock | None = None,
 ) -> SearchOutcome:
     """Run (or continue) the search of ``settings.run_dir`` until ``--trials`` trials finished.
 
     Ray must be initialised (see :func:`~rexsearch.search.cluster.ensure_ray`); ``split`` is
     the training/validation data for the accuracy objective (shared with trials through Ray's
     object store). ``resources``: the checked per-trial request (checked here when omitted).
+    ``lock``: the run's :class:`~rexsearch.rundir.RunLock` when the caller holds it already;
+    otherwise it is taken here (a second driver of the run is refused) and released at the end.
     ``trainable_fn`` replaces :func:`~rexsearch.search.trial.trial_function` (benchmarks of
     the orchestration, fault tests).
     """
+    run = load_run(settings.run_dir)
+    own = RunLock.acquire(run.path) if lock is None else None
+    try:
+        return _execute(settings, run, split, on_progress, on_event, trainable_fn, resources)
+    finally:
+        if own is not None:
+            own.release()
+
+
+def _execute(
+    settings: SearchSettings,
+    run: RunInfo,
+    split: Any,
+    on_progress: Callable[[Progress], None] | None,
+    on_event: Callable[[str], None] | None,
+    trainable_fn: Callable[..., None] | None,
+    resources: Resources | None,
+) -> SearchOutcome:
     from ray import tune
 
-    run = load_run(settings.run_dir)
     space = load_space(run.data["space"]["path"])
     budget = settings.budget
     resources = resources or cluster_resources(settings)
     storage = open_storage(settings.storage_url())
     study = open_study(settings, storage)
+    seed = session_seed(settings.seed, len(study.get_trials(deepcopy=False)))
     counts = prepare_resume(study)
     added = enqueue_baselines(study, budget)
     if on_event and added:
@@ -129,7 +151,7 @@ def execute(
         TrialDecoder(space, budget),
         metric=settings.objectives[0] if single else list(settings.objectives),
         mode="max" if single else ["max"] * len(settings.objectives),
-        sampler=make_sampler(settings.sampler, settings.seed, len(settings.objectives)),
+        sampler=make_sampler(settings.sampler, seed, len(settings.objectives)),
         study_name=settings.study_name,
         storage=storage,
         objectives=settings.objectives,

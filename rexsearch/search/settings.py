@@ -9,12 +9,25 @@ from typing import Any
 
 from rexsearch import __version__
 from rexsearch.errors import UserError
+from rexsearch.files import os_error_message
 from rexsearch.results import OBJECTIVES
-from rexsearch.rundir import RAY_DIR, RUN_JSON, RunInfo, sqlite_url, write_run_json
+from rexsearch.rundir import (
+    RAY_DIR,
+    RUN_JSON,
+    RunInfo,
+    resolve_storage,
+    sqlite_url,
+    stored_storage,
+    write_run_json,
+)
 from rexsearch.space import Budget, load_space
-from rexsearch.storage import mask_url, open_storage
+from rexsearch.storage import mask_passwords, mask_url, open_storage
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+#: CIFAR-100's training images, the pool the search split is cut from.
+CIFAR_TRAIN_IMAGES = 50_000
+#: The smallest budget resolution: CIFAR's image size, at which every proxy is trained.
+MIN_RESOLUTION = 32
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,29 @@ class SearchSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer")
         if self.train_images is not None and self.train_images < 1:
             raise UserError("--train-images must be a positive integer")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be an integer in [0, 2^32), got {self.seed}")
+        if self.resolution < MIN_RESOLUTION:
+            raise UserError(
+                f"--resolution must be at least {MIN_RESOLUTION} (CIFAR's image size, at which every "
+                f"proxy is trained), got {self.resolution}"
+            )
+        if self.batch_size < 2:
+            raise UserError(
+                f"--batch-size must be at least 2 (BatchNorm needs two images), got {self.batch_size}"
+            )
+        if self.needs_data:
+            if self.val_images >= CIFAR_TRAIN_IMAGES:
+                raise UserError(
+                    f"--val-images must be below CIFAR-100's {CIFAR_TRAIN_IMAGES:,} training images, "
+                    f"got {self.val_images:,}"
+                )
+            split = self.train_split_images
+            if self.batch_size > split:
+                raise UserError(
+                    f"--batch-size {self.batch_size:,} is larger than the training split "
+                    f"({split:,} images); give at most {split:,}"
+                )
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise UserError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -84,6 +120,12 @@ class SearchSettings:
             raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
         if self.trial_retries < 0:
             raise UserError(f"--trial-retries must not be negative, got {self.trial_retries}")
+
+    @property
+    def train_split_images(self) -> int:
+        """Training images of the search split: ``--train-images`` or all but the held-out ones."""
+        available = CIFAR_TRAIN_IMAGES - self.val_images
+        return min(self.train_images, available) if self.train_images else available
 
     def ray_storage_path(self) -> str:
         """Where Ray Tune keeps the experiment: ``--storage-path`` or RUN_DIR/ray (one node only)."""
@@ -120,6 +162,8 @@ def _versions() -> dict[str, str]:
 def start_run(settings: SearchSettings, argv: list[str]) -> Path:
     """Validate a new run and create its directory with run.json (nothing else is written)."""
     run_dir = Path(settings.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file; give a directory (new or empty)")
     if (run_dir / RUN_JSON).exists():
         raise UserError(
             f"{run_dir} already holds a run; continue it with `rexsearch resume {run_dir}` "
@@ -134,12 +178,24 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
                 f"the study {settings.study_name!r} already exists in {mask_url(settings.storage)}; "
                 "choose another --study-name for a new run, or continue that run with rexsearch resume"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
     space = load_space(settings.space)
+    recorded = {
+        **settings.to_dict(),
+        "storage": settings.storage and stored_storage(settings.storage, run_dir),
+    }
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded)
+    except OSError as exc:
+        raise UserError(os_error_message(exc, run_dir, "create the run directory")) from None
+    return run_dir
+
+
+def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[str], recorded: dict) -> None:
     write_run_json(
         run_dir,
         {
-            "command": list(argv),
+            "command": argv,
             "versions": _versions(),
             "seed": settings.seed,
             "budget": {
@@ -150,20 +206,38 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
             "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
             "objectives": list(settings.objectives),
             "fidelity": settings.fidelity(),
-            "storage": settings.storage_url(),
+            "storage": stored_storage(settings.storage, run_dir),
             "study_name": settings.study_name,
             "sampler": settings.sampler,
             "trials": settings.trials,
-            "settings": settings.to_dict(),
+            "settings": recorded,
         },
     )
-    return run_dir
 
 
 def settings_from_run(run: RunInfo, **overrides: Any) -> SearchSettings:
     """The settings a run was started with (run.json), with ``overrides`` applied."""
-    data = dict(run.data["settings"])
-    data["objectives"] = tuple(data["objectives"])
+    data = run.data.get("settings")
+    if not isinstance(data, dict):
+        raise UserError(f"{run.path / 'run.json'} has no 'settings' object; this run cannot be resumed")
+    data = dict(data)
+    fields = SearchSettings.__dataclass_fields__
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(
+            f"{run.path / 'run.json'} has settings this rexsearch does not know ({', '.join(unknown)}); "
+            "resume it with the rexsearch version that started it"
+        )
+    data["objectives"] = tuple(data.get("objectives") or ())
     data["run_dir"] = str(run.path)
+    if data.get("storage") is not None:  # a relative SQLite path lies in the run directory
+        data["storage"] = resolve_storage(data["storage"], run.path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return SearchSettings(**data)
+    try:
+        settings = SearchSettings(**data)
+        settings.validate()
+    except TypeError as exc:
+        raise UserError(
+            f"{run.path / 'run.json'} has malformed settings ({exc}); it cannot be resumed"
+        ) from None
+    return settings

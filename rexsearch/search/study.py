@@ -26,6 +26,7 @@ from rexsearch.results import (
     error_text,
     result_record,
 )
+from rexsearch.rundir import RunInfo
 from rexsearch.search.settings import SearchSettings
 from rexsearch.space import Budget, InfeasibleError, Space, baseline_candidate, baseline_configs
 from rexsearch.storage import mask_url
@@ -42,6 +43,20 @@ def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.Bas
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def session_seed(seed: int, trials_in_study: int) -> int:
+    """The sampler's seed for a session that starts with ``trials_in_study`` trials in the study.
+
+    A new run uses ``seed`` itself; a resumed one derives a new seed from (seed, trials so
+    far), so its sampler does not replay the proposals of the first session (a seeded sampler
+    restarts its random sequence) while the whole run stays reproducible.
+    """
+    if trials_in_study == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_in_study]).generate_state(1)[0])
 
 
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -140,6 +155,20 @@ def prepare_resume(study: optuna.Study) -> dict[str, int]:
             study.enqueue_trial(dict(t.params), user_attrs=attrs)
             reruns += 1
     return {"orphans": orphans, "reruns": reruns, "finished": count_finished(study)}
+
+
+def check_resumable(run: RunInfo) -> None:
+    """Refuse to resume a run whose study is missing, renamed or empty (resume never starts over).
+
+    Opens the study without creating anything: a missing SQLite file, a study name the storage
+    does not hold, or a study without trials is a :class:`UserError`.
+    """
+    study = run.open_study()
+    if not study.get_trials(deepcopy=False, states=None):
+        raise UserError(
+            f"the study {run.study_name!r} of {run.path} holds no trials, so there is nothing to resume "
+            "(resume never starts a search from zero); start a new run with rexsearch run"
+        )
 
 
 def count_finished(study: optuna.Study) -> int:

@@ -54,6 +54,32 @@ class StudySearcher(OptunaSearch):
             self._completed_trials.add(trial_id)
         return trial_id in self._completed_trials
 
+    # pickled state: Ray Tune writes the searcher into tuner.pkl and searcher-state-*.pkl ----
+    #: Attributes that carry the Optuna storage, whose URL may hold a database password.
+    _UNPICKLED = ("_storage", "_ot_study", "_ot_trials")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state without the storage: no password ends up in Tune's pickles.
+
+        ``resume`` never restores a searcher from Tune's files (the study in storage is the
+        source of truth), so nothing is lost.
+        """
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.update(dict.fromkeys(self._UNPICKLED))
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's periodic searcher snapshot, without the storage (see :meth:`__getstate__`)."""
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Not used: a resumed session builds a new searcher on the study in storage."""
+
     # -----------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if len(self._objectives) == 1 and not self._told(trial_id):

@@ -1,0 +1,469 @@
+"""Runs, resume, exports, secrets and signals under careless or hostile use (README: Reliability).
+
+The fast tests work on the fake run of :mod:`runfixture`; the Ray tests are short rank-only
+searches on the session's Ray, plus one driver with its own local Ray that is killed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import runfixture
+import torch
+from optuna.trial import TrialState
+
+from rexsearch.cli import main
+from rexsearch.errors import UserError
+from rexsearch.rundir import LOCK_FILE, RUN_SQLITE, RunLock, load_run, stored_storage
+
+SECRET = "s3cret-Pa55word"
+
+
+def _make_resumable(run_dir: Path, **settings_kw) -> Path:
+    """A fixture run whose run.json also carries the settings `resume` reads."""
+    from rexsearch.search import SearchSettings
+
+    runfixture.make_run(run_dir, objectives=("rank",))
+    meta = run_dir / "run.json"
+    data = json.loads(meta.read_text())
+    settings = SearchSettings(
+        run_dir=str(run_dir), flops_budget=runfixture.BUDGET, objectives=("rank",), trials=20, **settings_kw
+    )
+    data["settings"] = settings.to_dict()
+    meta.write_text(json.dumps(data))
+    return run_dir
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---------------------------------------------------------------------------- runs and resume
+def test_report_and_dashboard_never_create_an_empty_study(tmp_path, capsys):
+    run = runfixture.make_run(tmp_path / "run")
+    (run.path / "study.db").unlink()
+    assert main(["report", str(run.path)]) == 2
+    assert main(["dashboard", str(run.path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "study database" in err and "is missing" in err and "Traceback" not in err
+    assert not (run.path / "study.db").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "renamed", "empty"])
+def test_resume_of_a_run_without_its_study_is_refused_and_writes_nothing(tmp_path, capsys, damage):
+    import optuna
+
+    run_dir = _make_resumable(tmp_path / "run")
+    db = run_dir / "study.db"
+    if damage == "missing":
+        db.unlink()
+    elif damage == "renamed":
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        storage.delete_study(storage.get_study_id_from_name("rexsearch"))
+        optuna.create_study(study_name="other", storage=storage)
+    else:
+        db.unlink()
+        optuna.create_study(study_name="rexsearch", storage=f"sqlite:///{db}")
+    before = _listing(run_dir)
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rexsearch: error:") and err.count("\n") <= 2 and "Traceback" not in err
+    assert {"missing": "is missing", "renamed": "is not in", "empty": "holds no trials"}[damage] in err
+    assert _listing(run_dir) == before  # no new study, trials.csv, report or lock
+
+
+def test_a_copied_run_directory_reads_its_own_study(tmp_path, capsys):
+    run = runfixture.make_run(tmp_path / "run")
+    meta = run.path / "run.json"
+    meta.write_text(meta.read_text().replace(f"sqlite:///{run.path / 'study.db'}", RUN_SQLITE))
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run.path, copy)
+    shutil.rmtree(run.path)
+    assert load_run(copy).storage_url == f"sqlite:///{copy.resolve() / 'study.db'}"
+    assert main(["report", str(copy)]) == 0, capsys.readouterr().err
+    assert (copy / "report.html").is_file() and not run.path.exists()
+
+
+def test_old_runs_with_an_absolute_sqlite_path_still_load(tmp_path):
+    run = runfixture.make_run(tmp_path / "run")  # the fixture writes the old, absolute form
+    assert json.loads((run.path / "run.json").read_text())["storage"].startswith("sqlite:////")
+    assert len(load_run(run.path).open_study().trials) > 10
+
+
+def test_stored_storage_forms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert stored_storage(None, tmp_path / "run") == "sqlite:///study.db"
+    assert stored_storage("sqlite:///mine.db", tmp_path / "run") == f"sqlite:///{tmp_path.resolve()}/mine.db"
+    pg = f"postgresql+psycopg2://bob:{SECRET}@db.example:5432/x?sslmode=require"
+    assert stored_storage(pg, tmp_path) == "postgresql+psycopg2://bob@db.example:5432/x?sslmode=require"
+
+
+def test_a_second_driver_is_refused_naming_the_first(tmp_path, capsys):
+    run_dir = _make_resumable(tmp_path / "run")
+    with RunLock.acquire(run_dir):
+        assert main(["resume", str(run_dir), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by process {os.getpid()} on " in err and "Traceback" not in err
+        assert main(["run", "--resume", "--run-dir", str(run_dir), "--quiet"]) == 2
+    RunLock.acquire(run_dir).release()  # free again once released
+
+
+def test_a_killed_drivers_lock_is_not_stuck(tmp_path):
+    script = "import sys, time; from rexsearch.rundir import RunLock; RunLock.acquire(sys.argv[1]); "
+    script += "print('locked', flush=True); time.sleep(300)"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"process {proc.pid} on"):
+            RunLock.acquire(tmp_path)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    RunLock.acquire(tmp_path).release()  # the kernel released it with the process
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_session_seed():
+    from rexsearch.search import session_seed
+
+    assert session_seed(7, 0) == 7  # a new run keeps its seed
+    seeds = {session_seed(7, n) for n in range(1, 50)}
+    assert len(seeds) == 49 and 7 not in seeds and all(0 <= s < 2**32 for s in seeds)
+    assert session_seed(7, 5) == session_seed(7, 5) != session_seed(8, 5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-1"], "--seed must be an integer in [0, 2^32)"),
+        (["--seed", str(2**32)], "--seed must be an integer in [0, 2^32)"),
+        (["--batch-size", "1"], "--batch-size must be at least 2"),
+        (["--batch-size", "100000", "--objectives", "accuracy"], "larger than the training split (45,000"),
+        (["--resolution", "16"], "--resolution must be at least 32"),
+        (["--flops-budget", "500G"], "the largest reachable cost is about"),
+        (["--flops-budget", "1e400"], "too large"),
+    ],
+)
+def test_bad_flags_exit_2_before_run_json(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    defaults = [] if "--objectives" in args else ["--objectives", "rank"]
+    budget = [] if "--flops-budget" in args else ["--flops-budget", "300M"]
+    assert main(["run", *budget, *args, *defaults, "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not run_dir.exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path, capsys):
+    from rexsearch.search import SearchSettings, start_run
+
+    path = tmp_path / "afile"
+    path.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        start_run(SearchSettings(run_dir=str(path), flops_budget=300_000_000, objectives=("rank",)), [])
+    assert path.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("study_name"), "lacks the key 'study_name'"),
+        (lambda d: d.update(objectives="rank"), "'objectives' must be a list"),
+        (lambda d: d["budget"].update(flops="300M"), "'budget.flops' must be a positive integer"),
+        (lambda d: d.update(storage=5), "'storage' must be a storage URL"),
+    ],
+)
+def test_damaged_run_json_is_one_sentence(tmp_path, capsys, edit, message):
+    run = runfixture.make_run(tmp_path / "run")
+    meta = run.path / "run.json"
+    data = json.loads(meta.read_text())
+    edit(data)
+    meta.write_text(json.dumps(data))
+    assert main(["report", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resume_with_wrong_typed_settings_is_refused(tmp_path, capsys):
+    run_dir = _make_resumable(tmp_path / "run")
+    data = json.loads((run_dir / "run.json").read_text())
+    data["settings"]["seed"] = "zero"
+    data["settings"]["colour"] = 1
+    (run_dir / "run.json").write_text(json.dumps(data))
+    assert main(["resume", str(run_dir)]) == 2
+    assert "does not know (colour)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_run_dir(tmp_path, capsys):
+    run_dir = _make_resumable(tmp_path / "run")
+    run_dir.chmod(0o555)
+    try:
+        assert main(["resume", str(run_dir), "--quiet"]) == 2
+    finally:
+        run_dir.chmod(0o755)
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_disk(tmp_path, capsys, monkeypatch):
+    from rexsearch.search import SearchSettings, start_run
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("rexsearch.search.settings.write_run_json", full)
+    settings = SearchSettings(run_dir=str(tmp_path / "run"), flops_budget=300_000_000, objectives=("rank",))
+    with pytest.raises(UserError, match=r"no space left on the disk holding .*mounted at /"):
+        start_run(settings, [])
+    run = runfixture.make_run(tmp_path / "fake")
+    monkeypatch.setattr("rexsearch.report.make_report", full)
+    assert main(["report", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the disk" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- exports and training outputs
+def test_export_never_targets_a_run_directory(tmp_path, capsys, monkeypatch):
+    run = runfixture.make_run(tmp_path / "runs" / "run")
+    other = runfixture.make_run(tmp_path / "other")
+    before = _listing(run.path)
+    cases = [
+        (run.path, "is the run directory"),
+        (run.path / "exported", "lies inside the run directory"),
+        (other.path / "x", "lies inside the run directory"),
+        (tmp_path / "runs", "holds the run directory"),
+    ]
+    for out, message in cases:
+        assert main(["export", str(run.path), "--out", str(out), "--force"]) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    holder = tmp_path / "holder"
+    shutil.copytree(other.path, holder / "nested" / "run")
+    assert main(["export", str(run.path), "--out", str(holder), "--force"]) == 2
+    assert "--force would delete it" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "holder")
+    for out in (".", ".."):
+        assert main(["export", str(run.path), "--out", out, "--force"]) == 2
+        assert "is the current directory or a folder above it" in capsys.readouterr().err
+    assert _listing(run.path) == before and (holder / "nested" / "run" / "run.json").is_file()
+    assert main(["export", "--preset", "rexnet-0.9", "--out", ".", "--force"]) == 2
+
+
+def test_train_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    assert main(["train", "--preset", "rexnet-0.9", "--out", str(out), "--epochs", "1", "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no earlier rexsearch train output" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------- secrets
+def test_tunes_pickles_of_the_searcher_hold_no_password(tmp_path):
+    from rexsearch.search.study import TrialDecoder
+    from rexsearch.search.tune import StudySearcher
+    from rexsearch.space import Budget, load_space
+    from rexsearch.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    searcher = StudySearcher(
+        TrialDecoder(load_space("rexnet"), Budget(300_000_000)),
+        metric="rank",
+        mode="max",
+        study_name="s",
+        storage=storage,
+        objectives=("rank",),
+        budget=Budget(300_000_000),
+        pruned_ids=set(),
+    )
+    storage.url = f"postgresql+psycopg2://u:{SECRET}@db.example/x"  # as a PostgreSQL run's storage would
+    assert SECRET.encode() not in pickle.dumps(searcher)  # tuner.pkl pickles the searcher
+    searcher.save(str(tmp_path / "searcher-state.pkl"))
+    assert SECRET.encode() not in (tmp_path / "searcher-state.pkl").read_bytes()
+    assert pickle.loads(pickle.dumps(searcher))._objectives == ("rank",)
+
+
+def test_dashboard_beyond_loopback_warns(tmp_path, capsys, monkeypatch):
+    class FakeServer:
+        server_port = 8080
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr("rexsearch.dashboard.dashboard_server", lambda *a: FakeServer())
+    assert main(["dashboard", str(tmp_path), "--host", "0.0.0.0"]) == 0
+    assert "no authentication" in capsys.readouterr().err
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert main(["dashboard", str(tmp_path), "--host", host]) == 0
+        assert "no authentication" not in capsys.readouterr().err
+
+
+def test_a_pt_with_a_custom_object_is_refused_plainly(tmp_path):
+    from rexsearch.checkpoints import load_model
+
+    path = tmp_path / "custom.pt"
+    torch.save({"stem.conv.weight": torch.zeros(1), "extra": Path("/etc")}, path)
+    with pytest.raises(UserError) as info:
+        load_model(path, preset="rexnet-0.9")
+    message = str(info.value)
+    assert "objects other than tensors" in message and "will not unpickle" in message
+    assert "weights_only=False" not in message
+
+
+# ---------------------------------------------------------------------------- Ray: resume and signals
+def _distinct_searched(run_dir: Path) -> tuple[int, int]:
+    trials = [t for t in load_run(run_dir).open_study().get_trials() if not t.user_attrs.get("baseline")]
+    keys = {tuple(sorted(t.params.items())) for t in trials if not t.user_attrs.get("rerun_of")}
+    return len(keys), sum(1 for t in trials if not t.user_attrs.get("rerun_of"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_resume_continues_the_sampler_and_the_run_moves(tmp_path):
+    from rexsearch import search
+
+    run_dir = tmp_path / "run"
+    first = search.SearchSettings(
+        run_dir=str(run_dir), flops_budget=200_000_000, trials=5, objectives=("rank",), cpus_per_trial=1,
+        max_concurrent=1, rank_samples=8,
+    )  # fmt: skip
+    search.start_run(first, ["test"])
+    assert search.execute(first).finished == 5
+    second = search.SearchSettings(**{**first.to_dict(), "objectives": ("rank",), "trials": 10})
+    assert search.execute(second).finished == 10  # the session that a resume after trial 5 runs
+    distinct, searched = _distinct_searched(run_dir)
+    assert searched == 8 and distinct == searched  # the second session proposed new configs
+    assert json.loads((run_dir / "run.json").read_text())["storage"] == RUN_SQLITE
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)  # a moved run reads its own study (report, export, resume)
+    assert len(load_run(moved).open_study().trials) == 10
+    assert search.settings_from_run(load_run(moved)).storage_url() == f"sqlite:///{moved.resolve()}/study.db"
+
+
+def _study_counts(db: Path) -> dict[str, int]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("select state, count(*) from trials group by state").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import functools, sys, time
+    from rexsearch import search
+    from rexsearch.cli import main
+
+    def slow_trial(tune_config, split=None, job=None):
+        time.sleep(1.5)  # a window to be stopped while trials run
+        search.trial_function(tune_config, split, job)
+
+    search.execute = functools.partial(search.execute, trainable_fn=slow_trial)
+    sys.exit(main(["run", "--flops-budget", "300M", "--objectives", "rank", "--trials", "12",
+                   "--cpus-per-trial", "1", "--max-concurrent", "2", "--run-dir", sys.argv[1], "--quiet"]))
+    """
+)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
+    import ray
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(run_dir)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            counts = _study_counts(run_dir / "study.db")
+            if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before SIGTERM: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run made no progress")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (143, 130), err[-2000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]
+    assert "rexsearch resume" in err
+    trials = load_run(run_dir).open_study().get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs.get("interrupted") for t in stopped)
+    RunLock.acquire(run_dir).release()  # the lock went with the driver
+
+
+OWN_RAY_SCRIPT = textwrap.dedent(
+    """
+    import json, time
+    import ray
+    from rexsearch import search
+
+    assert search.ensure_ray(None)  # a local Ray of its own
+    node = ray._private.worker._global_node
+    pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
+    print(json.dumps(pids), flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_driver_leaves_no_ray_processes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWN_RAY_SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    pids: list[int] = []
+    try:
+        pids = json.loads(proc.stdout.readline())
+        assert pids and all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    left = [p for p in pids if _alive(p)]
+    for pid in left:  # stop exactly what this test started before failing
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"Ray processes of the killed driver still running: {left}"
