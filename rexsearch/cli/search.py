@@ -84,6 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reruns of a trial whose worker or node died (default 2); its own errors are not retried",
     )
     p.add_argument("--keep-weights", action="store_true", help="keep every trial's proxy weights")
+    p.add_argument(
+        "--confirm",
+        type=positive_int,
+        metavar="K",
+        help="after the search, retrain the top K configs and every baseline with --confirm-seeds "
+        "seeds (as `rexsearch confirm RUN_DIR --top K`)",
+    )
+    p.add_argument("--confirm-seeds", type=positive_int, default=3, metavar="S", help="default 3")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
     p.set_defaults(handler=cmd_run)
@@ -265,7 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     check_feasible(space, budget, seed=settings.seed)
     view = _LiveView(args.quiet)
-    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]])
+    confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
+    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -283,7 +292,9 @@ def _resume(
     return _execute(settings, _LiveView(quiet), new_run=False, argv=[])
 
 
-def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
+def _execute(
+    settings, view: _LiveView, new_run: bool, argv: list[str], confirm: tuple[int, int] | None = None
+) -> int:
     import optuna
 
     from rexsearch import search
@@ -311,6 +322,13 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str]) -> int:
             )
         finally:
             view.end()
+        if confirm and not outcome.interrupted and not outcome.stopped_by_failures:
+            from rexsearch.search.confirm import confirm as run_confirm
+
+            top, seeds = confirm
+            run_confirm(
+                settings.run_dir, top, seeds, address=settings.address, split=split, on_event=view.event
+            )
     finally:
         if started:
             import ray
@@ -359,10 +377,10 @@ def _finish(outcome, settings, view: _LiveView) -> None:
 
     results = RunResults.load(outcome.run)
     try:
-        from rexsearch.report import write_report
+        from rexsearch.report import make_report
 
-        path = write_report(results)
-        report_line = f"report: {path}"
+        files = make_report(results)
+        report_line = f"verdict: {files.verdict}\nreport: {files.html}"
     except Exception as exc:  # the run's results are safe in the study; say why the report is missing
         report_line = (
             f"report could not be written ({type(exc).__name__}: {exc}); retry with rexsearch report"
