@@ -108,14 +108,17 @@ def test_run_with_confirm_on_ray(tmp_path, cifar_server, monkeypatch, capsys):
     study = confirm_study(results.run)
     assert study.study_name == "rexsearch-confirm" and study.metric_names == ["accuracy"]
     trials = study.get_trials()
-    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    baselines = {t.user_attrs["baseline"] for t in results.trials if t.user_attrs.get("baseline")}
+    expected = 2 * (1 + len(baselines))
+    assert len(trials) == expected and all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.user_attrs["label"] for t in trials if t.user_attrs["role"] == "baseline"} == baselines
     best = results.best()[0]
     mine = [t for t in trials if t.user_attrs["source_trial"] == best.number]
     assert sorted(t.user_attrs["seed"] for t in mine) == [1, 2]
     assert {t.user_attrs["config_hash"] for t in mine} == {best.user_attrs["config_hash"]}
-    assert len(results.confirmation.summary) == 3
+    assert len(results.confirmation.summary) == 1 + len(baselines)
     assert "Confirmation" in (run_dir / "report.html").read_text()
     # resumable: every pair is COMPLETE, so confirming again trains nothing
     assert main(["confirm", str(run_dir), "--top", "1", "--seeds", "2", "--quiet"]) == 0
-    assert len(confirm_study(results.run).get_trials()) == 6
+    assert len(confirm_study(results.run).get_trials()) == expected
     assert "confirmation:" not in capsys.readouterr().out

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
 
@@ -209,7 +211,9 @@ def execute_confirm(
     run = load_run(settings.run_dir)
     resources = resources or cluster_resources(settings)
     study = confirm_study(run, create=True)
-    study.set_metric_names(["accuracy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy"])
     study.set_user_attr("source_study", run.study_name)
     study.set_user_attr("seeds", list(confirm_plan.seeds))
     fail_running(study)  # trainings a dead driver left RUNNING: FAIL (interrupted), trained again
