@@ -39,10 +39,13 @@ def _event(quiet: bool):
 
 def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pick: str | None, **kw) -> int:
     """Confirm, rewrite the report, print the confirmed configs and the verdict (exit code)."""
+    import optuna
+
     from rexsearch.report import make_report
     from rexsearch.results import RunResults
     from rexsearch.search.confirm import confirm
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
     quiet = kw.pop("quiet", False)
     outcome = confirm(run_dir, top, seeds, epochs, pick, on_event=_event(quiet), **kw)
     results = RunResults.load(outcome.run)
