@@ -265,6 +265,7 @@ def export_trial(
         model = load_into(config, read_safetensors(path)[0], "rexsearch", path)
         resolution = PROXY_RESOLUTION
     card = _trial_card(info, chosen, config, why, weights, seed, layout, formats, out, resolution)
+    card += "\n".join(_confirmed_lines(results, chosen.number)) + "\n"
     with _staged(out, force, info.path) as tmp:
         names, diff = _write(tmp, model, config, resolution, layout, formats, card)
         if weights == "proxy":
@@ -445,6 +446,44 @@ def _trial_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _confirmed_lines(results: RunResults, number: int) -> list[str]:
+    """The card's *Confirmed accuracy*: mean ± std over the confirmation seeds and the 95% CI of the
+    difference from each confirmed baseline, or a note that the search's number is one training."""
+    from rexsearch.stats import CI_METHOD, difference
+
+    if "accuracy" not in results.objectives:
+        return []
+    c = results.confirmation
+    row = c.of_trial(number) if c else None
+    if row is None:
+        return [
+            "## Confirmed accuracy",
+            "",
+            "Not confirmed: the proxy accuracy above is one training, so seed noise is not estimated "
+            f"(`rexsearch confirm {results.run.path}` retrains the top configs and the baselines "
+            "with seeds).",
+        ]
+    m = METRICS["accuracy"]
+    mine = c.values(row["label"])
+    seeds = sorted(int(s) for s in c.complete.loc[c.complete["label"] == row["label"], "seed"])
+    spread = f" ± {100 * row['std']:.2f} points" if row["n"] > 1 else ""
+    lines = [
+        "## Confirmed accuracy",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| proxy accuracy, {int(row['n'])} seeds ({', '.join(map(str, seeds))}), "
+        f"{int(row['epochs'])} epochs | {m.format(row['mean'])}{spread} (mean ± sample std) |",
+    ]
+    for b in c.summary[c.summary["role"] == "baseline"].itertuples():
+        d = difference(mine, c.values(b.label))
+        interval = f", 95% CI [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if d.tested else ""
+        lines.append(
+            f"| vs {b.label} ({m.format(b.mean)}) | {d.verdict}: {m.format_diff(d.diff)}{interval} |"
+        )
+    return [*lines, "", f"Intervals: the {CI_METHOD}."]
 
 
 def _preset_card(config: ReXNetConfig, layout: str, seed: int, formats: Sequence[str], out: Path) -> str:

@@ -22,10 +22,11 @@ Generators:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from rexsearch.cost import Cost, count_cost
 from rexsearch.errors import ConfigError, UserError
 from rexsearch.principles import (
     MOBILENETV2_STAGES,
+    REXNET_STAGE_LAYERS,
     StagePlan,
     config_from_widths,
     expand_layers_schedule,
@@ -133,6 +135,9 @@ PIECEWISE_PARAMS: dict[str, Param] = {
     "slope1": Param("float", 1.0, 0.0, 1.0),
     "slope2": Param("float", 1.0, 0.0, 1.0),
     "slope3": Param("float", 1.0, 0.0, 1.0),
+    "blocks": Param("int", 0, 0, 64),
+    "steps": Param("bool", False),
+    "stem_stride": Param("choice", 2, choices=(1, 2)),
     **_se_params((False, False, True, True, True, True)),
 }
 
@@ -208,12 +213,33 @@ def _piecewise_f(x: float, slopes: tuple[float, float, float]) -> float:
     return value
 
 
+def fixed_depth_layers(blocks: int, layers: Sequence[int] = REXNET_STAGE_LAYERS) -> tuple[int, ...]:
+    """Stage lengths totalling ``blocks``, in proportion to ``layers`` (one block per stage first;
+    below six blocks the stride-1 fifth stage is left out, then the others from the last)."""
+    stages = len(layers)
+    counts = [1] * stages
+    drop = [4, *(i for i in range(stages - 1, 0, -1) if i != 4)]  # never the first stage
+    for i in drop[: max(0, stages - blocks)]:
+        counts[i] = 0
+    total = sum(layers)
+    while sum(counts) < blocks:
+        deficit = [blocks * n / total - c for n, c in zip(layers, counts, strict=True)]
+        counts[max(range(stages), key=lambda i: (deficit[i], i))] += 1
+    return tuple(counts)
+
+
 def _build_piecewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
     plan = StagePlan(se=_se_tuple(p, 6), expansion=int(p["expansion"])).scaled(float(p["depth_mult"]))
+    if int(p["blocks"]):  # a fixed depth (the paper's CIFAR searches: 5, 9 or 13 blocks)
+        plan = replace(plan, layers=fixed_depth_layers(int(p["blocks"])))
     d = plan.depth
     slopes = (float(p["slope1"]), float(p["slope2"]), float(p["slope3"]))
     a, b = float(p["growth"]), float(p["start"])
-    raw = [b + a * _piecewise_f(i / max(d - 1, 1), slopes) for i in range(d)]
+    position = list(range(d))
+    if p["steps"]:  # the stage-wise counterpart: each stage as wide as f at its first block
+        starts = itertools.accumulate((0, *plan.layers[:-1]))
+        position = [s for s, n in zip(starts, plan.layers, strict=True) for _ in range(n)]
+    raw = [b + a * _piecewise_f(position[i] / max(d - 1, 1), slopes) for i in range(d)]
     m = int(p["channel_multiple"])
     widths = [_round_width(c * width, m) for c in raw]
     return config_from_widths(
@@ -228,6 +254,7 @@ def _build_piecewise(p: Mapping[str, Any], width: float) -> ReXNetConfig:
             if m <= 1
             else make_divisible(int(p["penultimate"]) * width, m)
         ),
+        stem_stride=int(p["stem_stride"]),
         **_common_kwargs(p),
     )
 

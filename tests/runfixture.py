@@ -269,3 +269,46 @@ def make_run(
         path.parent.mkdir(exist_ok=True)
         save_file(state, str(path))
     return info
+
+
+def add_confirmation(
+    info: RunInfo, accuracies: dict[str, Sequence[float]], epochs: int = EPOCHS, failed: int = 0
+) -> None:
+    """Write the run's confirmation study (``<study_name>-confirm``) as ``rexsearch confirm`` does.
+
+    ``accuracies`` maps a label (``trial-N`` for searched trial N, in pick order, or a baseline's
+    name) to one accuracy per seed; seeds are the run's seed + 1, + 2, ...
+    """
+    from rexsearch.results import confirm_study
+
+    study = confirm_study(info, create=True)
+    trials = {t.number: t for t in info.open_study().get_trials()}
+    by_baseline = {t.user_attrs.get("baseline"): t for t in trials.values() if t.user_attrs.get("baseline")}
+    searched = 0
+    for label, values in accuracies.items():
+        source = by_baseline.get(label) or trials[int(label.split("-")[1])]
+        role = "baseline" if label in by_baseline else "searched"
+        searched += role == "searched"
+        for i, value in enumerate(values):
+            attrs = {
+                **{k: source.user_attrs[k] for k in ("config", "config_hash", "macs", "params")},
+                "source_trial": source.number,
+                "label": label,
+                "role": role,
+                "pick_rank": searched if role == "searched" else None,
+                "seed": int(info.data.get("seed") or 0) + 1 + i,
+                "epochs": epochs,
+                "train_seconds": 12.0,
+            }
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.COMPLETE, values=[value], user_attrs=attrs
+                )
+            )
+    for _ in range(failed):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                user_attrs={"label": "trial-0", "error": "RuntimeError: x"},
+            )
+        )

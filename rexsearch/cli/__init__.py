@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("models", "parameters and MACs of a config (analytic; --verify adds fvcore)"),
     "run": ("search", "the search: proxy trainings on Ray Tune, chosen by Optuna, inside a budget"),
     "resume": ("search", "continue an interrupted run"),
+    "confirm": ("confirm", "retrain a run's top configs and baselines with seeds; the verdict beyond noise"),
+    "compare": (
+        "compare",
+        "compare design spaces: EDFs, channel profiles and KS tests of random-sampler runs",
+    ),
     "space": ("search", "candidate configs a space yields under a budget"),
     "dashboard": ("inspect", "optuna-dashboard on a run's storage"),
     "report": ("inspect", "(re)write a run's HTML report, trials.csv and pareto.png"),

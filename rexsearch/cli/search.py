@@ -89,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reruns of a trial whose worker or node died (default 2); its own errors are not retried",
     )
     p.add_argument("--keep-weights", action="store_true", help="keep every trial's proxy weights")
+    p.add_argument(
+        "--confirm",
+        type=positive_int,
+        metavar="K",
+        help="after the search, retrain the top K configs and every baseline with --confirm-seeds "
+        "seeds (as `rexsearch confirm RUN_DIR --top K`)",
+    )
+    p.add_argument("--confirm-seeds", type=positive_int, default=3, metavar="S", help="default 3")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
     p.set_defaults(handler=cmd_run)
@@ -270,7 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     check_feasible(space, budget, seed=settings.seed)
     view = _LiveView(args.quiet)
-    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]])
+    confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
+    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -310,7 +319,14 @@ class _Termination:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def _execute(settings, view: _LiveView, new_run: bool, argv: list[str], lock=None) -> int:
+def _execute(
+    settings,
+    view: _LiveView,
+    new_run: bool,
+    argv: list[str],
+    lock=None,
+    confirm: tuple[int, int] | None = None,
+) -> int:
     from rexsearch.search.cluster import worker_env
 
     os.environ.update(worker_env())  # before torch loads here: the speed probe and local workers
@@ -346,6 +362,13 @@ def _execute(settings, view: _LiveView, new_run: bool, argv: list[str], lock=Non
             )
         finally:
             view.end()
+        if confirm and not outcome.interrupted and not outcome.stopped_by_failures:
+            from rexsearch.search.confirm import confirm as run_confirm
+
+            top, seeds = confirm
+            run_confirm(
+                settings.run_dir, top, seeds, address=settings.address, split=split, on_event=view.event
+            )
     finally:
         if own_lock is not None:
             own_lock.release()
@@ -398,10 +421,10 @@ def _finish(outcome, settings, view: _LiveView) -> None:
     # the session's own storage URL: run.json's has no password (it comes from the environment)
     results = RunResults.load(outcome.run, outcome.run.open_study(open_storage(settings.storage_url())))
     try:
-        from rexsearch.report import write_report
+        from rexsearch.report import make_report
 
-        path = write_report(results)
-        report_line = f"report: {path}"
+        files = make_report(results)
+        report_line = f"verdict: {files.verdict}\nreport: {files.html}"
     except Exception as exc:  # the run's results are safe in the study; say why the report is missing
         report_line = (
             f"report could not be written ({type(exc).__name__}: {exc}); retry with rexsearch report"

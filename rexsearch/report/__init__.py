@@ -21,6 +21,7 @@ from rexsearch.report.figures import history_figure, pareto_png
 from rexsearch.report.html import (
     CSS,
     calibration_section,
+    confirmation_section,
     failures_section,
     importance_section,
     para,
@@ -37,6 +38,7 @@ from rexsearch.rundir import PARETO_PNG, REPORT_HTML, TRIALS_CSV, RunInfo
 NAV = (
     ("summary", "Run"),
     ("verdict", "Verdict"),
+    ("confirmation", "Confirmation"),
     ("pareto", "Pareto fronts"),
     ("history", "History"),
     ("profiles", "Channel profiles"),
@@ -73,6 +75,7 @@ def make_report(run: str | Path | RunInfo | RunResults) -> ReportFiles:
     sections = [
         summary_section(g),
         section("verdict", "Verdict", para(line, "verdict")),
+        confirmation_section(g),
         pareto_section(g),
         section("history", "Optimisation history", history_figure(results.table, info)),
         profiles_section(g),

@@ -76,8 +76,60 @@ def fmt_macs(macs: Any) -> str:
     return "n/a" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}M"
 
 
+#: What an unconfirmed verdict adds: it cannot tell a gain from seed noise.
+SINGLE_TRAININGS = (
+    "This rests on single trainings (one proxy training per config, so seed-to-seed noise is not "
+    "estimated): confirm it with `rexsearch confirm {run}`."
+)
+
+
 def verdict(g: Groups) -> str:
-    """One sentence: did the best searched config beat the baselines at the run's budget."""
+    """The report's verdict: the confirmed one when the run has confirmation trainings, otherwise
+    the single-training comparison, saying that it rests on single trainings."""
+    if g.results.confirmation:
+        return confirmed_verdict(g)
+    line = single_training_verdict(g)
+    if g.metric == "accuracy" and g.best_searched() is not None and not g.baselines.empty:
+        line += " " + SINGLE_TRAININGS.format(run=g.run.path)
+    return line
+
+
+def confirmed_verdict(g: Groups) -> str:
+    """The best confirmed config against each confirmed baseline: means ± std over seeds, the
+    difference with its 95% Welch t interval, and beats / ties (within noise) / loses."""
+    from rexsearch.stats import CI_METHOD
+
+    c = g.results.confirmation
+    m = METRICS["accuracy"]
+    summary = c.summary.set_index("label")
+    best = c.best_label
+    budget = fmt_macs(g.run.flops_budget)
+    if best is None:
+        return "The confirmation has no completed training of a searched config; nothing to compare."
+
+    def ms(label: str) -> str:
+        r = summary.loc[label]
+        spread = f" ± {100 * r['std']:.2f}" if r["n"] > 1 else ""
+        return f"{m.format(r['mean'])}{spread} over {int(r['n'])} seed{'s' if r['n'] > 1 else ''}"
+
+    r = summary.loc[best]
+    head = (
+        f"Confirmed at {int(r['epochs'])} epochs: the best searched config ({best}, {ms(best)}, "
+        f"{fmt_macs(r['macs'])} MACs)"
+    )
+    parts = []
+    for label, d in c.comparisons():
+        if summary.loc[label, "role"] != "baseline":
+            continue
+        interval = f", 95% CI [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if d.tested else ", no interval"
+        parts.append(f"{d.verdict} {label} ({ms(label)}): {m.format_diff(d.diff)}{interval}")
+    if not parts:
+        return f"{head}; no baseline was confirmed to compare with."
+    return f"{head} at the {budget} MACs budget: " + "; ".join(parts) + f" ({CI_METHOD})."
+
+
+def single_training_verdict(g: Groups) -> str:
+    """One sentence from one training per config: did the best searched config beat the baselines."""
     metric = g.metric
     m = METRICS[metric]
     budget = fmt_macs(g.run.flops_budget)

@@ -368,3 +368,50 @@ def pareto_png(g: Groups, info: RunInfo, path: Path) -> None:
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def confirmation_figure(confirmation: Any) -> str:
+    """Per confirmed config: one dot per seed's accuracy, the mean with a ±1 std bar."""
+    import plotly.graph_objects as go
+
+    summary = confirmation.summary
+    fig = go.Figure()
+    complete = confirmation.complete
+    for r in summary.itertuples():
+        rows = complete[complete["label"] == r.label]
+        style = _STYLE["baseline" if r.role == "baseline" else "searched"]
+        fig.add_trace(
+            go.Scatter(
+                x=[r.label] * len(rows),
+                y=rows["accuracy"] * 100,
+                mode="markers",
+                name=f"{r.label} seeds",
+                marker={"color": style["color"], "size": 9, "opacity": 0.6},
+                hovertext=[
+                    f"{r.label} seed {s}: {100 * a:.2f}%"
+                    for s, a in zip(rows.seed, rows.accuracy, strict=True)
+                ],
+                hoverinfo="text",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[r.label],
+                y=[100 * r.mean],
+                mode="markers",
+                name=f"{r.label} mean",
+                marker={"color": "#222", "symbol": "line-ew-open", "size": 30, "line": {"width": 3}},
+                error_y={"type": "data", "array": [0.0 if r.n < 2 else 100 * r.std], "visible": True},
+                hovertext=[f"{r.label}: mean {100 * r.mean:.2f}% over {r.n} seeds"],
+                hoverinfo="text",
+                showlegend=False,
+            )
+        )
+    fig.update_layout(
+        title="confirmation: proxy accuracy per seed (dots), mean ± 1 std (bars)",
+        yaxis_title="proxy accuracy (%)",
+        xaxis_title="config",
+        height=420,
+    )
+    return figure_html(fig, "confirmation")

@@ -12,12 +12,13 @@ import pandas as pd
 from rexsearch.cost import macs_convention
 from rexsearch.report.analysis import Groups, correlations, fmt_macs, fmt_metric, importances, profile_configs
 from rexsearch.report.figures import (
+    confirmation_figure,
     importance_figure,
     pareto_figures,
     principles_figure,
     profiles_figure,
 )
-from rexsearch.results import front_keys
+from rexsearch.results import METRICS, front_keys
 from rexsearch.rundir import PARETO_PNG
 from rexsearch.storage import mask_passwords
 
@@ -282,4 +283,71 @@ def failures_section(g: Groups) -> str:
             f"the budget; {metric} is the last value reported:"
         ),
         table(["trial", "state", "feasible", metric, "MACs", "note"], others) if others else para("None."),
+    )
+
+
+def confirmation_section(g: Groups) -> str:
+    """Seed dots and means per confirmed config, and the CI of each difference from the best."""
+    from rexsearch.stats import CI_METHOD
+
+    c = g.results.confirmation
+    if not c:
+        return section(
+            "confirmation",
+            "Confirmation",
+            para(
+                "No confirmation trainings: every number in this report comes from one short proxy "
+                f"training per config. `rexsearch confirm {g.run.path}` retrains the top configs and "
+                "every baseline with several seeds and puts the verdict on the noise it measures.",
+                "note",
+            ),
+        )
+    m = METRICS["accuracy"]
+    summary = c.summary
+    diffs = dict(c.comparisons())
+    rows = []
+    for r in summary.itertuples():
+        d = diffs.get(r.label)
+        rows.append(
+            [
+                r.label,
+                r.role if r.role == "baseline" else f"searched (#{int(r.pick_rank)} by the search)",
+                f"#{int(r.source_trial)}",
+                str(r.n),
+                m.format(r.mean),
+                "n/a" if r.n < 2 else f"{100 * r.std:.2f} points",
+                "(the config the verdict is about)" if d is None else m.format_diff(-d.diff),
+                "" if d is None or not d.tested else f"[{100 * -d.high:+.2f}, {100 * -d.low:+.2f}]",
+                "" if d is None else d.verdict,
+            ]
+        )
+    seeds = sorted({int(s) for s in c.complete["seed"].dropna()})
+    failed = c.table[c.table["state"] == "FAIL"]
+    return section(
+        "confirmation",
+        "Confirmation",
+        para(
+            f"Each config retrained with seeds {', '.join(map(str, seeds))} (fresh seeds: not the one the "
+            f"search selected on) at {int(summary['epochs'].max())} epochs, on the search's data split "
+            f"and per-trial resources. Differences are the config's mean minus the best's, with the "
+            f"{CI_METHOD}; a difference whose interval contains 0 is within noise."
+        ),
+        confirmation_figure(c),
+        table(
+            [
+                "config",
+                "kind",
+                "source trial",
+                "seeds",
+                "mean accuracy",
+                "std",
+                "vs best",
+                "95% CI",
+                "the best config",
+            ],
+            rows,
+        ),
+        para(f"{len(failed)} confirmation training(s) failed; see the confirm study.", "note")
+        if len(failed)
+        else "",
     )

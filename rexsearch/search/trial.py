@@ -103,6 +103,7 @@ def _run_trial(
     from rexsearch.cost import measure_cost
     from rexsearch.rank import measure_rank
 
+    seed = int(candidate.get("seed", job.seed))  # a confirmation training names its own seed
     config = ReXNetConfig.from_dict(candidate["config"])
     measured = measure_cost(config, job.resolution)
     collected["fvcore_macs"] = measured.macs
@@ -114,7 +115,7 @@ def _run_trial(
     deadline.check("after the fvcore count")
     proxy = proxy_config(config)
     rank_kwargs = {"samples": job.rank_samples} if job.rank_samples else {}
-    rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=job.seed, **rank_kwargs)
+    rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=seed, **rank_kwargs)
     collected.update(
         rank_value=rank.rank,
         rank_per_layer=[layer.to_dict() for layer in rank.per_layer],
@@ -127,7 +128,7 @@ def _run_trial(
         return
     from rexsearch.train import TrainSettings, train_proxy
 
-    settings = TrainSettings(epochs=job.epochs, batch_size=job.batch_size, seed=job.seed)
+    settings = TrainSettings(epochs=job.epochs, batch_size=job.batch_size, seed=seed)
     curve: list[float] = []
 
     def on_epoch(m: Any) -> None:

@@ -1,0 +1,93 @@
+"""`rexsearch confirm`: seeded retrainings of a run's top configs and baselines, and the verdict."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rexsearch.cli import command_help
+from rexsearch.cli.common import positive_int, print_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "confirm",
+        help=command_help("confirm"),
+        description="Retrain the top-K feasible configs of a run (by --pick) and every baseline with S "
+        "fresh seeds on Ray, recorded in the sibling study <study_name>-confirm of the run's storage; "
+        "then rewrite the report, whose verdict states each difference with its 95%% confidence "
+        "interval. Pairs already trained are skipped, so an interrupted confirmation resumes.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="searched configs (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="S", help="seeds per config (default 3)")
+    p.add_argument("--epochs", type=positive_int, metavar="E", help="epochs (default: the search's)")
+    p.add_argument("--pick", help="accuracy, rank or balanced: how the top configs are chosen")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--data-dir", help="directory holding cifar-100-python.tar.gz")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_confirm)
+
+
+def _event(quiet: bool):
+    def event(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
+    return event
+
+
+def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pick: str | None, **kw) -> int:
+    """Confirm, rewrite the report, print the confirmed configs and the verdict (exit code)."""
+    import optuna
+
+    from rexsearch.report import make_report
+    from rexsearch.results import RunResults
+    from rexsearch.search.confirm import confirm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    quiet = kw.pop("quiet", False)
+    outcome = confirm(run_dir, top, seeds, epochs, pick, on_event=_event(quiet), **kw)
+    results = RunResults.load(outcome.run)
+    files = make_report(results)
+    print_confirmation(results)
+    print(f"verdict: {files.verdict}")
+    print(f"report: {files.html}")
+    if outcome.trained:
+        print(f"confirmation: {outcome.trained} trainings in {outcome.seconds:.0f} s")
+    if outcome.interrupted:
+        print(f"interrupted; continue with `rexsearch confirm {run_dir}`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def print_confirmation(results) -> None:
+    """Mean ± standard deviation per confirmed config."""
+    from rexsearch.results import METRICS
+
+    summary = results.confirmation.summary
+    if summary.empty:
+        print("no confirmation training completed")
+        return
+    m = METRICS["accuracy"]
+    print(f"Confirmed proxy accuracy ({int(summary['epochs'].max())} epochs, mean ± sample std over seeds):")
+    print_table(
+        ["config", "kind", "seeds", "mean", "std"],
+        [
+            [r.label, r.role, r.n, m.format(r.mean), "n/a" if r.n < 2 else f"{100 * r.std:.2f} points"]
+            for r in summary.itertuples()
+        ],
+    )
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    return run_confirmation(
+        args.run_dir,
+        args.top,
+        args.seeds,
+        args.epochs,
+        args.pick,
+        address=args.address,
+        data_dir=args.data_dir,
+        quiet=args.quiet,
+    )

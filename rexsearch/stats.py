@@ -1,0 +1,138 @@
+"""The statistics behind every verdict: means, spreads, the CI of a difference, EDFs, KS.
+
+Pure functions of plain sequences (numpy and scipy only), so the report, ``confirm`` and
+``compare`` state noise the same way. The interval of a difference of means is Welch's
+t interval (unequal variances, Welch-Satterthwaite degrees of freedom), the verdict word
+comes from it alone, and the two-sample Kolmogorov-Smirnov test compares distributions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Confidence level of every interval rexsearch quotes.
+CONFIDENCE = 0.95
+BEATS = "beats"
+TIES = "ties (difference within noise)"
+LOSES = "loses"
+UNTESTED = "not tested against noise (one training each)"
+CI_METHOD = "95% Welch t interval of the difference of means (unequal variances)"
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean (NaN for no values)."""
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof 1); NaN for fewer than two values."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``mean(a) - mean(b)`` with its confidence interval and the verdict it supports."""
+
+    mean_a: float
+    std_a: float
+    n_a: int
+    mean_b: float
+    std_b: float
+    n_b: int
+    diff: float
+    low: float
+    high: float
+    verdict: str
+
+    @property
+    def tested(self) -> bool:
+        """Whether both sides have at least two values (an interval exists)."""
+        return self.verdict != UNTESTED
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float]:
+    """Welch's t interval of ``mean(a) - mean(b)``; NaNs when a side has fewer than two values.
+
+    Zero spread on both sides gives the point interval ``(d, d)`` (no noise was observed).
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    d = float(a.mean() - b.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return d, d
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return d - half, d + half
+
+
+def verdict_word(low: float, high: float) -> str:
+    """``beats`` when the interval is above 0, ``loses`` when below, else ``ties (...)``."""
+    if math.isnan(low) or math.isnan(high):
+        return UNTESTED
+    if low > 0:
+        return BEATS
+    if high < 0:
+        return LOSES
+    return TIES
+
+
+def difference(a: Sequence[float], b: Sequence[float], level: float = CONFIDENCE) -> Difference:
+    """How ``a`` compares with ``b`` (larger is better): means, spreads, CI, verdict."""
+    low, high = welch_interval(a, b, level)
+    return Difference(
+        mean(a),
+        sample_std(a),
+        len(a),
+        mean(b),
+        sample_std(b),
+        len(b),
+        mean(a) - mean(b),
+        low,
+        high,
+        verdict_word(low, high),
+    )
+
+
+def edf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The empirical distribution function as steps: sorted values and the fraction at most each."""
+    x = np.sort(np.asarray(values, dtype=float))
+    return x, np.arange(1, len(x) + 1) / max(len(x), 1)
+
+
+@dataclass(frozen=True)
+class KSResult:
+    """The two-sample Kolmogorov-Smirnov statistic (largest EDF gap) and its p-value."""
+
+    statistic: float
+    pvalue: float
+
+
+def ks_test(a: Sequence[float], b: Sequence[float]) -> KSResult:
+    """scipy's two-sided two-sample KS test; NaNs when a side is empty."""
+    from scipy import stats
+
+    if not len(a) or not len(b):
+        return KSResult(math.nan, math.nan)
+    res = stats.ks_2samp(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    return KSResult(float(res.statistic), float(res.pvalue))
+
+
+def quantile_groups(values: Sequence[float], fraction: float = 0.1) -> dict[str, np.ndarray]:
+    """Indices of the top, middle and bottom ``fraction`` of ``values`` (at least one each).
+
+    The middle group is centred on the median; with fewer than three values groups overlap.
+    """
+    order = np.argsort(-np.asarray(values, dtype=float), kind="stable")
+    n = len(order)
+    k = max(1, round(fraction * n))
+    start = max(0, (n - k) // 2)
+    return {"top": order[:k], "middle": order[start : start + k], "bottom": order[n - k :]}

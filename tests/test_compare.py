@@ -1,0 +1,90 @@
+"""``rexsearch compare`` on fake but realistic runs: EDFs, 10% groups, KS, mismatch refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import runfixture
+from scipy import stats as sps
+
+from rexsearch.cli import main
+from rexsearch.compare import compare_runs, edf_figure, write_comparison
+from rexsearch.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    return [runfixture.make_run(base / f"space-{i}", seed=i) for i in range(3)]
+
+
+def test_compare_draws_one_edf_per_run_and_writes_the_tables(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", *(str(r.path) for r in runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "verdict: " in printed
+    c = compare_runs([r.path for r in runs])
+    fig = edf_figure(c, "accuracy")
+    assert len(fig.data) == 3
+    for trace, r in zip(fig.data, c.runs, strict=True):
+        values = np.sort(r.values("accuracy"))
+        assert list(trace.x) == pytest.approx(list(100 * values))
+        assert trace.y[-1] == 1.0 and trace.line.shape == "hv"
+    html = (out / "compare.html").read_text()
+    assert not re.search(r"<script[^>]*\ssrc\s*=", html, re.I)
+    for fid in ("fig-edf-accuracy", "fig-edf-rank", "fig-profiles"):
+        assert f'id="{fid}"' in html
+    assert "Not random-sampler runs" in html  # the fixture's runs used TPE
+    summary = pd.read_csv(out / "compare.csv")
+    assert list(summary["run"]) == [r.path.name for r in runs]
+    a, b = c.runs[0].values("accuracy"), c.runs[1].values("accuracy")
+    ks = sps.ks_2samp(a, b)
+    assert c.pairs[0].ks.statistic == pytest.approx(ks.statistic)
+    assert f"{ks.pvalue:.3g}" in html
+    top = np.sort(a)[::-1][: max(1, round(0.1 * len(a)))].mean()
+    assert summary.loc[0, "top10_mean"] == pytest.approx(top)
+    trials = pd.read_csv(out / "compare_trials.csv")
+    assert set(trials["group10"].dropna()) <= {"top", "middle", "bottom"}
+    assert trials["baseline"].isna().all()  # baselines are not samples of a space
+    # outputs are not overwritten without --force
+    assert main(["compare", str(runs[0].path), str(runs[1].path), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_verdict_names_the_dominating_space(runs):
+    c = compare_runs([r.path for r in runs[:2]])
+    p = c.pairs[0]
+    if p.better:
+        assert c.verdict.startswith(f"{p.better} (")
+    else:
+        assert c.verdict.startswith("No space dominates")
+
+
+def test_mismatched_budgets_are_refused_unless_forced(runs, tmp_path, capsys):
+    other = runfixture.make_run(tmp_path / "with-params", params_budget=4_000_000)
+    assert main(["compare", str(runs[0].path), str(other.path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "params budget" in err and "--force" in err and "Traceback" not in err
+    assert main(["compare", str(runs[0].path), str(other.path), "--out", str(tmp_path / "o"), "--force"]) == 0
+    assert "compared despite a mismatch" in capsys.readouterr().out
+    assert "Compared with --force although the runs differ" in (tmp_path / "o" / "compare.html").read_text()
+
+
+def test_one_run_is_not_a_comparison(runs):
+    with pytest.raises(UserError, match="at least two"):
+        compare_runs([runs[0].path])
+
+
+def test_fidelity_mismatch_is_found(runs, tmp_path):
+    other = runfixture.make_run(tmp_path / "longer")
+    meta = json.loads((other.path / "run.json").read_text())
+    meta["fidelity"]["epochs"] = 10
+    (other.path / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="epochs"):
+        compare_runs([runs[0].path, other.path])
+    c = compare_runs([runs[0].path, other.path], force=True)
+    assert c.forced and write_comparison(c, tmp_path / "f")["html"].exists()

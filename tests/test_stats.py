@@ -1,0 +1,62 @@
+"""The statistics every verdict rests on, checked against scipy on known samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from rexsearch import stats
+
+A = [0.712, 0.705, 0.721, 0.698, 0.715]
+B = [0.690, 0.702, 0.681, 0.695]
+
+
+def test_welch_interval_matches_scipy():
+    low, high = stats.welch_interval(A, B)
+    ref = sps.ttest_ind(A, B, equal_var=False).confidence_interval(0.95)
+    assert low == pytest.approx(ref.low, rel=1e-12)
+    assert high == pytest.approx(ref.high, rel=1e-12)
+
+
+def test_difference_fields_and_words():
+    d = stats.difference(A, B)
+    assert d.mean_a == pytest.approx(np.mean(A)) and d.std_a == pytest.approx(np.std(A, ddof=1))
+    assert d.n_a == 5 and d.n_b == 4 and d.diff == pytest.approx(np.mean(A) - np.mean(B))
+    assert d.verdict == stats.BEATS
+    assert stats.difference(B, A).verdict == stats.LOSES
+    noisy = stats.difference([0.70, 0.74, 0.66], [0.71, 0.69, 0.70])
+    assert noisy.verdict == stats.TIES and noisy.low < 0 < noisy.high
+
+
+def test_identical_results_tie():
+    same = [0.7, 0.7, 0.7]
+    d = stats.difference(same, list(same))
+    assert d.verdict == stats.TIES and d.diff == 0.0 and d.low <= 0.0 <= d.high
+    seeds = [0.61, 0.64, 0.62]
+    assert stats.difference(seeds, list(seeds)).verdict == stats.TIES
+
+
+def test_single_trainings_are_not_tested():
+    d = stats.difference([0.8], [0.7])
+    assert d.verdict == stats.UNTESTED and not d.tested and math.isnan(d.low)
+
+
+def test_edf_and_ks():
+    x, y = stats.edf([3.0, 1.0, 2.0])
+    assert list(x) == [1.0, 2.0, 3.0] and list(y) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 40), rng.normal(1, 1, 40)
+    ks = stats.ks_test(a, b)
+    ref = sps.ks_2samp(a, b)
+    assert ks.statistic == pytest.approx(ref.statistic) and ks.pvalue == pytest.approx(ref.pvalue)
+
+
+def test_quantile_groups():
+    values = list(range(20))
+    g = stats.quantile_groups(values)
+    assert sorted(np.asarray(values)[g["top"]]) == [18, 19]
+    assert sorted(np.asarray(values)[g["bottom"]]) == [0, 1]
+    assert len(g["middle"]) == 2
