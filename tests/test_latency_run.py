@@ -137,6 +137,26 @@ def test_constraints_judge_the_measured_latency_first():
     assert not is_feasible({"macs": 1000}, budget)  # no latency recorded under a latency budget
 
 
+def test_a_trial_measured_over_budget_is_recorded_infeasible():
+    from rexsearch.search import record_outcome
+
+    budget = Budget(latency_ms=10.0, latency_table=object(), resolution=32)  # type: ignore[arg-type]
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for measured, feasible in ((9.5, True), (10.5, False)):
+        trial = study.ask()
+        trial.set_user_attr("macs", 1000)
+        trial.set_user_attr("latency_ms", 9.0)
+        result = {"final": True, "rank": 0.5, "latency": measured, "latency_measured_ms": measured}
+        assert record_outcome(study, trial._trial_id, result, False, ("rank", "latency"), budget, False) == (
+            TrialState.COMPLETE
+        )
+        frozen = study.get_trials()[-1]
+        assert frozen.user_attrs["latency_measured_ms"] == measured
+        assert frozen.values == [0.5, measured]
+        assert (frozen.system_attrs["constraints"][0] <= 0) == feasible
+        assert is_feasible(frozen.user_attrs, budget) == feasible
+
+
 def test_front_minimises_latency():
     assert front_keys(["accuracy", "latency"]) == (["accuracy", "latency"], [True, False])
     assert front_keys(["latency"]) == (["latency", "macs"], [False, False])
@@ -179,8 +199,13 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
     assert frame["latency"].tolist() == pytest.approx(frame["latency_measured_ms"].tolist())
     assert 'id="fig-pareto-latency"' in (run_dir / "report.html").read_text()
 
+    from rexsearch.search import settings_from_run
+
+    resumed = settings_from_run(info)
+    assert resumed.latency_table_path() == run_dir / LATENCY_TABLE  # resume reads the run's copy
+    assert resumed.budget.latency_ms == info.latency_budget_ms and resumed.budget.latency_table is not None
     results = RunResults.load(run_dir)
-    assert results.budget.latency_table is not None  # the run's copy, reloaded
+    assert results.budget.latency_table is not None
     feasible = results.table[results.table["feasible"].fillna(False).astype(bool)]
     if not feasible.empty:  # a measurement may land over the budget on a loaded machine
         best, why = results.best("latency")
