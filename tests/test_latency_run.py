@@ -157,6 +157,24 @@ def test_a_trial_measured_over_budget_is_recorded_infeasible():
         assert is_feasible(frozen.user_attrs, budget) == feasible
 
 
+def test_live_view_shows_the_lowest_latency(capsys):
+    from types import SimpleNamespace
+
+    from rexsearch.cli.search import _LiveView
+    from rexsearch.search import LiveView, Progress
+
+    progress = Progress(total=3)
+    callback = LiveView(progress, None, [0])
+    for latency in (7.5, 5.25, 9.0):
+        trial = SimpleNamespace(
+            last_result={"final": True, "rank": 0.5, "latency": latency}, status="TERMINATED"
+        )
+        callback.on_trial_complete(0, [trial], trial)
+    assert progress.best_latency == 5.25 and progress.best_rank == 0.5
+    _LiveView(quiet=False)(progress)
+    assert "latency 5.25 ms" in capsys.readouterr().err
+
+
 def test_front_minimises_latency():
     assert front_keys(["accuracy", "latency"]) == (["accuracy", "latency"], [True, False])
     assert front_keys(["latency"]) == (["latency", "macs"], [False, False])
