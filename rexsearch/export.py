@@ -414,9 +414,10 @@ def _trial_card(
         lines += [
             f"| target network MACs at {info.resolution}x{info.resolution} | {attrs.get('macs', 0):,} |"
         ]
-    budget = f"{info.flops_budget:,} MACs" + (
-        f", {info.params_budget:,} parameters" if info.params_budget is not None else ""
-    )
+    budget = info.describe_budget()
+    if "latency_ms" in attrs:
+        at = f"{info.resolution}x{info.resolution}"
+        lines += [f"| target network latency at {at} | {_latency_text(info, attrs)} |"]
     files = _files(layout, formats)
     if weights == "proxy":
         files.append(f"- `{TARGET_CONFIG_FILE}`: the target network's architecture")
@@ -484,6 +485,20 @@ def _confirmed_lines(results: RunResults, number: int) -> list[str]:
             f"| vs {b.label} ({m.format(b.mean)}) | {d.verdict}: {m.format_diff(d.diff)}{interval} |"
         )
     return [*lines, "", f"Intervals: the {CI_METHOD}."]
+
+
+def _latency_text(info: RunInfo, attrs: dict[str, Any]) -> str:
+    """Predicted (and measured) latency of the target network, and where it was measured."""
+    text = f"{attrs['latency_ms']:.2f} ms predicted"
+    if attrs.get("latency_measured_ms") is not None:
+        text += f", {attrs['latency_measured_ms']:.2f} ms measured (median)"
+    env = info.latency_environment
+    if env:
+        text += (
+            f" on {env.get('device')} ({env.get('device_name')}), {env.get('runtime')} "
+            f"{env.get('runtime_version')}, {env.get('threads')} threads, batch {env.get('batch', 1)}"
+        )
+    return text
 
 
 def _preset_card(config: ReXNetConfig, layout: str, seed: int, formats: Sequence[str], out: Path) -> str:

@@ -823,3 +823,48 @@ def build_table(
         versions,
         time.perf_counter() - start,
     )
+
+
+# ---------------------------------------------------------------------------- a search's table
+def here_for(table_env: Environment) -> Environment:
+    """This machine's environment for the device, runtime, threads and batch a table was built with."""
+    try:
+        return environment(table_env.device, table_env.runtime, table_env.threads, table_env.batch)
+    except UserError as exc:
+        raise LatencyTableError(
+            f"the latency table was built on {table_env.describe()}, which this machine cannot run: {exc}"
+        ) from None
+
+
+def check_table_here(table: LatencyTable, source: str = "the latency table") -> Environment:
+    """Refuse a table measured on another device, runtime or version than this machine (naming both)."""
+    here = here_for(table.environment)
+    table.check_environment(here, source)
+    return here
+
+
+#: Timing inside a trial: cheap next to training, enough for a median.
+TRIAL_WARMUP = 2
+TRIAL_REPEATS = 5
+
+
+def measure_for_trial(
+    config: ReXNetConfig,
+    resolution: int,
+    table_env: Environment,
+    warmup: int = TRIAL_WARMUP,
+    repeats: int = TRIAL_REPEATS,
+) -> tuple[float | None, str]:
+    """The median latency (ms) of ``config`` measured here when this machine is the table's
+    environment, else ``None``; with a sentence saying where it was (or why not) measured."""
+    try:
+        here = here_for(table_env)
+    except LatencyTableError as exc:
+        return None, str(exc)
+    diff = table_env.mismatches(here)
+    if diff:
+        return None, (
+            f"not measured: this worker is {here.describe()}, the table's device is {table_env.describe()}"
+        )
+    result = measure_latency(config, resolution, warmup=warmup, repeats=repeats, env=here)
+    return result.median_ms, f"measured on the worker ({here.describe()}; median of {repeats} runs)"

@@ -8,16 +8,18 @@ read them through :class:`RunResults`.
 * **Record**: the user attributes of an Optuna trial (:class:`TrialRecord`, design.md's
   list): the decoded config and its cost when the candidate is drawn, the measurements
   when the trial ends.
-* **Feasible**: the trial's recorded MACs (and parameters, when the run has a parameter
-  budget) are within the run's budget (:func:`constraint_values`, all <= 0). A trial
-  without recorded costs has no feasibility (``None``).
+* **Feasible**: the trial's recorded MACs (when the run has a MACs budget), parameters (a
+  parameter budget) and latency (a latency budget: the latency measured on the worker, else
+  the predicted one, :func:`judged_latency`) are within the run's budget
+  (:func:`constraint_values`, all <= 0). A trial without recorded costs has no feasibility
+  (``None``).
 * **Front**: among COMPLETE, feasible trials, the non-dominated ones over the run's
-  objectives, all maximised; a single objective is paired with fewer MACs, so a one-
-  objective run still has a front of trade-offs (:func:`front_keys`).
+  objectives (accuracy and rank maximised, latency minimised); a single objective is paired
+  with fewer MACs, so a one-objective run still has a front of trade-offs (:func:`front_keys`).
 * **Best** (``--pick``): on the front, the highest accuracy (default when the run measured
-  it), the highest rank (default for rank-only runs), or ``balanced``: each front objective
-  replaced by its rank among the front divided by the front size, largest sum wins; ties
-  go to fewer MACs, then to the lower trial number.
+  it), the highest rank (default for rank-only runs), the lowest latency (``latency``), or
+  ``balanced``: each front objective replaced by its rank among the front divided by the
+  front size, largest sum wins; ties go to fewer MACs, then to the lower trial number.
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ if TYPE_CHECKING:
 
     from rexsearch.space import Budget
 
-OBJECTIVES = ("accuracy", "rank")
-PICKS = ("accuracy", "rank", "balanced")
+OBJECTIVES = ("accuracy", "rank", "latency")
+PICKS = ("accuracy", "rank", "latency", "balanced")
 
 BEST_DEFINITION = (
     "'best' is the trial with the highest proxy accuracy on the feasible Pareto front "
-    "(--pick rank: the highest feature rank; --pick balanced: the best sum of rank-normalised "
-    "objectives over the front); ties go to fewer MACs."
+    "(--pick rank: the highest feature rank; --pick latency: the lowest latency; --pick balanced: "
+    "the best sum of rank-normalised objectives over the front); ties go to fewer MACs."
 )
 
 
@@ -66,6 +68,7 @@ class TrialRecord(TypedDict, total=False):
     proxy_macs: int
     expand_layers: int
     channels: str
+    latency_ms: float  # predicted by the run's latency table (latency budgets only)
     # written when the trial ends
     fvcore_macs: int
     rank: float
@@ -75,6 +78,8 @@ class TrialRecord(TypedDict, total=False):
     train_seconds: float
     node: str
     error: str
+    latency_measured_ms: float  # median measured on the worker, when it is the table's device
+    latency_note: str  # where the latency was measured, or why it was not
     # bookkeeping of the search
     baseline: str
     interrupted: bool
@@ -98,6 +103,8 @@ _RESULT_KEYS = {
     "accuracy_curve": "accuracy_curve",
     "train_seconds": "train_seconds",
     "node": "node",
+    "latency_measured_ms": "latency_measured_ms",
+    "latency_note": "latency_note",
 }
 #: Optuna system attribute optuna-dashboard reads constraints from (see findings.md).
 CONSTRAINTS_ATTR = "constraints"
@@ -106,11 +113,12 @@ INTERRUPTED_ERROR = "interrupted: the search stopped while it ran"
 MAX_ERROR_CHARS = 2000
 
 
-def candidate_record(config: ReXNetConfig, resolution: int) -> TrialRecord:
-    """The record of a decoded candidate: its config, its cost at ``resolution`` and its proxy."""
+def candidate_record(config: ReXNetConfig, resolution: int, latency_ms: float | None = None) -> TrialRecord:
+    """The record of a decoded candidate: its config, its cost at ``resolution``, its proxy and
+    (with a latency budget) its predicted latency."""
     cost = count_cost(config, resolution)
     proxy = proxy_config(config)
-    return TrialRecord(
+    record = TrialRecord(
         config=config.to_dict(),
         config_hash=config.short_hash(),
         macs=cost.macs,
@@ -121,6 +129,9 @@ def candidate_record(config: ReXNetConfig, resolution: int) -> TrialRecord:
         expand_layers=config.expand_layers,
         channels=" ".join(map(str, config.out_channels)),
     )
+    if latency_ms is not None:
+        record["latency_ms"] = float(latency_ms)
+    return record
 
 
 def result_record(result: Mapping[str, Any]) -> TrialRecord:
@@ -134,8 +145,16 @@ def error_text(message: str) -> str:
     return str(message)[:MAX_ERROR_CHARS]
 
 
+def judged_latency(record: Mapping[str, Any]) -> float | None:
+    """The latency a run judges a trial by: measured on the worker when it was, else predicted."""
+    measured = record.get("latency_measured_ms")
+    return float(measured) if measured is not None else record.get("latency_ms")
+
+
 def constraint_values(record: Mapping[str, Any], budget: Budget) -> list[float] | None:
-    """``[macs - budget]`` (plus ``params - params budget``): feasible when all are <= 0.
+    """``[macs - budget]`` (with a MACs budget), ``params - params budget`` (with a parameter
+    budget), ``latency - latency budget`` (with a latency budget: :func:`judged_latency` against
+    the budget itself, the margin only steers the solver): feasible when all are <= 0.
 
     ``None`` when the record has no costs (a candidate that was never decoded).
     """
@@ -145,6 +164,9 @@ def constraint_values(record: Mapping[str, Any], budget: Budget) -> list[float] 
     values = [] if budget.macs is None else [float(macs - budget.macs)]
     if budget.params is not None:
         values.append(float((params if params is not None else math.inf) - budget.params))
+    if budget.latency_ms is not None:
+        latency = judged_latency(record)
+        values.append(float((latency if latency is not None else math.inf) - budget.latency_ms))
     return values
 
 
@@ -161,7 +183,7 @@ class Metric:
 
     key: str
     label: str
-    kind: str  # "fraction" (shown as %), "score" (4 decimals), "count", "seconds"
+    kind: str  # "fraction" (shown as %), "score" (4 decimals), "count", "seconds", "ms"
     maximize: bool | None = None  # None: not compared
 
     def format(self, value: Any) -> str:
@@ -180,11 +202,15 @@ class Metric:
             return f"{int(value):,}"
         if self.kind == "seconds":
             return f"{float(value):.1f} s"
+        if self.kind == "ms":
+            return f"{float(value):.2f} ms"
         return f"{float(value):.4f}"
 
     def format_diff(self, diff: float) -> str:
         if self.kind == "fraction":
             return f"{100 * diff:+.2f} points"
+        if self.kind == "ms":
+            return f"{diff:+.2f} ms"
         return f"{diff:+.4f} {self.key}"
 
 
@@ -199,6 +225,9 @@ METRICS: dict[str, Metric] = {
         Metric("proxy_macs", f"proxy MACs at {PROXY_RESOLUTION}x{PROXY_RESOLUTION}", "count"),
         Metric("fvcore_macs", "fvcore's conv+linear MACs of the target network", "count"),
         Metric("train_seconds", "proxy training seconds", "seconds"),
+        Metric("latency", "latency (measured, else predicted)", "ms", maximize=False),
+        Metric("latency_ms", "predicted latency", "ms"),
+        Metric("latency_measured_ms", "measured latency", "ms"),
     )
 }
 
@@ -261,14 +290,20 @@ def pareto_mask(points: Any, maximize: Sequence[bool]) -> np.ndarray:
 
 
 def front_keys(objectives: Sequence[str]) -> tuple[list[str], list[bool]]:
-    """Columns (and whether each is maximised) that define a run's Pareto front.
+    """Columns (and whether each is maximised: :attr:`Metric.maximize`) that define a run's front.
 
     The objectives when there are several; a single objective is paired with MACs (fewer
     is better), so the front is not a single point.
     """
+    maximize = [bool(METRICS[o].maximize) for o in objectives]
     if len(objectives) > 1:
-        return list(objectives), [True] * len(objectives)
-    return [objectives[0], "macs"], [True, False]
+        return list(objectives), maximize
+    return [objectives[0], "macs"], [maximize[0], False]
+
+
+def directions(objectives: Sequence[str]) -> list[str]:
+    """Optuna's study directions for the objectives (``maximize``, or ``minimize`` for latency)."""
+    return ["maximize" if METRICS[o].maximize else "minimize" for o in objectives]
 
 
 # ---------------------------------------------------------------------------- the table
@@ -292,9 +327,21 @@ TABLE_COLUMNS = (
     "feasible",
     "error",
     "train_seconds",
+    "latency_ms",
+    "latency_measured_ms",
+    "latency",
 )
 _INT_COLUMNS = ("macs", "params", "proxy_macs", "fvcore_macs", "fvcore_total", "expand_layers", "depth")
-_FLOAT_COLUMNS = ("rank", "nuclear_norm", "accuracy", "slope", "train_seconds")
+_FLOAT_COLUMNS = (
+    "rank",
+    "nuclear_norm",
+    "accuracy",
+    "slope",
+    "train_seconds",
+    "latency_ms",
+    "latency_measured_ms",
+    "latency",
+)
 
 
 def _row(trial: optuna.trial.FrozenTrial, objectives: Sequence[str], budget: Budget) -> dict[str, Any]:
@@ -332,6 +379,9 @@ def _row(trial: optuna.trial.FrozenTrial, objectives: Sequence[str], budget: Bud
         feasible=is_feasible(attrs, budget),
         error=attrs.get("error") or "",
         train_seconds=attrs.get("train_seconds"),
+        latency_ms=attrs.get("latency_ms"),
+        latency_measured_ms=attrs.get("latency_measured_ms"),
+        latency=judged_latency(attrs),
     )
     return row
 
@@ -450,6 +500,10 @@ class RunResults:
             raise UserError(
                 f"{self.run.path} is a rank-only run (no accuracy measured); use --pick rank or balanced"
             )
+        if pick == "latency" and self.budget.latency_ms is None:
+            raise UserError(
+                f"{self.run.path} has no latency budget (no latency recorded); use another --pick"
+            )
         front = self.front
         if front.empty:
             raise UserError(
@@ -467,9 +521,10 @@ class RunResults:
             )
             what = f"the best sum of rank-normalised {' and '.join(keys)} on the feasible Pareto front"
         else:
-            order = front.sort_values([pick, "macs", "number"], ascending=[False, True, True])
+            up = bool(METRICS[pick].maximize)
+            order = front.sort_values([pick, "macs", "number"], ascending=[not up, True, True])
             size = f"{len(front)} trial{'s' if len(front) > 1 else ''}"
-            what = f"the highest {pick} on the feasible Pareto front ({size})"
+            what = f"the {'highest' if up else 'lowest'} {pick} on the feasible Pareto front ({size})"
         number = int(order.iloc[0]["number"])
         return self.trial(number), f"trial {number}: {what}, ties to fewer MACs"
 
@@ -693,8 +748,10 @@ __all__ = [
     "candidate_record",
     "constraint_values",
     "describe_state",
+    "directions",
     "front_keys",
     "is_feasible",
+    "judged_latency",
     "pareto_mask",
     "result_record",
     "trials_table",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ TRIALS_CSV = "trials.csv"
 REPORT_HTML = "report.html"
 PARETO_PNG = "pareto.png"
 LOCK_FILE = "driver.lock"
+#: The run's copy of its latency table (runs with a latency budget): resume and reports read it.
+LATENCY_TABLE = "latency-table.json"
 
 
 def weights_path(run_dir: str | Path, trial_number: int) -> Path:
@@ -98,8 +101,36 @@ class RunInfo:
         return list(self.data["objectives"])
 
     @property
-    def flops_budget(self) -> int:
-        return int(self.data["budget"]["flops"])
+    def flops_budget(self) -> int | None:
+        value = self.data["budget"].get("flops")
+        return None if value is None else int(value)
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        value = self.data["budget"].get("latency_ms")
+        return None if value is None else float(value)
+
+    @property
+    def latency_environment(self) -> dict[str, Any] | None:
+        """Where the run's latency table was measured (run.json), or None without a latency budget."""
+        table = self.data["budget"].get("latency_table")
+        return table.get("environment") if isinstance(table, dict) else None
+
+    def describe_budget(self) -> str:
+        """The budget in words: ``300,000,000 MACs, 4,000,000 parameters, 12 ms latency``."""
+        b = self.data["budget"]
+        parts = []
+        if self.flops_budget is not None:
+            parts.append(f"{self.flops_budget:,} MACs")
+        if self.params_budget is not None:
+            parts.append(f"{self.params_budget:,} parameters")
+        if self.latency_budget_ms is not None:
+            margin = b.get("latency_margin") or 0.0
+            solved = f" (solved {margin:.0%} under it)" if margin else ""
+            parts.append(f"{self.latency_budget_ms:g} ms latency{solved}")
+        if b.get("channel_multiple"):
+            parts.append(f"widths multiples of {b['channel_multiple']}")
+        return ", ".join(parts)
 
     @property
     def params_budget(self) -> int | None:
@@ -110,12 +141,27 @@ class RunInfo:
     def resolution(self) -> int:
         return int(self.data["budget"]["resolution"])
 
-    @property
+    @cached_property
     def budget(self):
-        """The run's :class:`~rexsearch.space.Budget` (MACs, parameters, resolution)."""
+        """The run's :class:`~rexsearch.space.Budget` (MACs, parameters, resolution; the latency
+        budget with the run's copy of its table)."""
         from rexsearch.space import Budget
 
-        return Budget(self.flops_budget, self.params_budget, self.resolution)
+        b = self.data["budget"]
+        table = None
+        if self.latency_budget_ms is not None:
+            from rexsearch.latency import load_table
+
+            table = load_table(self.path / LATENCY_TABLE)
+        return Budget(
+            self.flops_budget,
+            self.params_budget,
+            self.resolution,
+            self.latency_budget_ms,
+            table,
+            float(b.get("latency_margin") or 0.0),
+            b.get("channel_multiple"),
+        )
 
     def weights_path(self, trial_number: int) -> Path:
         """Where a trial's proxy weights are kept (only with ``run --keep-weights``)."""

@@ -1,4 +1,4 @@
-"""Helpers shared by subcommands: config sources, JSON output, tables."""
+"""Helpers shared by subcommands: config sources, budget flags, JSON output, tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rexsearch.config import ReXNetConfig
+from rexsearch.cost import parse_budget
+from rexsearch.errors import UserError
 from rexsearch.principles import get_preset
+from rexsearch.space import Budget
 
 
 def add_config_source(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -50,3 +53,55 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         )
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def add_budget_flags(p: argparse.ArgumentParser, flops_required: bool = False) -> None:
+    """The budget flags; a latency budget may stand alone or join the MACs/params budgets."""
+    p.add_argument("--flops-budget", required=flops_required, metavar="B", help="MACs budget, e.g. 400M")
+    p.add_argument("--params-budget", metavar="P", help="parameter budget, e.g. 5M")
+    p.add_argument("--latency-budget", metavar="T", help="predicted latency budget: 12ms, 0.012s or 12 (ms)")
+    p.add_argument(
+        "--latency-table", metavar="FILE", help="the table that predicts latency (latency-table build)"
+    )
+    p.add_argument(
+        "--latency-margin",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0)",
+    )
+    p.add_argument(
+        "--channel-multiple",
+        type=positive_int,
+        metavar="M",
+        help="round every width to a multiple of M, e.g. 8",
+    )
+    p.add_argument("--resolution", type=positive_int, default=224, help="budget resolution (default 224)")
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """A Budget from :func:`add_budget_flags`' flags (exit 2 on a bad value or a missing pair)."""
+    if args.latency_table and not args.latency_budget:
+        raise UserError("--latency-table is used with --latency-budget; give both")
+    if args.latency_budget and not args.latency_table:
+        raise UserError(
+            "--latency-budget needs --latency-table FILE (build one with `rexsearch latency-table build`)"
+        )
+    if not args.flops_budget and not args.latency_budget:
+        raise UserError("give a budget: --flops-budget B and/or --latency-budget T with --latency-table FILE")
+    macs = parse_budget(args.flops_budget, "--flops-budget") if args.flops_budget else None
+    params = parse_budget(args.params_budget, "--params-budget") if args.params_budget else None
+    latency, table = None, None
+    if args.latency_budget:
+        from rexsearch.latency import load_table, parse_latency_budget
+
+        latency = parse_latency_budget(args.latency_budget)
+        table = load_table(args.latency_table)
+    if table is not None and table.resolution != args.resolution:
+        raise UserError(
+            f"the latency table {args.latency_table} was built at {table.resolution}x{table.resolution} and "
+            f"the budget at {args.resolution}x{args.resolution}: build one at --resolution {args.resolution}"
+        )
+    if not 0.0 <= args.latency_margin < 1.0:
+        raise UserError(f"--latency-margin must be in [0, 1), got {args.latency_margin}")
+    return Budget(macs, params, args.resolution, latency, table, args.latency_margin, args.channel_multiple)

@@ -94,8 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--pick",
         choices=PICKS,
         default=None,
-        help="what 'best' maximises: accuracy (default; rank for rank-only runs), rank, or balanced "
-        "(the best sum of rank-normalised objectives over the feasible Pareto front)",
+        help="what 'best' optimises: accuracy (default; rank for rank-only runs), rank, latency (the "
+        "lowest; runs with a latency budget) or balanced (the best sum of rank-normalised objectives "
+        "over the feasible Pareto front)",
     )
     p.add_argument("--preset", metavar="NAME", help="export a preset instead of a trial")
     p.add_argument(

@@ -1,21 +1,25 @@
 """`rexsearch latency`, `rexsearch latency-table build|show|preview`.
 
-:func:`add_budget_flags` and :func:`budget_from_args` give any command the budget flags
-(`--flops-budget`, `--params-budget`, `--latency-budget`, `--latency-table`,
-`--channel-multiple`, `--resolution`) and turn them into a :class:`~rexsearch.space.Budget`.
+The budget flags (`--flops-budget`, `--latency-budget`, ...) are
+:func:`~rexsearch.cli.common.add_budget_flags`, shared with `run` and `space`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
-from rexsearch.cost import parse_budget
+from rexsearch.cli.common import (
+    add_budget_flags,
+    add_config_source,
+    load_config_source,
+    positive_int,
+    print_json,
+    print_table,
+)
 from rexsearch.errors import UserError
 from rexsearch.latency import (
     DEVICES,
@@ -25,9 +29,8 @@ from rexsearch.latency import (
     environment,
     load_table,
     measure_latency,
-    parse_latency_budget,
 )
-from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+from rexsearch.space import SPACES_DIR
 
 
 def _env_flags(p: argparse.ArgumentParser) -> None:
@@ -38,54 +41,6 @@ def _env_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, usually all cores)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--resolution", type=positive_int, default=224, help="input size (default 224)")
-
-
-def add_budget_flags(p: argparse.ArgumentParser, flops_required: bool = False) -> None:
-    """The budget flags; a latency budget may stand alone or join the MACs/params budgets."""
-    p.add_argument("--flops-budget", required=flops_required, metavar="B", help="MACs budget, e.g. 400M")
-    p.add_argument("--params-budget", metavar="P", help="parameter budget, e.g. 5M")
-    p.add_argument("--latency-budget", metavar="T", help="predicted latency budget: 12ms, 0.012s or 12 (ms)")
-    p.add_argument(
-        "--latency-table", metavar="FILE", help="the table that predicts latency (latency-table build)"
-    )
-    p.add_argument(
-        "--latency-margin",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0)",
-    )
-    p.add_argument(
-        "--channel-multiple",
-        type=positive_int,
-        metavar="M",
-        help="round every width to a multiple of M, e.g. 8",
-    )
-    p.add_argument("--resolution", type=positive_int, default=224, help="budget resolution (default 224)")
-
-
-def budget_from_args(args: argparse.Namespace) -> Budget:
-    """A Budget from :func:`add_budget_flags`' flags (exit 2 on a bad value or a missing pair)."""
-    if args.latency_table and not args.latency_budget:
-        raise UserError("--latency-table is used with --latency-budget; give both")
-    if args.latency_budget and not args.latency_table:
-        raise UserError(
-            "--latency-budget needs --latency-table FILE (build one with `rexsearch latency-table build`)"
-        )
-    if not args.flops_budget and not args.latency_budget:
-        raise UserError("give a budget: --flops-budget B and/or --latency-budget T with --latency-table FILE")
-    macs = parse_budget(args.flops_budget, "--flops-budget") if args.flops_budget else None
-    params = parse_budget(args.params_budget, "--params-budget") if args.params_budget else None
-    latency = parse_latency_budget(args.latency_budget) if args.latency_budget else None
-    table = load_table(args.latency_table) if args.latency_table else None
-    if table is not None and table.resolution != args.resolution:
-        raise UserError(
-            f"the latency table {args.latency_table} was built at {table.resolution}x{table.resolution} and "
-            f"the budget at {args.resolution}x{args.resolution}: build one at --resolution {args.resolution}"
-        )
-    if not 0.0 <= args.latency_margin < 1.0:
-        raise UserError(f"--latency-margin must be in [0, 1), got {args.latency_margin}")
-    return Budget(macs, params, args.resolution, latency, table, args.latency_margin, args.channel_multiple)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -244,33 +199,6 @@ def cmd_table_show(args: argparse.Namespace) -> int:
 
 
 def cmd_table_preview(args: argparse.Namespace) -> int:
-    budget = budget_from_args(args)
-    space = load_space(args.space)
-    check_feasible(space, budget, seed=args.seed)
-    candidates = space.sample(budget, args.sample, seed=args.seed)
-    if args.json:
-        for cand in candidates:
-            print(json.dumps(cand.to_dict()))
-        return 0
-    limits = []
-    if budget.macs is not None:
-        limits.append(f"{budget.macs:,} MACs")
-    if budget.latency_ms is not None:
-        limits.append(f"{budget.latency_ms:g} ms predicted")
-    if budget.channel_multiple:
-        limits.append(f"widths multiples of {budget.channel_multiple}")
-    print(f"{space.name}: {len(candidates)} candidates under {', '.join(limits)} at {budget.resolution}px")
-    print_table(
-        ["#", "MACs", "params", "predicted ms", "channels"],
-        [
-            [
-                i,
-                f"{cand.cost.macs:,}",
-                f"{cand.cost.params:,}",
-                "-" if cand.latency_ms is None else f"{cand.latency_ms:.2f}",
-                " ".join(map(str, cand.config.out_channels)),
-            ]
-            for i, cand in enumerate(candidates)
-        ],
-    )
-    return 0
+    from rexsearch.cli.search import cmd_space
+
+    return cmd_space(args)

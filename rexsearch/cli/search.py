@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import positive_int, print_table
-from rexsearch.cost import format_count, parse_budget
+from rexsearch.cli.common import add_budget_flags, budget_from_args, positive_int, print_table
+from rexsearch.cost import format_count
 from rexsearch.errors import UserError
 from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
 
@@ -37,18 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help=command_help("run"),
         description="Search channel configurations inside a MACs budget (conv+linear multiply-"
-        "accumulates at --resolution, batch 1). Trials train CIFAR-100 proxies on Ray Tune; Optuna "
-        "maximises proxy accuracy and feature rank. Writes a run directory (run.json, study.db, "
+        "accumulates at --resolution, batch 1) and/or a latency budget predicted by a latency table "
+        "of this machine. Trials train CIFAR-100 proxies on Ray Tune; Optuna maximises proxy accuracy "
+        "and feature rank (and may minimise latency). Writes a run directory (run.json, study.db, "
         "ray/, trials.csv, report.html).",
     )
-    p.add_argument("--flops-budget", metavar="B", help="MACs budget, e.g. 400M, 0.4G, 400e6 (required)")
-    p.add_argument("--params-budget", metavar="P", help="parameter budget, e.g. 5M")
-    p.add_argument("--resolution", type=positive_int, default=224, help="budget resolution (default 224)")
+    add_budget_flags(p)
     p.add_argument("--space", default="rexnet", help=f"space name ({shipped}) or YAML file (default rexnet)")
     p.add_argument(
         "--objectives",
         default="accuracy,rank",
-        help="comma-separated: accuracy, rank (default accuracy,rank; 'rank' alone needs no data)",
+        help="comma-separated: accuracy, rank, latency (minimised; needs --latency-budget) "
+        "(default accuracy,rank; without accuracy no data is needed)",
     )
     p.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random (default tpe)")
     p.add_argument("--trials", type=positive_int, default=64, help="trials to finish (default 64)")
@@ -117,25 +117,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "space",
         help=command_help("space"),
-        description="Sample a search space under a MACs budget; every candidate lands in [0.97 B, B].",
+        description="Sample a search space under a MACs budget (every candidate lands in [0.97 B, B]) "
+        "and/or a predicted latency budget, widths optionally rounded to a multiple (--channel-multiple).",
     )
     p.add_argument("space", metavar="SPACE", help=f"space name ({shipped}) or YAML file")
-    p.add_argument("--flops-budget", required=True, metavar="B")
-    p.add_argument("--params-budget", metavar="P")
-    p.add_argument("--resolution", type=positive_int, default=224)
+    add_budget_flags(p)
     p.add_argument("--sample", type=positive_int, default=5, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="JSON lines, one candidate each")
     p.set_defaults(handler=cmd_space)
 
 
-def _budget(args: argparse.Namespace) -> Budget:
-    params = parse_budget(args.params_budget, "--params-budget") if args.params_budget else None
-    return Budget(parse_budget(args.flops_budget, "--flops-budget"), params, args.resolution)
-
-
 def cmd_space(args: argparse.Namespace) -> int:
-    budget = _budget(args)
+    """`rexsearch space` (and `latency-table preview`): candidates under the budget flags."""
+    budget = budget_from_args(args)
     space = load_space(args.space)
     check_feasible(space, budget, seed=args.seed)
     candidates = space.sample(budget, args.sample, seed=args.seed)
@@ -143,15 +138,25 @@ def cmd_space(args: argparse.Namespace) -> int:
         for c in candidates:
             print(json.dumps(c.to_dict()))
         return 0
+    limits = [] if budget.macs is None else [f"in [{budget.lower:,}, {budget.macs:,}] MACs"]
+    if budget.params is not None:
+        limits.append(f"under {budget.params:,} params")
+    if budget.latency_ms is not None:
+        margin = f" less {budget.latency_margin:.0%}" if budget.latency_margin else ""
+        limits.append(f"under {budget.latency_ms:g} ms{margin} predicted")
+    if budget.channel_multiple:
+        limits.append(f"widths multiples of {budget.channel_multiple}")
     print(
-        f"{space.name}: {len(candidates)} candidates in [{budget.lower:,}, {budget.macs:,}] MACs "
+        f"{space.name}: {len(candidates)} candidates {', '.join(limits)} "
         f"at {budget.resolution}x{budget.resolution}"
     )
+    latency = budget.latency_ms is not None
     rows = [
         [
             i,
             f"{c.cost.macs:,}",
             f"{c.cost.params:,}",
+            *([f"{c.latency_ms:.2f}"] if latency else []),
             c.config.depth,
             c.config.expand_layers,
             c.config.activation,
@@ -159,7 +164,8 @@ def cmd_space(args: argparse.Namespace) -> int:
         ]
         for i, c in enumerate(candidates)
     ]
-    print_table(["#", "MACs", "params", "depth", "expand", "act", "channels"], rows)
+    headers = ["#", "MACs", "params", *(["predicted ms"] if latency else []), "depth", "expand", "act"]
+    print_table([*headers, "channels"], rows)
     return 0
 
 
@@ -179,6 +185,8 @@ class _LiveView:
             best.append(f"acc {p.best_accuracy:.4f}")
         if p.best_rank is not None:
             best.append(f"rank {p.best_rank:.4f}")
+        if p.best_latency is not None:
+            best.append(f"latency {p.best_latency:.2f} ms")
         eta = f", ETA {_duration(p.eta)}" if p.eta is not None else ""
         line = (
             f"[{p.done + p.failed + p.pruned}/{p.total}] done {p.done}, running {p.running}, "
@@ -238,11 +246,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir RUN_DIR (or use `rexsearch resume RUN_DIR`)")
         return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path)
-    if not args.flops_budget:
-        raise UserError("--flops-budget is required, e.g. --flops-budget 400M")
     from rexsearch.search import SearchSettings
 
-    budget = _budget(args)
+    budget = budget_from_args(args)
+    _check_latency_table(budget, args.latency_table)
     run_dir = args.run_dir or str(Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
     settings = SearchSettings(
         run_dir=run_dir,
@@ -270,6 +277,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         trial_timeout=args.trial_timeout,
         trial_retries=args.trial_retries,
         keep_weights=args.keep_weights,
+        latency_budget_ms=budget.latency_ms,
+        latency_table=str(Path(args.latency_table).resolve()) if args.latency_table else None,
+        latency_margin=budget.latency_margin,
+        channel_multiple=budget.channel_multiple,
     )
     settings.validate()
     space = load_space(settings.space)
@@ -280,6 +291,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = _LiveView(args.quiet)
     confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
     return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
+
+
+def _check_latency_table(budget: Budget, path: str | Path | None) -> None:
+    """A run measures latency here: refuse a table from another device or runtime before Ray starts."""
+    if budget.latency_table is not None:
+        from rexsearch.latency import check_table_here
+
+        check_table_here(budget.latency_table, f"the latency table {path}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -297,6 +316,7 @@ def _resume(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = load_run(run_dir)
     settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
+    _check_latency_table(settings.budget, settings.latency_table_path())
     check_resumable(run)  # read only: a missing, renamed or empty study writes nothing, not even the lock
     lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
     try:
@@ -443,6 +463,8 @@ def print_front(results) -> None:
 
     front = results.front
     names = list(results.objectives)
+    if results.budget.latency_ms is not None and "latency" not in names:
+        names.append("latency")
     res = results.budget.resolution
     print(f"Pareto front ({len(front)} trials; MACs = conv+linear multiply-accumulates at {res}x{res}):")
     if front.empty:

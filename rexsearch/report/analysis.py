@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from rexsearch.config import ReXNetConfig
-from rexsearch.results import METRICS, RunResults, record_config
+from rexsearch.results import METRICS, RunResults, directions, record_config
 
 #: Fewest complete searched trials for which parameter importances are computed.
 MIN_IMPORTANCE_TRIALS = 5
@@ -132,10 +132,10 @@ def single_training_verdict(g: Groups) -> str:
     """One sentence from one training per config: did the best searched config beat the baselines."""
     metric = g.metric
     m = METRICS[metric]
-    budget = fmt_macs(g.run.flops_budget)
+    budget = g.run.describe_budget()
     best = g.best_searched()
     if best is None:
-        return f"No searched trial completed within the {budget} MACs budget; nothing to compare."
+        return f"No searched trial completed within the budget ({budget}); nothing to compare."
     head = (
         f"The best searched config (trial #{best['number']}, {metric} {m.format(best[metric])}, "
         f"{fmt_macs(best['macs'])} MACs)"
@@ -163,7 +163,7 @@ def single_training_verdict(g: Groups) -> str:
         outcome = f"beats {wins} of {compared} baselines"
     else:
         outcome = "does not beat the baselines"
-    return f"{head} {outcome} at the {budget} MACs budget: " + "; ".join(parts) + "."
+    return f"{head} {outcome} at the budget ({budget}): " + "; ".join(parts) + "."
 
 
 def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> list[dict[str, Any]]:
@@ -195,7 +195,7 @@ def importances(study: Any, searched_numbers: set[int], objectives: Sequence[str
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
     try:
-        sub = optuna.create_study(directions=["maximize"] * len(objectives))
+        sub = optuna.create_study(directions=directions(objectives))
     finally:
         optuna.logging.set_verbosity(verbosity)
     sub.add_trials(trials)
@@ -209,7 +209,8 @@ def importances(study: Any, searched_numbers: set[int], objectives: Sequence[str
                 out[name] = optuna.importance.get_param_importances(
                     sub,
                     evaluator=optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile),
-                    target=lambda t, i=i: -t.values[i],  # PED-ANOVA treats lower as better
+                    # PED-ANOVA treats lower as better
+                    target=lambda t, i=i, s=(-1.0 if METRICS[name].maximize else 1.0): s * t.values[i],
                 )
         except Exception as exc:  # importance is optional: report why it is missing
             out[name] = f"could not be computed ({type(exc).__name__}: {exc})"

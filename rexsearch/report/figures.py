@@ -28,9 +28,13 @@ _STYLE = {
 
 
 def _hover(df: pd.DataFrame, metric: str) -> list[str]:
+    def latency(r: Any) -> str:
+        value = getattr(r, "latency", None)
+        return "" if value is None or pd.isna(value) else f"<br>latency {fmt_metric('latency', value)}"
+
     return [
         f"#{r.number} {r.baseline or ''}<br>{metric} {fmt_metric(metric, getattr(r, metric))}"
-        f"<br>MACs {fmt_macs(r.macs)}<br>config {r.config_hash}"
+        f"<br>MACs {fmt_macs(r.macs)}{latency(r)}<br>config {r.config_hash}"
         for r in df.itertuples()
     ]
 
@@ -85,8 +89,9 @@ def _macs_window(g: Groups, info: RunInfo) -> tuple[tuple[float, float] | None, 
     outliers = g.infeasible["macs"].dropna()
     if inside.empty or outliers.empty:
         return None, ""
-    lo, hi = float(inside.min()), max(float(inside.max()), float(info.flops_budget))
-    pad = max(0.1 * (hi - lo), 0.005 * info.flops_budget)
+    budget = info.flops_budget
+    lo, hi = float(inside.min()), max(float(inside.max()), float(budget or 0))
+    pad = max(0.1 * (hi - lo), 0.005 * (budget or hi))
     beyond = outliers[outliers > hi + pad]
     if beyond.empty:
         return None, ""
@@ -102,7 +107,10 @@ def pareto_figures(g: Groups, info: RunInfo) -> list[str]:
     label = METRICS[metric].label
     fig = go.Figure()
     _add_groups(fig, g, "macs", metric, maximize_x=False, xscale=1e6)
-    fig.add_vline(x=info.flops_budget / 1e6, line_dash="dash", line_color="#555", annotation_text="budget")
+    if info.flops_budget is not None:
+        fig.add_vline(
+            x=info.flops_budget / 1e6, line_dash="dash", line_color="#555", annotation_text="budget"
+        )
     window, note = _macs_window(g, info)
     if window is not None:
         fig.update_xaxes(range=[window[0] / 1e6, window[1] / 1e6])
@@ -129,7 +137,30 @@ def pareto_figures(g: Groups, info: RunInfo) -> list[str]:
         )
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=label, height=480)
     out.append(figure_html(fig, "pareto-rank"))
+    if info.latency_budget_ms is not None:
+        out.append(_latency_figure(g, info))
     return out
+
+
+def _latency_figure(g: Groups, info: RunInfo) -> str:
+    """The primary metric against latency (measured on the worker, else predicted), with the budget."""
+    import plotly.graph_objects as go
+
+    metric = g.metric
+    fig = go.Figure()
+    _add_groups(fig, g, "latency", metric, maximize_x=False, xscale=1.0)
+    fig.add_vline(
+        x=info.latency_budget_ms, line_dash="dash", line_color="#555", annotation_text="latency budget"
+    )
+    env = info.latency_environment or {}
+    where = f" on {env.get('device_name')} ({env.get('runtime')}, {env.get('threads')} threads)"
+    fig.update_layout(
+        title=f"{METRICS[metric].label} vs latency (front: more {metric}, lower latency)",
+        xaxis_title=f"latency (ms, measured on the worker, else predicted){where if env else ''}",
+        yaxis_title=METRICS[metric].label,
+        height=480,
+    )
+    return figure_html(fig, "pareto-latency")
 
 
 def history_figure(frame: pd.DataFrame, info: RunInfo) -> str:
@@ -165,7 +196,8 @@ def history_figure(frame: pd.DataFrame, info: RunInfo) -> str:
                 col=1,
             )
         if not ok.empty:
-            best = ok.sort_values("number")[col].cummax()
+            ordered = ok.sort_values("number")[col]
+            best = ordered.cummax() if METRICS[name].maximize else ordered.cummin()
             fig.add_trace(
                 go.Scatter(
                     x=ok.sort_values("number")["number"],
@@ -356,7 +388,8 @@ def pareto_png(g: Groups, info: RunInfo, path: Path) -> None:
     for r in g.baselines.itertuples():
         xy = (r.macs / 1e6, getattr(r, metric) * scale)
         ax.annotate(r.baseline, xy, textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.axvline(info.flops_budget / 1e6, ls="--", c="#555", lw=1, label="budget")
+    if info.flops_budget is not None:
+        ax.axvline(info.flops_budget / 1e6, ls="--", c="#555", lw=1, label="budget")
     window, note = _macs_window(g, info)
     if window is not None:
         ax.set_xlim(window[0] / 1e6, window[1] / 1e6)

@@ -65,9 +65,11 @@ nav a{margin-right:14px}
 def summary_section(g: Groups) -> str:
     info, frame = g.run, g.results.table
     d = info.data
-    budget = f"{info.flops_budget:,} MACs ({fmt_macs(info.flops_budget)})"
-    if info.params_budget is not None:
-        budget += f", {info.params_budget:,} parameters"
+    budget = info.describe_budget()
+    env = info.latency_environment
+    if env:
+        budget += f" (latency on {env.get('device')} {env.get('device_name')}, {env.get('runtime')} "
+        budget += f"{env.get('runtime_version')}, {env.get('threads')} threads)"
     fidelity = d.get("fidelity") or {}
     counts = frame["state"].value_counts()
     space = d.get("space")
@@ -76,7 +78,10 @@ def summary_section(g: Groups) -> str:
         ["run directory", str(info.path)],
         ["command", mask_passwords(" ".join(map(str, d.get("command", [])))) or "n/a"],
         ["budget", f"{budget} at {info.resolution}x{info.resolution}"],
-        ["objectives", ", ".join(info.objectives) + " (all maximised)"],
+        [
+            "objectives",
+            ", ".join(f"{o} ({'max' if METRICS[o].maximize else 'min'}imised)" for o in info.objectives),
+        ],
         ["search space", space_text],
         ["sampler", str(d.get("sampler", "n/a"))],
         ["seed", str(d.get("seed", "n/a"))],
@@ -100,6 +105,7 @@ def pareto_section(g: Groups) -> str:
     info = g.run
     keys, maximize = front_keys(info.objectives)
     front = g.results.front
+    latency = info.latency_budget_ms is not None
     rows = [
         [
             f"#{r.number}",
@@ -108,10 +114,12 @@ def pareto_section(g: Groups) -> str:
             fnum(r.rank, 4),
             f"{r.macs:,}",
             f"{r.params:,}",
+            *([fmt_metric("latency", r.latency)] if latency else []),
             r.config_hash,
         ]
         for r in front.itertuples()
     ]
+    headers = ["trial", "kind", "accuracy", "rank", "MACs", "params", *(["latency"] if latency else [])]
     what = ", ".join(f"{'max' if m else 'min'} {k}" for k, m in zip(keys, maximize, strict=True))
     return section(
         "pareto",
@@ -123,7 +131,7 @@ def pareto_section(g: Groups) -> str:
         ),
         *pareto_figures(g, info),
         f"<h3>Feasible Pareto front of the study ({html.escape(what)})</h3>",
-        table(["trial", "kind", "accuracy", "rank", "MACs", "params", "config"], rows),
+        table([*headers, "config"], rows),
         para(f"Static version: {PARETO_PNG} in the run directory.", "muted"),
     )
 

@@ -152,6 +152,13 @@ class Resources:
 def cluster_resources(settings: SearchSettings) -> Resources:
     """The per-trial request (flags or defaults), refused when no node or setup can run it."""
     cpus, gpus = default_resources(settings)
+    table = settings.budget.latency_table
+    if table is not None and table.environment.threads > max(1.0, cpus):
+        raise UserError(
+            f"the latency table was measured with {table.environment.threads} threads, but a trial gets "
+            f"{cpus:g} CPU; pass --cpus-per-trial {table.environment.threads} or build a table with "
+            f"--threads {max(1, int(cpus))}"
+        )
     total = check_resources(cpus, gpus)
     nodes = int(total["nodes"])
     check_cluster(settings, nodes)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rexsearch.results import directions
 from rexsearch.rundir import RunInfo, RunLock, load_run
 from rexsearch.search.cluster import Resources, cluster_resources
 from rexsearch.search.settings import SearchSettings
@@ -77,6 +78,9 @@ def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources) -> T
         keep_weights=settings.keep_weights,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
+        latency_environment=(
+            settings.budget.latency_table.environment.to_dict() if settings.budget.latency_table else None
+        ),
     )
 
 
@@ -147,10 +151,11 @@ def _execute(
             reduction_factor=3,
         )
     single = len(settings.objectives) == 1
+    modes = ["max" if d == "maximize" else "min" for d in directions(settings.objectives)]
     searcher = StudySearcher(
         TrialDecoder(space, budget),
         metric=settings.objectives[0] if single else list(settings.objectives),
-        mode="max" if single else ["max"] * len(settings.objectives),
+        mode=modes[0] if single else modes,
         sampler=make_sampler(settings.sampler, seed, len(settings.objectives)),
         study_name=settings.study_name,
         storage=storage,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
 from rexsearch.results import OBJECTIVES
 from rexsearch.rundir import (
+    LATENCY_TABLE,
     RAY_DIR,
     RUN_JSON,
     RunInfo,
@@ -35,7 +37,7 @@ class SearchSettings:
     """Everything a run needs; recorded in run.json (the contract of ``rexsearch run``)."""
 
     run_dir: str
-    flops_budget: int
+    flops_budget: int | None
     params_budget: int | None = None
     resolution: int = 224
     space: str = "rexnet"
@@ -61,10 +63,35 @@ class SearchSettings:
     keep_weights: bool = False
     rank_samples: int | None = None
     asha_min_epochs: int = 4
+    latency_budget_ms: float | None = None
+    latency_table: str | None = None  # the table file as given; the run keeps a copy (LATENCY_TABLE)
+    latency_margin: float = 0.0
+    channel_multiple: int | None = None
 
-    @property
+    def latency_table_path(self) -> Path | None:
+        """The run's copy of its latency table once the run exists, else the file given."""
+        if self.latency_table is None:
+            return None
+        copy = Path(self.run_dir) / LATENCY_TABLE
+        return copy if copy.is_file() else Path(self.latency_table)
+
+    @cached_property
     def budget(self) -> Budget:
-        return Budget(self.flops_budget, self.params_budget, self.resolution)
+        table = None
+        path = self.latency_table_path()
+        if self.latency_budget_ms is not None and path is not None:
+            from rexsearch.latency import load_table
+
+            table = load_table(path)
+        return Budget(
+            self.flops_budget,
+            self.params_budget,
+            self.resolution,
+            self.latency_budget_ms,
+            table,
+            self.latency_margin,
+            self.channel_multiple,
+        )
 
     @property
     def needs_data(self) -> bool:
@@ -120,6 +147,10 @@ class SearchSettings:
             raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
         if self.trial_retries < 0:
             raise UserError(f"--trial-retries must not be negative, got {self.trial_retries}")
+        if "latency" in self.objectives and self.latency_budget_ms is None:
+            raise UserError(
+                "--objectives latency needs a latency budget: --latency-budget T --latency-table FILE"
+            )
 
     @property
     def train_split_images(self) -> int:
@@ -192,6 +223,19 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
 
 
 def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[str], recorded: dict) -> None:
+    budget = settings.budget
+    latency: dict[str, Any] = {}
+    if budget.latency_table is not None:
+        budget.latency_table.save(run_dir / LATENCY_TABLE)
+        latency = {
+            "latency_ms": budget.latency_ms,
+            "latency_margin": budget.latency_margin,
+            "latency_table": {
+                "path": str(Path(settings.latency_table or "").resolve()),
+                "copy": LATENCY_TABLE,
+                "environment": budget.latency_table.environment.to_dict(),
+            },
+        }
     write_run_json(
         run_dir,
         {
@@ -202,6 +246,8 @@ def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[s
                 "flops": settings.flops_budget,
                 "params": settings.params_budget,
                 "resolution": settings.resolution,
+                "channel_multiple": settings.channel_multiple,
+                **latency,
             },
             "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
             "objectives": list(settings.objectives),

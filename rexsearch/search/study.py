@@ -23,6 +23,7 @@ from rexsearch.results import (
     INTERRUPTED_ERROR,
     candidate_record,
     constraint_values,
+    directions,
     error_text,
     result_record,
 )
@@ -64,7 +65,7 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage) -
     study = optuna.create_study(
         storage=storage,
         study_name=settings.study_name,
-        directions=["maximize"] * len(settings.objectives),
+        directions=directions(settings.objectives),
         load_if_exists=True,
     )
     if list(study.metric_names or []) != list(settings.objectives):
@@ -80,6 +81,8 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage) -
     study.set_user_attr("resolution", settings.resolution)
     study.set_user_attr("flops_budget", settings.flops_budget)
     study.set_user_attr("params_budget", settings.params_budget)
+    if settings.latency_budget_ms is not None:
+        study.set_user_attr("latency_budget_ms", settings.latency_budget_ms)
     return study
 
 
@@ -109,13 +112,14 @@ class TrialDecoder:
         return {"candidate": self._payload(trial, candidate.config)}
 
     def _payload(self, trial: Any, config: ReXNetConfig) -> dict[str, Any]:
-        record = candidate_record(config, self.budget.resolution)
+        record = candidate_record(config, self.budget.resolution, self.budget.predict_ms(config))
         for key, value in record.items():
             trial.set_user_attr(key, value)
         return {
             "config": record["config"],
             "macs": record["macs"],
             "params": record["params"],
+            "latency_ms": record.get("latency_ms"),
             "number": trial.number,
         }
 
@@ -206,9 +210,10 @@ def record_outcome(
     if frozen.state.is_finished():  # already recorded (e.g. before a crash)
         return frozen.state
     result = result or {}
-    for key, value in result_record(result).items():
+    measured = result_record(result)
+    for key, value in measured.items():
         storage.set_trial_user_attr(trial_id, key, value)
-    constraints = constraint_values(frozen.user_attrs, budget)
+    constraints = constraint_values({**frozen.user_attrs, **measured}, budget)
     if constraints is not None:
         storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, constraints)
     values = None

@@ -37,6 +37,9 @@ class TrialJob:
     keep_weights: bool = False
     epochs: int = 30
     batch_size: int = 128
+    #: Where the run's latency table was measured (:class:`~rexsearch.latency.Environment` as a
+    #: dict): a worker on that device and runtime measures each candidate's latency.
+    latency_environment: dict[str, Any] | None = None
 
     @property
     def needs_training(self) -> bool:
@@ -113,6 +116,9 @@ def _run_trial(
             f"said {candidate['macs']:,} / {candidate['params']:,}"
         )
     deadline.check("after the fvcore count")
+    if job.latency_environment is not None:
+        _measure_latency(config, candidate, job, base, collected)
+        deadline.check("after the latency measurement")
     proxy = proxy_config(config)
     rank_kwargs = {"samples": job.rank_samples} if job.rank_samples else {}
     rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=seed, **rank_kwargs)
@@ -165,3 +171,23 @@ def _run_trial(
             "final": True,
         }
     )
+
+
+def _measure_latency(
+    config: ReXNetConfig,
+    candidate: dict[str, Any],
+    job: TrialJob,
+    base: dict[str, Any],
+    collected: dict[str, Any],
+) -> None:
+    """Time the target network when this worker is the table's device and runtime (a few runs, the
+    table's threads); the ``latency`` objective is the measurement, else the prediction."""
+    from rexsearch.latency import Environment, measure_for_trial
+
+    measured, note = measure_for_trial(config, job.resolution, Environment.from_dict(job.latency_environment))
+    collected["latency_note"] = note
+    if measured is not None:
+        collected["latency_measured_ms"] = measured
+    value = measured if measured is not None else candidate.get("latency_ms")
+    if value is not None:
+        base["latency"] = float(value)

@@ -163,6 +163,7 @@ class Progress:
     pruned: int = 0
     best_accuracy: float | None = None
     best_rank: float | None = None
+    best_latency: float | None = None  # the lowest (measured, else predicted) latency, ms
     started: float = field(default_factory=time.time)
 
     @property
@@ -211,11 +212,15 @@ class LiveView(Callback):
             self.failures[0] += 1
         elif result.get("final") and not result.get("infeasible"):
             p.done += 1
-            for key, attr in (("accuracy", "best_accuracy"), ("rank", "best_rank")):
+            for key, attr, better in (
+                ("accuracy", "best_accuracy", max),
+                ("rank", "best_rank", max),
+                ("latency", "best_latency", min),
+            ):
                 value = result.get(key)
                 if isinstance(value, float) and math.isfinite(value):
                     current = getattr(p, attr)
-                    setattr(p, attr, value if current is None else max(current, value))
+                    setattr(p, attr, value if current is None else better(current, value))
         else:
             p.pruned += 1
         self._update(trials)
