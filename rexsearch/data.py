@@ -125,6 +125,14 @@ def cifar100_md5() -> str:
     return (os.environ.get(ENV_MD5) or CIFAR100_MD5).lower()
 
 
+def dataset_identity() -> dict[str, Any]:
+    """What run.json records about the training data: the archive's md5 and whether it is
+    CIFAR-100's own (``REXSEARCH_CIFAR100_MD5`` admits any archive in its format: a mirror,
+    or a stand-in data set whose numbers are not CIFAR-100's)."""
+    md5 = cifar100_md5()
+    return {"archive_md5": md5, "cifar100": md5 == CIFAR100_MD5}
+
+
 def file_md5(path: str | Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

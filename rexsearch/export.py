@@ -432,7 +432,8 @@ def _trial_card(
         *metrics,
         "",
         f"Proxy fidelity: {json.dumps(fidelity)}. Proxy accuracy is top-1 on a held-out part of the "
-        "CIFAR-100 training set; rank is the mean normalized feature rank.",
+        "CIFAR-100 training set; rank is the mean normalized feature rank."
+        + (f" **{info.stand_in_data}**" if info.stand_in_data else ""),
         "",
         "## Weights",
         "",

@@ -111,6 +111,19 @@ class RunInfo:
         return None if value is None else float(value)
 
     @property
+    def stand_in_data(self) -> str | None:
+        """A sentence when the run trained on an archive other than CIFAR-100's own (run.json's
+        ``data``), else None (CIFAR-100, a rank-only run, or a run recorded before the field)."""
+        data = self.data.get("data")
+        if not isinstance(data, dict) or data.get("cifar100", True):
+            return None
+        return (
+            f"This run trained on an archive other than CIFAR-100's original (md5 "
+            f"{data.get('archive_md5')}, admitted by REXSEARCH_CIFAR100_MD5): unless it is a re-packed "
+            "CIFAR-100, this is a stand-in data set and its accuracies are not CIFAR-100's."
+        )
+
+    @property
     def latency_environment(self) -> dict[str, Any] | None:
         """Where the run's latency table was measured (run.json), or None without a latency budget."""
         table = self.data["budget"].get("latency_table")
@@ -243,7 +256,8 @@ def _check_keys(meta: Path, data: dict[str, Any]) -> None:
     budget = data["budget"]
     if not isinstance(budget, dict):
         raise bad("budget", "an object with flops, params and resolution")
-    for key, optional in (("flops", False), ("params", True), ("resolution", False)):
+    latency_only = budget.get("latency_ms") is not None  # a latency budget may stand alone
+    for key, optional in (("flops", latency_only), ("params", True), ("resolution", False)):
         value = budget.get(key)
         if value is None and optional:
             continue

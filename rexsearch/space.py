@@ -607,6 +607,7 @@ def smallest_reachable_latency(space: Space, budget: Budget, samples: int = 200,
             best = min(best, budget.latency_table.predict(cfg, budget.resolution))
     if best == math.inf:
         raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
+    return best
 
 
 def largest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:

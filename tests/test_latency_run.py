@@ -188,8 +188,9 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
     budget += ["--latency-margin", "0.05", "--resolution", RES]
     runs = ["--objectives", "rank,latency", "--trials", "3", "--cpus-per-trial", "1"]
     code = main(["run", *budget, *runs, "--run-dir", str(run_dir), "--quiet"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     assert "latency" in out.split("Pareto front (", 1)[1].splitlines()[1]  # a column of the printed front
 
     info = load_run(run_dir)

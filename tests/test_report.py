@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 
 import optuna
@@ -190,3 +192,17 @@ def test_cli_report(run, capsys):
 def test_cli_report_missing_run_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no run directory" in capsys.readouterr().err
+
+
+def test_a_stand_in_data_set_is_named_in_the_report_and_the_model_card(tmp_path):
+    run = runfixture.make_run(tmp_path / "digits")
+    data = json.loads((run.path / "run.json").read_text())
+    data["data"] = {"archive_md5": "8ff0a6958216c060e5251a16e5da5800", "cifar100": False}
+    (run.path / "run.json").write_text(json.dumps(data))
+    page = html.unescape(write_report(run.path).read_text(encoding="utf-8"))
+    assert "not CIFAR-100's" in page and "8ff0a6958216c060e5251a16e5da5800" in page
+    assert main(["export", str(run.path), "--out", str(tmp_path / "best")]) == 0
+    assert "not CIFAR-100's" in (tmp_path / "best" / "README.md").read_text()
+    data["data"]["cifar100"] = True
+    (run.path / "run.json").write_text(json.dumps(data))
+    assert "stand-in" not in write_report(run.path).read_text(encoding="utf-8")

@@ -81,6 +81,9 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
     assert meta["budget"]["flops"] == 150_000_000 and meta["seed"] == 3
     assert meta["fidelity"]["epochs"] == 1 and meta["objectives"] == ["accuracy", "rank"]
     assert (run_dir / "report.html").exists() and (run_dir / "trials.csv").exists()
+    # the test archive is admitted by REXSEARCH_CIFAR100_MD5: the run says it is not CIFAR-100
+    assert meta["data"] == {"archive_md5": os.environ["REXSEARCH_CIFAR100_MD5"], "cifar100": False}
+    assert "stand-in data set" in (run_dir / "report.html").read_text(encoding="utf-8")
 
 
 def _failing_trial(tune_config, split=None, job=None):

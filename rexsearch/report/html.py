@@ -90,6 +90,8 @@ def summary_section(g: Groups) -> str:
         ["versions", ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items()) or "n/a"],
     ]
     parts = [table(None, rows), para(macs_convention(info.resolution), "note")]
+    if info.stand_in_data:
+        parts.insert(0, para(info.stand_in_data, "note"))
     if g.metric == "rank":
         parts.append(
             para(

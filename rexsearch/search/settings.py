@@ -223,6 +223,8 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
 
 
 def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[str], recorded: dict) -> None:
+    from rexsearch.data import dataset_identity
+
     budget = settings.budget
     latency: dict[str, Any] = {}
     if budget.latency_table is not None:
@@ -252,6 +254,7 @@ def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[s
             "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
             "objectives": list(settings.objectives),
             "fidelity": settings.fidelity(),
+            **({"data": dataset_identity()} if settings.needs_data else {}),
             "storage": stored_storage(settings.storage, run_dir),
             "study_name": settings.study_name,
             "sampler": settings.sampler,
