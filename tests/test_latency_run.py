@@ -207,7 +207,8 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
     for t in trials:
         assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
         attrs = t.user_attrs
-        assert attrs["latency_ms"] <= budget_ms * 0.95
+        # the budget as the run got it (the flag carries 4 decimals), less the 5% margin
+        assert attrs["latency_ms"] <= meta["latency_ms"] * (1 - meta["latency_margin"])
         assert attrs["latency_measured_ms"] > 0 and "measured on the worker" in attrs["latency_note"]
         assert t.values[1] == pytest.approx(attrs["latency_measured_ms"])  # the objective is the measurement
         over = attrs["latency_measured_ms"] - info.latency_budget_ms
