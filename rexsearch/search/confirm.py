@@ -207,6 +207,7 @@ def execute_confirm(
     from rexsearch.rundir import load_run
     from rexsearch.search.run import trial_job
     from rexsearch.search.trial import trial_function
+    from rexsearch.search.tune import fit, run_config, trainable
 
     run = load_run(settings.run_dir)
     resources = resources or cluster_resources(settings)
@@ -235,28 +236,14 @@ def execute_confirm(
     job = replace(trial_job(settings, run, resources), objectives=("accuracy",), epochs=confirm_plan.epochs)
     job = replace(job, keep_weights=False)
 
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_function, split=split, job=job),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
-    )
+    fn = trainable(trial_function, split, job, resources)
     tuner = tune.Tuner(
-        trainable,
+        fn,
         param_space={"candidate": tune.grid_search(candidates)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=settings.max_concurrent),
-        run_config=tune.RunConfig(
-            name=time.strftime("confirm-%Y%m%d-%H%M%S"),
-            storage_path=settings.ray_storage_path(),
-            verbose=0,
-            callbacks=[recorder],
-            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+        run_config=run_config(settings, "confirm", [recorder]),
     )
-    interrupted = False
-    try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        interrupted = True
+    interrupted = fit(tuner)
     fail_running(study)
     return ConfirmOutcome(run, confirm_plan, recorder.done, time.monotonic() - start, interrupted)
 

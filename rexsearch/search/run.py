@@ -8,7 +8,6 @@ the new session runs exactly the trials still missing.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,16 @@ from rexsearch.search.study import (
     session_seed,
 )
 from rexsearch.search.trial import TrialJob, trial_function
-from rexsearch.search.tune import FailureStopper, LiveView, Progress, RecordingASHA, StudySearcher
+from rexsearch.search.tune import (
+    FailureStopper,
+    LiveView,
+    Progress,
+    RecordingASHA,
+    StudySearcher,
+    fit,
+    run_config,
+    trainable,
+)
 from rexsearch.space import load_space
 from rexsearch.storage import open_storage
 
@@ -163,16 +171,11 @@ def _execute(
         budget=budget,
         pruned_ids=pruned_ids,
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trainable_fn or trial_function, split=split, job=trial_job(settings, run, resources)
-        ),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
-    )
+    fn = trainable(trainable_fn or trial_function, split, trial_job(settings, run, resources), resources)
     progress = Progress(total=target, done=counts["finished"])
     failures = [0]
     tuner = tune.Tuner(
-        trainable,
+        fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -180,22 +183,14 @@ def _execute(
             max_concurrent_trials=settings.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=time.strftime("session-%Y%m%d-%H%M%S"),
-            storage_path=settings.ray_storage_path(),
-            verbose=0,
+        run_config=run_config(
+            settings,
+            "session",
+            [LiveView(progress, on_progress, failures, on_event, searcher.note_error)],
             stop=FailureStopper(settings.max_failures, failures),
-            callbacks=[LiveView(progress, on_progress, failures, on_event, searcher.note_error)],
-            # retried: trials whose worker or node died; a trial's own errors are reported, not raised
-            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    interrupted = False
-    try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        interrupted = True
+    interrupted = fit(tuner)
     searcher.flush_errors()
     finished = count_finished(study)
     if finished < target and failures[0] < settings.max_failures:

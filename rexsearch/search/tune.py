@@ -151,6 +151,43 @@ class FailureStopper(Stopper):
         return self.failures[0] >= self.max_failures
 
 
+# ---------------------------------------------------------------------------- sessions
+def trainable(fn: Callable[..., None], split: Any, job: Any, resources: Any) -> Any:
+    """``fn`` as a Tune trainable with the session's data, job and per-trial resources."""
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(fn, split=split, job=job),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+
+
+def run_config(settings: Any, prefix: str, callbacks: list[Any], stop: Any = None) -> Any:
+    """Ray Tune's RunConfig of a session: a dated experiment under the run's storage path;
+    trials whose worker or node died are retried (``--trial-retries``), a trial's own
+    errors are reported, not raised."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=time.strftime(f"{prefix}-%Y%m%d-%H%M%S"),
+        storage_path=settings.ray_storage_path(),
+        verbose=0,
+        stop=stop,
+        callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def fit(tuner: Any) -> bool:
+    """Run the tuner; True when Ctrl-C (or SIGTERM, turned into it) stopped it."""
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------- progress
 @dataclass
 class Progress:
