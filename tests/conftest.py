@@ -173,3 +173,32 @@ def run_driver_script(script: str, *args: str, timeout: float = 300) -> dict:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def storage_run_args(run_dir, storage: str, study: str = "rexsearch") -> list[str]:
+    """A short rank-only `rexsearch run` on ``storage`` (3 trials, 1 CPU each)."""
+    return [
+        "run",
+        "--flops-budget",
+        "200M",
+        "--objectives",
+        "rank",
+        "--trials",
+        "3",
+        "--cpus-per-trial",
+        "1",
+        "--storage",
+        storage,
+        "--study-name",
+        study,
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+    ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import threading
 import urllib.request
 import uuid
@@ -19,6 +18,7 @@ import uuid
 import optuna
 import pgserver
 import pytest
+from conftest import closed_port, storage_run_args
 from optuna.trial import TrialState
 
 from rexsearch.cli import main
@@ -53,37 +53,10 @@ def _with_password(url: str, password: str) -> str:
     return make_url(url).set(password=password).render_as_string(hide_password=False)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_args(run_dir, storage: str, study: str = "rexsearch") -> list[str]:
-    return [
-        "run",
-        "--flops-budget",
-        "200M",
-        "--objectives",
-        "rank",
-        "--trials",
-        "3",
-        "--cpus-per-trial",
-        "1",
-        "--storage",
-        storage,
-        "--study-name",
-        study,
-        "--run-dir",
-        str(run_dir),
-        "--quiet",
-    ]
-
-
 def test_new_run_refuses_a_study_name_already_in_the_database(pg_run, postgres_url, tmp_path, capsys):
     _, study_name = pg_run
     run_dir = tmp_path / "second"
-    assert main(_run_args(run_dir, postgres_url, study_name)) == 2
+    assert main(storage_run_args(run_dir, postgres_url, study_name)) == 2
     err = capsys.readouterr().err
     assert f"the study {study_name!r} already exists" in err and "choose another --study-name" in err
     assert "Traceback" not in err and not run_dir.exists()
@@ -101,7 +74,7 @@ def pg_run(postgres_url, ray_session, tmp_path_factory):
     """A 3-trial rank-only search whose study lives in PostgreSQL: (run_dir, study name)."""
     run_dir = tmp_path_factory.mktemp("pg") / "run"
     study = f"pgtest-{uuid.uuid4().hex[:10]}"
-    assert main(_run_args(run_dir, postgres_url, study)) == 0
+    assert main(storage_run_args(run_dir, postgres_url, study)) == 0
     return run_dir, study
 
 
@@ -204,7 +177,7 @@ def test_commands_on_a_run_whose_server_is_gone_exit_2(pg_run, tmp_path, capsys)
     moved = tmp_path / "run"
     moved.mkdir()
     meta = json.loads((run_dir / "run.json").read_text())
-    port = _closed_port()
+    port = closed_port()
     meta["storage"] = f"postgresql+psycopg2://rexsearch:{SECRET}@127.0.0.1:{port}/rexsearch"
     (moved / "run.json").write_text(json.dumps(meta))
     for argv in (
@@ -223,7 +196,7 @@ def test_wrong_password_exits_2_without_the_password(postgres_url, tmp_path, cap
     _no_ray(monkeypatch)
     wrong = "Wr0ng-" + SECRET
     run_dir = tmp_path / "run"
-    assert main(_run_args(run_dir, _with_password(postgres_url, wrong))) == 2
+    assert main(storage_run_args(run_dir, _with_password(postgres_url, wrong))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "authentication failed for user" in err and "wrong user name or password" in err, err
@@ -237,7 +210,7 @@ def test_missing_database_exits_2(postgres_url, tmp_path, capsys, monkeypatch):
 
     _no_ray(monkeypatch)
     url = make_url(postgres_url).set(database="no_such_db").render_as_string(hide_password=False)
-    assert main(_run_args(tmp_path / "run", url)) == 2
+    assert main(storage_run_args(tmp_path / "run", url)) == 2
     err = capsys.readouterr().err
     assert "the database 'no_such_db' does not exist" in err and err.count("\n") == 1, err
     assert _password(postgres_url) not in err

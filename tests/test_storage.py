@@ -6,46 +6,19 @@ Tests that need a PostgreSQL server are in test_postgres.py.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import optuna
 import pytest
+from conftest import closed_port, storage_run_args
 
 from rexsearch.cli import main
 from rexsearch.errors import UserError
 from rexsearch.storage import mask_passwords, mask_url, open_storage
 
 SECRET = "s3cret-Pa55word"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_args(run_dir, storage: str, study: str = "rexsearch") -> list[str]:
-    return [
-        "run",
-        "--flops-budget",
-        "200M",
-        "--objectives",
-        "rank",
-        "--trials",
-        "3",
-        "--cpus-per-trial",
-        "1",
-        "--storage",
-        storage,
-        "--study-name",
-        study,
-        "--run-dir",
-        str(run_dir),
-        "--quiet",
-    ]
 
 
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,10 +35,10 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unreachable_server_exits_2_before_ray(tmp_path, capsys, monkeypatch):
     pytest.importorskip("psycopg2")
     _no_ray(monkeypatch)
-    port = _closed_port()
+    port = closed_port()
     run_dir = tmp_path / "run"
     started = time.monotonic()
-    code = main(_run_args(run_dir, f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:{port}/db"))
+    code = main(storage_run_args(run_dir, f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:{port}/db"))
     err = capsys.readouterr().err
     assert code == 2, err
     assert time.monotonic() - started < 5
@@ -78,7 +51,7 @@ def test_unreachable_server_exits_2_before_ray(tmp_path, capsys, monkeypatch):
 def test_unreachable_server_cli_process(tmp_path):
     """The real command: exit 2, one line on stderr, no Ray started, nothing written."""
     pytest.importorskip("psycopg2")
-    port = _closed_port()
+    port = closed_port()
     run_dir = tmp_path / "run"
     ray_tmp = tmp_path / "ray-tmp"
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
@@ -88,7 +61,7 @@ def test_unreachable_server_cli_process(tmp_path):
             sys.executable,
             "-m",
             "rexsearch.cli",
-            *_run_args(run_dir, f"postgresql+psycopg2://u:p@127.0.0.1:{port}/db"),
+            *storage_run_args(run_dir, f"postgresql+psycopg2://u:p@127.0.0.1:{port}/db"),
         ],
         capture_output=True,
         text=True,
@@ -105,7 +78,7 @@ def test_unreachable_server_cli_process(tmp_path):
 def test_missing_driver_names_the_extra(tmp_path, capsys, monkeypatch):
     _no_ray(monkeypatch)
     monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` raises ImportError
-    code = main(_run_args(tmp_path / "run", f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:5432/db"))
+    code = main(storage_run_args(tmp_path / "run", f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:5432/db"))
     err = capsys.readouterr().err
     assert code == 2, err
     assert "needs the PostgreSQL driver psycopg2, which is not installed" in err
@@ -123,7 +96,7 @@ def test_missing_driver_names_the_extra(tmp_path, capsys, monkeypatch):
 )
 def test_malformed_url_exits_2(tmp_path, capsys, monkeypatch, url, message):
     _no_ray(monkeypatch)
-    assert main(_run_args(tmp_path / "run", url)) == 2
+    assert main(storage_run_args(tmp_path / "run", url)) == 2
     err = capsys.readouterr().err
     assert message in err and SECRET not in err and err.count("\n") == 1, err
 
