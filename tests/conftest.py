@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -202,3 +203,16 @@ def storage_run_args(run_dir, storage: str, study: str = "rexsearch") -> list[st
         str(run_dir),
         "--quiet",
     ]
+
+
+def study_counts(db: Path) -> dict[str, int]:
+    """Trials per state in a SQLite study, read-only (empty while the file is missing or busy)."""
+    if not db.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("select state, count(*) from trials group by state").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)

@@ -12,7 +12,6 @@ import os
 import pickle
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import runfixture
 import torch
+from conftest import study_counts
 from optuna.trial import TrialState
 
 from rexsearch.cli import main
@@ -359,16 +359,6 @@ def test_resume_continues_the_sampler_and_the_run_moves(tmp_path):
     assert search.settings_from_run(load_run(moved)).storage_url() == f"sqlite:///{moved.resolve()}/study.db"
 
 
-def _study_counts(db: Path) -> dict[str, int]:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        rows = con.execute("select state, count(*) from trials group by state").fetchall()
-        con.close()
-    except sqlite3.Error:
-        return {}
-    return dict(rows)
-
-
 SIGTERM_SCRIPT = textwrap.dedent(
     """
     import functools, sys, time
@@ -399,7 +389,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            counts = _study_counts(run_dir / "study.db")
+            counts = study_counts(run_dir / "study.db")
             if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1:
                 break
             if proc.poll() is not None:

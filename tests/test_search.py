@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_driver_script
+from conftest import run_driver_script, study_counts
 from optuna.trial import TrialState
 
 from rexsearch.cli import main
@@ -152,18 +151,6 @@ def test_record_outcome_states(tmp_path):
     assert "nan" in study.get_trials()[3].user_attrs["error"]
 
 
-def _study_counts(db: Path) -> dict[str, int]:
-    if not db.exists():
-        return {}
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        rows = con.execute("select state, count(*) from trials group by state").fetchall()
-        con.close()
-    except sqlite3.Error:
-        return {}
-    return dict(rows)
-
-
 SLOW_RUN_SCRIPT = textwrap.dedent(
     """
     import sys, time
@@ -196,7 +183,7 @@ def test_resume_after_sigkill(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            counts = _study_counts(run_dir / "study.db")
+            counts = study_counts(run_dir / "study.db")
             if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0) >= 1:
                 break
             if proc.poll() is not None:
