@@ -56,6 +56,14 @@ A trained model is measured the same way; pass real images as ``inputs`` for it.
 The network (when built from a config), the inputs and the row subsampling all come
 from ``seed``: the same seed gives the same result.
 
+**Protocols.** ``protocol="batchnorm"`` (the default) is the measurement above: Gaussian
+images, BatchNorm on batch statistics, ``rtol = RTOL``. ``protocol="paper"`` transfers the
+setting of the paper's Figure 1 (see :mod:`rexsearch.rank_study`) to a whole network:
+U[0, 1) images, the network in eval mode (a freshly initialised BatchNorm, with running
+statistics 0 and 1, is then the identity; a trained one uses its running statistics),
+and the strict numerical rank (``rtol = 0``). ``benchmarks/bench_rank_protocols.py``
+measures which of the two correlates better with proxy accuracy; the default follows it.
+
 The paper's random-network studies live in :mod:`rexsearch.rank_study`, so that trial
 workers importing this module load neither pandas nor plotly.
 """
@@ -76,6 +84,7 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.errors import UserError
 from rexsearch.model import ReXNet, build_model
 from rexsearch.proxy import PROXY_RESOLUTION
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
 
 #: Machine epsilon of the features' dtype: the floor of the rank tolerance.
 FEATURE_EPS = float(torch.finfo(torch.float32).eps)
@@ -124,6 +133,7 @@ class RankResult:
     samples: int
     resolution: int
     rtol: float = RTOL
+    protocol: str = DEFAULT_RANK_PROTOCOL
 
     @property
     def objective_layers(self) -> tuple[LayerRank, ...]:
@@ -137,6 +147,7 @@ class RankResult:
             "samples": self.samples,
             "resolution": self.resolution,
             "rtol": self.rtol,
+            "protocol": self.protocol,
             "per_layer": [layer.to_dict() for layer in self.per_layer],
         }
 
@@ -204,11 +215,11 @@ def _taps(model: ReXNet) -> list[_Tap]:
 
 
 @contextmanager
-def _batch_statistics(model: nn.Module) -> Iterator[None]:
-    """Train mode (BN normalises by batch statistics) without changing the model's state."""
+def _forward_mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """Train mode (BN normalises by batch statistics) or eval mode, without changing the model's state."""
     modes = [(m, m.training) for m in model.modules()]
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    model.train()
+    model.train(train)
     try:
         yield
     finally:
@@ -236,14 +247,22 @@ def measure_rank(
     seed: int = 0,
     inputs: torch.Tensor | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
-    rtol: float = RTOL,
+    rtol: float | None = None,
+    protocol: str = DEFAULT_RANK_PROTOCOL,
 ) -> RankResult:
     """Per-layer normalized feature rank and the rank objective of a network.
 
     A config is built into a fresh network initialised from ``seed``; a model is measured
     as it is and left unchanged. ``inputs`` (real images) replaces the ``samples``
-    Gaussian images of ``resolution`` x ``resolution``. See the module docstring.
+    random images of ``resolution`` x ``resolution`` (Gaussian for the ``batchnorm``
+    protocol, U[0, 1) for ``paper``). ``rtol`` defaults to the protocol's (``RTOL``, or 0
+    for ``paper``). See the module docstring.
     """
+    if protocol not in RANK_PROTOCOLS:
+        raise UserError(f"unknown rank protocol {protocol!r}; known: {', '.join(RANK_PROTOCOLS)}")
+    paper = protocol == "paper"
+    if rtol is None:
+        rtol = 0.0 if paper else RTOL
     if inputs is None:
         if resolution < 1:
             raise UserError(f"resolution must be a positive integer, got {resolution}")
@@ -267,7 +286,8 @@ def measure_rank(
         raise TypeError(f"expected a ReXNetConfig or a ReXNet, got {type(config_or_model).__name__}")
     param = next(model.parameters())
     if inputs is None:
-        inputs = torch.randn(samples, 3, resolution, resolution, generator=generator)
+        draw = torch.rand if paper else torch.randn
+        inputs = draw(samples, 3, resolution, resolution, generator=generator)
     inputs = inputs.to(param.device, param.dtype).contiguous(memory_format=torch.channels_last)
 
     taps = _taps(model)
@@ -283,7 +303,7 @@ def measure_rank(
 
     handles = [tap.module.register_forward_hook(hook_for(tap)) for tap in taps]
     try:
-        with torch.no_grad(), _batch_statistics(model):
+        with torch.no_grad(), _forward_mode(model, train=not paper):
             features = model.forward_features(inputs)
     finally:
         for handle in handles:
@@ -312,4 +332,5 @@ def measure_rank(
         samples=samples,
         resolution=resolution,
         rtol=rtol,
+        protocol=protocol,
     )

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("accuracy", "rank", "latency")
 PICKS = ("accuracy", "rank", "latency", "balanced")
+#: How the ``rank`` objective is measured (:func:`rexsearch.rank.measure_rank`'s ``protocol``).
+RANK_PROTOCOLS: dict[str, str] = {
+    "batchnorm": "Gaussian images, BatchNorm on batch statistics, rank at rtol 0.03",
+    "paper": "U[0,1) images, BatchNorm in eval mode (a fresh network's is the identity), strict rank",
+}
+#: The default, chosen by ``benchmarks/bench_rank_protocols.py``: the protocol whose rank
+#: correlated better with proxy accuracy (numbers in reports/rank-study/README.md).
+DEFAULT_RANK_PROTOCOL = "batchnorm"
 
 BEST_DEFINITION = (
     "'best' is the trial with the highest proxy accuracy on the feasible Pareto front "

@@ -122,3 +122,64 @@ def test_cli_bad_input_exit_2(capsys):
     assert "unknown preset" in capsys.readouterr().err
     assert main(["rank", "--preset", "rexnet-1.0", "--samples", "1"]) == 2
     assert "samples" in capsys.readouterr().err
+
+
+def test_paper_protocol_eval_mode_uniform_inputs_strict_rank(small_config):
+    torch.manual_seed(0)
+    model = build_model(small_config).eval()
+    paper = measure_rank(model, samples=16, seed=2, protocol="paper")
+    assert (paper.protocol, paper.rtol) == ("paper", 0.0)
+    assert paper.to_dict()["protocol"] == "paper"
+    assert measure_rank(model, samples=16, seed=2, protocol="paper", rtol=0.03).rtol == 0.03
+    assert not model.training  # the forward runs in eval mode and leaves the model as it was
+    # eval mode: the running statistics shape the features (batch statistics would ignore them)
+    bn = model.blocks[1].conv_exp.bn
+    before = measure_rank(model, samples=16, seed=2, protocol="batchnorm")
+    with torch.no_grad():
+        bn.running_mean.fill_(50.0)  # every expanded channel is pushed far below zero: ReLU6 kills it
+    exp = {layer.name: layer for layer in measure_rank(model, samples=16, seed=2, protocol="paper").per_layer}
+    assert (
+        exp["blocks.1.conv_exp"].rank
+        < {layer.name: layer for layer in paper.per_layer}["blocks.1.conv_exp"].rank
+    )
+    assert measure_rank(model, samples=16, seed=2, protocol="batchnorm") == before
+    with pytest.raises(UserError, match="unknown rank protocol"):
+        measure_rank(model, samples=16, protocol="nope")
+
+
+def test_cli_rank_protocol(capsys):
+    args = ["rank", "--preset", "rexnet-1.0", "--samples", "16"]
+    assert main([*args, "--protocol", "paper", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["protocol"], out["rtol"]) == ("paper", 0.0)
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocol"] == "batchnorm"
+    assert main([*args, "--protocol", "paper"]) == 0
+    assert "U[0, 1) images" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--protocol", "bogus"])
+    assert exc.value.code == 2 and "--protocol" in capsys.readouterr().err
+
+
+def test_trial_measures_rank_with_the_runs_protocol(monkeypatch):
+    import ray
+    from ray import tune
+
+    from rexsearch.search import TrialJob, trial_function
+    from rexsearch.space import Budget, baseline_candidate
+
+    reports = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: type("C", (), {"get_node_id": lambda self: "n"})()
+    )
+    cand = baseline_candidate("rexnet-linear", Budget(100_000_000)).to_dict()
+    for protocol in ("paper", "batchnorm"):
+        job = TrialJob(objectives=("rank",), rank_samples=8, rank_protocol=protocol)
+        trial_function({"candidate": cand}, None, job)
+    paper, batchnorm = reports
+    assert "error" not in paper and "error" not in batchnorm
+    proxy = proxy_config(ReXNetConfig.from_dict(cand["config"]))
+    assert paper["rank"] == measure_rank(proxy, samples=8, seed=0, protocol="paper").rank
+    assert batchnorm["rank"] == measure_rank(proxy, samples=8, seed=0).rank
+    assert paper["rank"] != batchnorm["rank"]

@@ -10,7 +10,7 @@ from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json, print_table
 from rexsearch.cost import check_memory
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
-from rexsearch.rank import DEFAULT_SAMPLES, RTOL, measure_rank
+from rexsearch.rank import DEFAULT_RANK_PROTOCOL, DEFAULT_SAMPLES, RANK_PROTOCOLS, RTOL, measure_rank
 from rexsearch.rank_study import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -40,10 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
         help=command_help("rank"),
-        description="Feed random Gaussian images through a freshly initialised network "
-        "(BatchNorm on batch statistics) and report the normalized rank of every expand "
-        "layer's feature, the rank objective (their mean) and the nuclear norm of the pooled "
-        "penultimate feature.",
+        description="Feed random images through a freshly initialised network and report the "
+        "normalized rank of every expand layer's feature, the rank objective (their mean) and "
+        "the nuclear norm of the pooled penultimate feature. --protocol batchnorm (default): "
+        f"Gaussian images, BatchNorm on batch statistics, rank at relative tolerance {RTOL}; "
+        "--protocol paper: U[0, 1) images, the network in eval mode (a fresh BatchNorm is the "
+        "identity), strict numerical rank. The default is the protocol whose rank correlated "
+        "better with proxy accuracy (benchmarks/bench_rank_protocols.py).",
     )
     add_config_source(p)
     p.add_argument(
@@ -67,10 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default: yes when resolution <= {PROXY_MAX_RESOLUTION})",
     )
     p.add_argument(
+        "--protocol",
+        choices=tuple(RANK_PROTOCOLS),
+        default=DEFAULT_RANK_PROTOCOL,
+        help=f"how the network is measured (default {DEFAULT_RANK_PROTOCOL})",
+    )
+    p.add_argument(
         "--rtol",
         type=_rtol,
-        default=RTOL,
-        help=f"relative singular-value tolerance; 0 gives the strict numerical rank (default {RTOL})",
+        default=None,
+        help="relative singular-value tolerance; 0 gives the strict numerical rank "
+        f"(default: {RTOL} for batchnorm, 0 for paper)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_rank)
@@ -134,7 +144,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
     measured = proxy_config(config, args.resolution, config.num_classes) if use_proxy else config
     check_memory(measured, args.resolution, args.samples, purpose="measure its rank")
     result = measure_rank(
-        measured, resolution=args.resolution, samples=args.samples, seed=args.seed, rtol=args.rtol
+        measured,
+        resolution=args.resolution,
+        samples=args.samples,
+        seed=args.seed,
+        rtol=args.rtol,
+        protocol=args.protocol,
     )
     if args.json:
         print_json(result.to_dict())
@@ -142,8 +157,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
     label = config.name or args.config
     how = "CIFAR proxy (stride rule of rexsearch.proxy)" if use_proxy else "as configured, no proxy"
     print(f"{label} at {args.resolution}x{args.resolution}: {how}")
-    print(f"{result.samples} random Gaussian images, seed {args.seed}, BatchNorm on batch statistics")
-    print(f"rank: singular values above {args.rtol:g} x the largest (float32 noise floor at least)\n")
+    if result.protocol == "paper":
+        print(
+            f"{result.samples} random U[0, 1) images, seed {args.seed}, eval mode (fresh BatchNorm: identity)"
+        )
+    else:
+        print(f"{result.samples} random Gaussian images, seed {args.seed}, BatchNorm on batch statistics")
+    print(f"rank: singular values above {result.rtol:g} x the largest (float32 noise floor at least)\n")
     print_table(
         ["layer", "in", "out", "rows", "rank", "normalized", "expand"],
         [

@@ -15,6 +15,7 @@ from rexsearch.cli import command_help
 from rexsearch.cli.common import add_budget_flags, budget_from_args, positive_int, print_table
 from rexsearch.cost import format_count
 from rexsearch.errors import UserError
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
 from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
 
 #: The largest batch the CPU speed probe trains (its images/s barely change above it).
@@ -89,6 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reruns of a trial whose worker or node died (default 2); its own errors are not retried",
     )
     p.add_argument("--keep-weights", action="store_true", help="keep every trial's proxy weights")
+    p.add_argument(
+        "--rank-protocol",
+        choices=tuple(RANK_PROTOCOLS),
+        default=DEFAULT_RANK_PROTOCOL,
+        help="how the rank objective is measured (as `rexsearch rank --protocol`; "
+        f"default {DEFAULT_RANK_PROTOCOL})",
+    )
     p.add_argument(
         "--confirm",
         type=positive_int,
@@ -277,6 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trial_timeout=args.trial_timeout,
         trial_retries=args.trial_retries,
         keep_weights=args.keep_weights,
+        rank_protocol=args.rank_protocol,
         latency_budget_ms=budget.latency_ms,
         latency_table=str(Path(args.latency_table).resolve()) if args.latency_table else None,
         latency_margin=budget.latency_margin,

@@ -18,7 +18,7 @@ from rexsearch.report.figures import (
     principles_figure,
     profiles_figure,
 )
-from rexsearch.results import METRICS, front_keys
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, METRICS, RANK_PROTOCOLS, front_keys
 from rexsearch.rundir import PARETO_PNG
 from rexsearch.storage import mask_passwords
 
@@ -207,6 +207,11 @@ def calibration_section(g: Groups) -> str:
             "here. The table relates cost to rank instead; run with --objectives accuracy,rank to "
             "calibrate rank against accuracy."
         )
+    protocol = (g.run.data.get("settings") or {}).get("rank_protocol") or DEFAULT_RANK_PROTOCOL
+    intro += (
+        f" The rank objective was measured with the {protocol} protocol "
+        f"({RANK_PROTOCOLS.get(protocol, 'unknown')}; see `rexsearch rank --help`)."
+    )
     corr = correlations(g.complete, target, predictors)
     rows = [
         [

@@ -82,6 +82,7 @@ def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources) -> T
         threads=max(1, int(resources.cpus_per_trial)),
         trial_timeout=settings.trial_timeout,
         rank_samples=settings.rank_samples,
+        rank_protocol=settings.rank_protocol,
         run_dir=str(run.path),
         keep_weights=settings.keep_weights,
         epochs=settings.epochs,

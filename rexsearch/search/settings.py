@@ -11,7 +11,7 @@ from typing import Any
 from rexsearch import __version__
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
-from rexsearch.results import OBJECTIVES
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
 from rexsearch.rundir import (
     LATENCY_TABLE,
     RAY_DIR,
@@ -62,6 +62,7 @@ class SearchSettings:
     trial_retries: int = 2
     keep_weights: bool = False
     rank_samples: int | None = None
+    rank_protocol: str = DEFAULT_RANK_PROTOCOL
     asha_min_epochs: int = 4
     latency_budget_ms: float | None = None
     latency_table: str | None = None  # the table file as given; the run keeps a copy (LATENCY_TABLE)
@@ -106,6 +107,10 @@ class SearchSettings:
             raise UserError(
                 f"--objectives must be a comma-separated subset of {', '.join(OBJECTIVES)}, "
                 f"got {','.join(self.objectives)!r}"
+            )
+        if self.rank_protocol not in RANK_PROTOCOLS:
+            raise UserError(
+                f"--rank-protocol must be one of {', '.join(RANK_PROTOCOLS)}, got {self.rank_protocol!r}"
             )
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")

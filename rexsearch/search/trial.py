@@ -17,7 +17,7 @@ from typing import Any
 
 from rexsearch.config import ReXNetConfig
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
-from rexsearch.results import OBJECTIVES
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES
 from rexsearch.rundir import weights_path
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class TrialJob:
     threads: int = 1
     trial_timeout: float | None = None
     rank_samples: int | None = None
+    rank_protocol: str = DEFAULT_RANK_PROTOCOL
     run_dir: str | None = None
     keep_weights: bool = False
     epochs: int = 30
@@ -120,7 +121,9 @@ def _run_trial(
         _measure_latency(config, candidate, job, base, collected)
         deadline.check("after the latency measurement")
     proxy = proxy_config(config)
-    rank_kwargs = {"samples": job.rank_samples} if job.rank_samples else {}
+    rank_kwargs: dict[str, Any] = {"protocol": job.rank_protocol}
+    if job.rank_samples:
+        rank_kwargs["samples"] = job.rank_samples
     rank = measure_rank(proxy, resolution=PROXY_RESOLUTION, seed=seed, **rank_kwargs)
     collected.update(
         rank_value=rank.rank,
