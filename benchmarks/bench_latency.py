@@ -32,7 +32,15 @@ from pathlib import Path
 from scipy.stats import kendalltau
 
 from rexsearch.cost import count_cost
-from rexsearch.latency import build_table, calibration_shapes, environment, load_table, measure_latency
+from rexsearch.latency import (
+    Correction,
+    build_table,
+    calibration_shapes,
+    environment,
+    fit_correction,
+    load_table,
+    measure_latency,
+)
 from rexsearch.principles import PRESETS, get_preset, linear_schedule
 from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, baseline_candidate, load_space
 
@@ -110,6 +118,10 @@ def main() -> int:
         path = Path(args.tables) / f"{tag}.json"
         table.save(path)
         table = load_table(path, expect=env)
+        # The same table with the single-line correction of earlier versions, fitted on the
+        # same calibration networks: what the per-kind correction adds, on the same measurements.
+        cal = table.correction.calibration
+        line = Correction(*fit_correction([r["summed_ms"] for r in cal], [r["measured_ms"] for r in cal]))
         rows = []
         for i, (name, cfg) in enumerate(configs):
             lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
@@ -120,6 +132,7 @@ def main() -> int:
                     "measured_ms": lat.median_ms,
                     "fastest_ms": lat.min_ms,
                     "predicted_ms": table.predict(cfg),
+                    "predicted_line_ms": line.apply(table.summed_ms(cfg)),
                 }
             )
             if (i + 1) % 10 == 0:
@@ -130,16 +143,27 @@ def main() -> int:
         tau = kendalltau(predicted, [r["measured_ms"] for r in rows]).statistic
         tau_fast = kendalltau(predicted, [r["fastest_ms"] for r in rows]).statistic
         tau_macs = kendalltau([r["macs"] for r in rows], [r["measured_ms"] for r in rows]).statistic
+        errors_line = [abs(r["predicted_line_ms"] / r["measured_ms"] - 1) for r in rows]
+        tau_line = kendalltau(
+            [r["predicted_line_ms"] for r in rows], [r["measured_ms"] for r in rows]
+        ).statistic
         out = {
             "environment": env.to_dict(),
             "table_build_s": build_s,
             "table_operators": sum(len(f.ms) for f in table.families.values()),
-            "correction": {"intercept_ms": table.correction.intercept_ms, "slope": table.correction.slope},
+            "correction": table.correction.describe(),
+            "calibration_networks": len(cal),
             "configs": len(rows),
             "median_rel_error": statistics.median(errors),
             "p90_rel_error": quantile(errors, 0.9),
             "kendall_tau": tau,
             "kendall_tau_macs": tau_macs,
+            "line_correction": {
+                "correction": line.describe(),
+                "median_rel_error": statistics.median(errors_line),
+                "p90_rel_error": quantile(errors_line, 0.9),
+                "kendall_tau": tau_line,
+            },
             "vs_fastest": {
                 "median_rel_error": statistics.median(errors_fast),
                 "p90_rel_error": quantile(errors_fast, 0.9),
@@ -152,6 +176,10 @@ def main() -> int:
             f"tau {tau:.3f} (MACs alone: tau {tau_macs:.3f}); vs fastest run: median "
             f"{statistics.median(errors_fast):.1%}, p90 {quantile(errors_fast, 0.9):.1%}, "
             f"tau {tau_fast:.3f}; table {build_s:.0f} s"
+        )
+        log(
+            f"  single-line correction instead: median {statistics.median(errors_line):.1%}, "
+            f"p90 {quantile(errors_line, 0.9):.1%}, tau {tau_line:.3f}"
         )
 
         # Decoding under a latency budget.
@@ -212,6 +240,8 @@ def main() -> int:
             }
             log(f"  {name}: {cost.macs:,} MACs, {lat.median_ms:.2f} ms (IQR {lat.spread_ms:.2f})")
         results["runtimes"][tag] = out
+        if args.json:  # after every runtime, so a long run that is stopped keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     results["load_after"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - began
     text = json.dumps(results, indent=1)

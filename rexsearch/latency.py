@@ -8,17 +8,19 @@
 * :func:`build_table` measures, on the device, every operator a ReXNet-style network is
   made of — dense convs (stem, expand, projection, head), depthwise convs, activations, SE,
   the (partial) residual add and the classifier — on a grid of channel counts per operator
-  family (same kernel, stride, spatial size), and fits a linear correction
-  ``measured = a + b * summed`` on a few end-to-end calibration networks, for what the sum
-  misses (framework overhead between operators, fusions, caches).
-* :func:`predict_latency` sums the table's operators for a config and applies the
-  correction. Channel counts between grid points are interpolated (bilinear for dense
-  convs, whose time is close to ``a + b·cin + c·cout + d·cin·cout``, linear for the rest);
-  beyond the grid the time is taken proportional to the channel count.
-  The grid is replaced by its lower monotone envelope when it is built, so the prediction
-  never decreases when a width grows, which the bisection of
-  :func:`rexsearch.space.fit_budget` relies on. Per-operator results are cached; a
-  prediction costs about 0.1-0.5 ms (more when every operator is new). A family the table lacks (another
+  family (same kernel, stride, spatial size), and fits a correction for what the sum
+  misses (framework overhead between operators, fusions, caches, layout changes) on
+  ``CALIBRATION_NETWORKS`` end-to-end calibration networks: ``measured = a + Σ b_k ·
+  summed_k + c · operators`` over the operator kinds :data:`KINDS`, non-negative, fitted for
+  relative error (:func:`fit_kind_correction`).
+* :func:`predict_latency` sums the table's operators of each kind for a config and applies
+  the correction; each segment (stem, block, head) is looked up once and cached. Channel
+  counts between grid points are interpolated (bilinear for dense convs, whose time is
+  close to ``a + b·cin + c·cout + d·cin·cout``, linear for the rest); beyond the grid the
+  time is taken proportional to the channel count. The grid is replaced by its lower
+  monotone envelope when it is built and the correction's coefficients are non-negative,
+  so the prediction never decreases when a width grows, which the bisection of
+  :func:`rexsearch.space.fit_budget` relies on. A family the table lacks (another
   resolution, kernel or spatial size) is refused with the command that builds one.
 
 A table records where it was measured (:class:`Environment`); :func:`load_table` refuses a
@@ -49,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from rexsearch.config import ACTIVATIONS, ReXNetConfig
+from rexsearch.config import ACTIVATIONS, BlockConfig, ReXNetConfig
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.model import ConvBNAct, SqueezeExcite, build_model, make_activation
 
@@ -60,6 +62,10 @@ RUNTIMES = ("torch", "onnxruntime")
 SE_RATIOS = (4, 8, 12, 16)
 #: Widths at which the calibration shapes are built: they set the range of each grid.
 CALIBRATION_WIDTHS = (0.25, 0.5, 1.0, 2.0, 3.0)
+#: Networks timed end to end to fit the correction, and the fewest for a per-kind fit
+#: (:func:`fit_kind_correction`); with fewer, one line through (summed, measured) is fitted.
+CALIBRATION_NETWORKS = 24
+MIN_KIND_CALIBRATION = 16
 
 Progress = Callable[[str, int, int], None]
 
@@ -335,33 +341,87 @@ def config_ops(config: ReXNetConfig, resolution: int) -> list[Op]:
     shortcut's channels; ``classifier`` (hw, classes) over the penultimate width. ``hw`` is
     the input size of the operator.
     """
-    ops: list[Op] = []
+    return [op for _, segment in config_segments(config, resolution) for op in segment()]
 
-    def act(name: str, c: int, hw: int) -> None:
-        if name != "identity":
-            ops.append(("act", (name, hw), (c,)))
 
-    hw = resolution
-    ops.append(("conv", (3, config.stem_stride, hw), (3, config.stem_channels)))
-    hw = _out_hw(hw, 3, config.stem_stride)
-    act(config.activation, config.stem_channels, hw)
+def _act(ops: list[Op], name: str, c: int, hw: int) -> None:
+    if name != "identity":
+        ops.append(("act", (name, hw), (c,)))
+
+
+def config_segments(
+    config: ReXNetConfig, resolution: int
+) -> list[tuple[tuple[Any, ...], Callable[[], list[Op]]]]:
+    """The operators of ``config`` in segments (stem, each block, head), each with a key that
+    determines its operators: the predictor caches a segment's time under its key."""
+    out: list[tuple[tuple[Any, ...], Callable[[], list[Op]]]] = []
+
+    def stem(hw: int = resolution) -> list[Op]:
+        ops: list[Op] = [("conv", (3, config.stem_stride, hw), (3, config.stem_channels))]
+        _act(ops, config.activation, config.stem_channels, _out_hw(hw, 3, config.stem_stride))
+        return ops
+
+    out.append((("stem", resolution, config.stem_stride, config.stem_channels, config.activation), stem))
+    hw = _out_hw(resolution, 3, config.stem_stride)
     for b in config.blocks:
-        dw = b.dw_channels
-        if b.expansion != 1:
-            ops.append(("conv", (1, 1, hw), (b.in_channels, dw)))
-            act(config.block_activation(b), dw, hw)
-        ops.append(("dw", (b.kernel, b.stride, hw), (dw,)))
+        exp_act, dw_act, shortcut = (
+            config.block_activation(b),
+            config.block_dw_activation(b),
+            config.uses_shortcut(b),
+        )
+
+        def block(
+            b: BlockConfig = b,
+            hw: int = hw,
+            exp_act: str = exp_act,
+            dw_act: str = dw_act,
+            shortcut: bool = shortcut,
+        ) -> list[Op]:
+            ops: list[Op] = []
+            dw = b.dw_channels
+            if b.expansion != 1:
+                ops.append(("conv", (1, 1, hw), (b.in_channels, dw)))
+                _act(ops, exp_act, dw, hw)
+            ops.append(("dw", (b.kernel, b.stride, hw), (dw,)))
+            out_hw = _out_hw(hw, b.kernel, b.stride)
+            if b.se:
+                ops.append(("se", (config.se_ratio, out_hw), (dw,)))
+            _act(ops, dw_act, dw, out_hw)
+            ops.append(("conv", (1, 1, out_hw), (dw, b.out_channels)))
+            if shortcut:
+                ops.append(("add", (b.in_channels == b.out_channels, out_hw), (b.in_channels,)))
+            return ops
+
+        se_ratio = config.se_ratio if b.se else None
+        out.append(
+            (
+                (
+                    "block",
+                    b.in_channels,
+                    b.out_channels,
+                    b.expansion,
+                    b.kernel,
+                    b.stride,
+                    se_ratio,
+                    hw,
+                    exp_act,
+                    dw_act,
+                    shortcut,
+                ),
+                block,
+            )
+        )
         hw = _out_hw(hw, b.kernel, b.stride)
-        if b.se:
-            ops.append(("se", (config.se_ratio, hw), (dw,)))
-        act(config.block_dw_activation(b), dw, hw)
-        ops.append(("conv", (1, 1, hw), (dw, b.out_channels)))
-        if config.uses_shortcut(b):
-            ops.append(("add", (b.in_channels == b.out_channels, hw), (b.in_channels,)))
-    ops.append(("conv", (1, 1, hw), (config.blocks[-1].out_channels, config.penultimate_channels)))
-    act(config.activation, config.penultimate_channels, hw)
-    ops.append(("classifier", (hw, config.num_classes), (config.penultimate_channels,)))
-    return ops
+    last, pen = config.blocks[-1].out_channels, config.penultimate_channels
+
+    def head(hw: int = hw) -> list[Op]:
+        ops: list[Op] = [("conv", (1, 1, hw), (last, pen))]
+        _act(ops, config.activation, pen, hw)
+        ops.append(("classifier", (hw, config.num_classes), (pen,)))
+        return ops
+
+    out.append((("head", hw, last, pen, config.activation, config.num_classes), head))
+    return out
 
 
 def _op_module(
@@ -524,19 +584,65 @@ def _monotone(axes: Sequence[Sequence[int]], ms: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------- the table
+#: Operator kinds the correction weighs separately, in the order of :meth:`LatencyTable.components`.
+KINDS = ("conv", "dw", "act", "se", "add", "classifier")
+_KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+
+
 @dataclass(frozen=True)
 class Correction:
-    """``measured = intercept_ms + slope * summed`` fitted on end-to-end calibration networks."""
+    """What the sum of the table's operators misses, fitted on end-to-end calibration networks.
+
+    ``measured = intercept_ms + Σ kind_slopes[k] · summed[k] + per_op_ms · operators``; a
+    table without ``kind_slopes`` (an older file, or a fit that fell back) uses one
+    ``slope`` for every kind: ``intercept_ms + slope · summed``.
+    """
 
     intercept_ms: float
     slope: float
     calibration: tuple[dict[str, Any], ...] = ()
+    kind_slopes: tuple[float, ...] = ()
+    per_op_ms: float = 0.0
 
-    def apply(self, summed_ms: float) -> float:
-        return self.intercept_ms + self.slope * summed_ms
+    def apply(self, components: float | Sequence[float]) -> float:
+        """The corrected time of a network from its :meth:`LatencyTable.components` (or a plain sum)."""
+        if isinstance(components, (int, float)):
+            return self.intercept_ms + self.slope * components
+        *kinds, count = components
+        if self.kind_slopes:
+            body = sum(w * k for w, k in zip(self.kind_slopes, kinds, strict=True))
+        else:
+            body = self.slope * sum(kinds)
+        return self.intercept_ms + body + self.per_op_ms * count
+
+    def describe(self) -> str:
+        if not self.kind_slopes:
+            return f"measured = {self.intercept_ms:.3f} ms + {self.slope:.3f} x summed"
+        kinds = " + ".join(f"{w:.3f} x {k}" for w, k in zip(self.kind_slopes, KINDS, strict=True))
+        return f"measured = {self.intercept_ms:.3f} ms + {kinds} + {self.per_op_ms * 1e3:.1f} us x operators"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"intercept_ms": self.intercept_ms, "slope": self.slope, "calibration": list(self.calibration)}
+        out: dict[str, Any] = {
+            "intercept_ms": self.intercept_ms,
+            "slope": self.slope,
+            "calibration": list(self.calibration),
+        }
+        if self.kind_slopes:
+            out.update(kinds=list(KINDS), kind_slopes=list(self.kind_slopes), per_op_ms=self.per_op_ms)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Correction:
+        slopes = tuple(float(v) for v in data.get("kind_slopes", ()))
+        if slopes and list(data.get("kinds", ())) != list(KINDS):
+            raise ValueError(f"correction kinds {data.get('kinds')} are not {list(KINDS)}")
+        return cls(
+            float(data["intercept_ms"]),
+            float(data["slope"]),
+            tuple(data.get("calibration", ())),
+            slopes,
+            float(data.get("per_op_ms", 0.0)),
+        )
 
 
 def fit_correction(summed: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
@@ -559,6 +665,30 @@ def fit_correction(summed: Sequence[float], measured: Sequence[float]) -> tuple[
     return 0.0, ratio if ratio > 0 else 1.0
 
 
+def fit_kind_correction(
+    components: Sequence[Sequence[float]],
+    measured: Sequence[float],
+    calibration: Sequence[dict[str, Any]] = (),
+) -> Correction:
+    """Non-negative least squares of ``measured`` on [1, summed time per kind, operator count].
+
+    Rows are weighted by ``1 / measured``, so the fit minimises relative error, which is
+    what the predictor is judged by. Coefficients are non-negative, so the prediction
+    never decreases when an operator grows. The plain ``slope`` kept beside them is the
+    line of :func:`fit_correction`, for readers of the file that know only it.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    a = np.array([[1.0, *c] for c in components], dtype=float)
+    y = np.array(measured, dtype=float)
+    w = 1.0 / y
+    coef, _ = nnls(a * w[:, None], y * w)
+    intercept, *slopes, per_op = (float(v) for v in coef)
+    _, line_slope = fit_correction([sum(c[:-1]) for c in components], list(measured))
+    return Correction(intercept, line_slope, tuple(calibration), tuple(slopes), per_op)
+
+
 @dataclass(frozen=True)
 class LatencyTable:
     """Per-operator latencies measured in one environment, plus the end-to-end correction."""
@@ -570,6 +700,9 @@ class LatencyTable:
     versions: dict[str, str] = field(default_factory=dict)
     build_seconds: float = 0.0
     _cache: dict[Op, float] = field(default_factory=dict, compare=False, repr=False)
+    _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def op_ms(self, op: Op) -> float:
         """Predicted time of one operator (cached)."""
@@ -602,12 +735,31 @@ class LatencyTable:
             f"network with `rexsearch latency-table build --resolution {self.resolution} ...`"
         )
 
+    def components(self, config: ReXNetConfig, resolution: int | None = None) -> tuple[float, ...]:
+        """The table's summed time of each operator kind (:data:`KINDS` order), then the operator count.
+
+        Each segment (stem, block, head) is looked up once under its key and cached: a width
+        search predicts thousands of networks that share most of their blocks' shapes.
+        """
+        total = [0.0] * (len(KINDS) + 1)
+        for key, segment in config_segments(config, resolution or self.resolution):
+            vec = self._segments.get(key)
+            if vec is None:
+                acc = [0.0] * (len(KINDS) + 1)
+                for op in segment():
+                    acc[_KIND_INDEX[op[0]]] += self.op_ms(op)
+                    acc[-1] += 1
+                vec = self._segments[key] = tuple(acc)
+            for i, v in enumerate(vec):
+                total[i] += v
+        return tuple(total)
+
     def summed_ms(self, config: ReXNetConfig, resolution: int | None = None) -> float:
         """Sum of the operators' times, before the correction."""
-        return sum(self.op_ms(op) for op in config_ops(config, resolution or self.resolution))
+        return sum(self.components(config, resolution)[:-1])
 
     def predict(self, config: ReXNetConfig, resolution: int | None = None) -> float:
-        return self.correction.apply(self.summed_ms(config, resolution))
+        return self.correction.apply(self.components(config, resolution))
 
     def check_environment(self, target: Environment, source: str = "the latency table") -> None:
         """Raise when the table was measured elsewhere than ``target``, naming both."""
@@ -644,14 +796,11 @@ class LatencyTable:
             raise LatencyTableError(f"{source} is not a latency table (format {TABLE_FORMAT!r})")
         try:
             families = [Family.from_dict(f) for f in data["families"]]
-            corr = data["correction"]
             return cls(
                 Environment.from_dict(data["environment"]),
                 int(data["resolution"]),
                 {(f.op, f.key): f for f in families},
-                Correction(
-                    float(corr["intercept_ms"]), float(corr["slope"]), tuple(corr.get("calibration", ()))
-                ),
+                Correction.from_dict(data["correction"]),
                 dict(data.get("versions", {})),
                 float(data.get("build_seconds", 0.0)),
             )
@@ -767,15 +916,16 @@ def build_table(
     ever adds time, so the fastest sample is the steadiest estimate of the device itself.
 
     ``shapes`` (default :func:`calibration_shapes`) set the channel range of each family's
-    grid; ``calibration`` (default: six of the shapes) are measured end to end for the
-    correction. ``progress(stage, done, total)`` is called as measurements finish.
+    grid; ``calibration`` (default: ``CALIBRATION_NETWORKS`` of the shapes, spread over them)
+    are measured end to end for the correction. ``progress(stage, done, total)`` is called
+    as measurements finish.
     """
     start = time.perf_counter()
     env = environment(device, runtime, threads, batch)
     shapes = list(shapes) if shapes is not None else calibration_shapes()
     if calibration is None:
-        step = max(1, len(shapes) // 6)
-        calibration = shapes[::step][:6]
+        step = max(1, len(shapes) // CALIBRATION_NETWORKS)
+        calibration = shapes[::step][:CALIBRATION_NETWORKS]
     specs = _families(shapes, resolution, points, activations, se_ratios, kernels)
     total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
     families: dict[tuple[str, tuple[Any, ...]], Family] = {}
@@ -802,16 +952,23 @@ def build_table(
     rows = []
     for i, cfg in enumerate(calibration):
         measured = measure_latency(cfg, resolution, env=env, warmup=max(3, warmup), repeats=max(10, repeats))
+        parts = raw.components(cfg)
         rows.append(
             {
                 "name": cfg.name or cfg.short_hash(),
-                "summed_ms": raw.summed_ms(cfg),
+                "summed_ms": sum(parts[:-1]),
+                "components": list(parts),
                 "measured_ms": measured.min_ms,
             }
         )
         if progress:
             progress("calibration", i + 1, len(calibration))
-    intercept, slope = fit_correction([r["summed_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    measured_ms = [r["measured_ms"] for r in rows]
+    if len(rows) >= MIN_KIND_CALIBRATION:
+        correction = fit_kind_correction([r["components"] for r in rows], measured_ms, rows)
+    else:
+        intercept, slope = fit_correction([r["summed_ms"] for r in rows], measured_ms)
+        correction = Correction(intercept, slope, tuple(rows))
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     if runtime == "onnxruntime":
         versions["onnxruntime"] = env.runtime_version
@@ -819,7 +976,7 @@ def build_table(
         env,
         resolution,
         families,
-        Correction(intercept, slope, tuple(rows)),
+        correction,
         versions,
         time.perf_counter() - start,
     )

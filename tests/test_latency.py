@@ -16,6 +16,9 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.latency import (
+    KINDS,
+    MIN_KIND_CALIBRATION,
+    Correction,
     Environment,
     Family,
     LatencyTableError,
@@ -24,6 +27,7 @@ from rexsearch.latency import (
     build_table,
     config_ops,
     environment,
+    fit_kind_correction,
     load_table,
     measure_latency,
     parse_latency_budget,
@@ -177,6 +181,58 @@ def test_ops_mirror_the_model(space):
     assert convs[0] == ("conv", (3, config.stem_stride, RES), (3, config.stem_channels))
     assert sum(op[0] == "dw" for op in ops) == config.depth
     assert ops[-1] == ("classifier", (1, 10), (config.penultimate_channels,))
+
+
+def test_components_are_the_operator_sum_by_kind(table, space):
+    for config in _shapes(space, 2, seed=9):
+        ops = config_ops(config, RES)
+        parts = table.components(config)
+        assert parts[-1] == len(ops)
+        for i, kind in enumerate(KINDS):
+            assert parts[i] == pytest.approx(sum(table.op_ms(op) for op in ops if op[0] == kind), rel=1e-12)
+        assert table.components(config) == parts  # from the segment cache
+        assert table.summed_ms(config) == pytest.approx(sum(parts[:-1]), rel=1e-12)
+
+
+def test_kind_correction_recovers_per_kind_costs():
+    rng = random.Random(0)
+    truth = (0.4, (1.3, 0.7, 2.0, 0.0, 1.0, 1.1), 0.01)  # intercept, per kind, per operator
+    comps, measured = [], []
+    for _ in range(30):
+        c = [rng.uniform(0.1, 5.0) for _ in KINDS] + [rng.randint(20, 120)]
+        comps.append(c)
+        measured.append(truth[0] + sum(w * v for w, v in zip(truth[1], c, strict=False)) + truth[2] * c[-1])
+    fit = fit_kind_correction(comps, measured)
+    assert fit.intercept_ms == pytest.approx(truth[0], abs=1e-6)
+    assert fit.kind_slopes == pytest.approx(truth[1], abs=1e-6)
+    assert fit.per_op_ms == pytest.approx(truth[2], abs=1e-8)
+    assert fit.apply(comps[3]) == pytest.approx(measured[3])
+    noisy = [m * rng.uniform(0.9, 1.2) for m in measured]
+    fit = fit_kind_correction(comps, noisy)
+    assert min(fit.kind_slopes) >= 0 and fit.intercept_ms >= 0 and fit.per_op_ms >= 0
+    assert Correction.from_dict(fit.to_dict()) == fit
+    assert "x conv" in fit.describe() and "operators" in fit.describe()
+
+
+def test_table_with_enough_calibration_networks_fits_per_kind(space, tmp_path):
+    shapes = _shapes(space, 6, seed=2)
+    assert len(shapes) >= MIN_KIND_CALIBRATION
+    table = build_table(threads=1, resolution=RES, shapes=shapes, points=2, warmup=1, repeats=1)
+    c = table.correction
+    assert len(c.kind_slopes) == len(KINDS) and len(c.calibration) >= MIN_KIND_CALIBRATION
+    assert all("components" in r for r in c.calibration)
+    path = tmp_path / "kinds.json"
+    table.save(path)
+    again = load_table(path)
+    assert again.correction == c
+    for config in shapes[:4]:
+        assert predict_latency(config, again) == pytest.approx(c.apply(table.components(config)), rel=1e-12)
+        assert predict_latency(config, again) > 0
+    data = json.loads(path.read_text())
+    data["correction"]["kinds"] = ["conv"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match="damaged"):
+        load_table(path)
 
 
 def test_tiny_latency_budget_refuses_with_smallest_reachable_latency(table, space):

@@ -163,8 +163,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
     )
     print(f"  on          {table.environment.describe()}")
     c = table.correction
-    fit = f"measured = {c.intercept_ms:.3f} ms + {c.slope:.3f} x summed"
-    print(f"  correction  {fit} ({len(c.calibration)} networks)")
+    print(f"  correction  {c.describe()} ({len(c.calibration)} networks)")
     return 0
 
 
@@ -187,11 +186,16 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         f"{args.table}: {info['operators']} operators in {info['families']} families at {table.resolution}px"
     )
     print(f"  on          {table.environment.describe()}")
-    print(f"  correction  measured = {c.intercept_ms:.3f} ms + {c.slope:.3f} x summed")
+    print(f"  correction  {c.describe()}")
     print_table(
         ["calibration network", "summed ms", "measured ms", "predicted ms"],
         [
-            [r["name"], f"{r['summed_ms']:.3f}", f"{r['measured_ms']:.3f}", f"{c.apply(r['summed_ms']):.3f}"]
+            [
+                r["name"],
+                f"{r['summed_ms']:.3f}",
+                f"{r['measured_ms']:.3f}",
+                f"{c.apply(r.get('components', r['summed_ms'])):.3f}",
+            ]
             for r in c.calibration
         ],
     )
