@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import optuna
 import pandas as pd
@@ -235,6 +236,51 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
     assert main(["export", str(run_dir), "--trial", "0", "--out", str(card_dir)]) == 0
     card = (card_dir / "README.md").read_text()
     assert "ms predicted" in card and "ms measured (median) on cpu" in card and "ms latency" in card
+
+
+def _trial_on_another_device(tune_config, split=None, job=None):
+    """A worker that is not the table's device: it records why it did not time the network."""
+    from dataclasses import replace
+
+    from rexsearch.search import trial_function
+
+    other = {**job.latency_environment, "device_name": "Other CPU 9000"}
+    trial_function(tune_config, split, replace(job, latency_environment=other))
+
+
+def test_driver_measures_once_per_config_when_workers_are_not_the_device(
+    table_file, budget_ms, tmp_path, ray_session
+):
+    from ray import cloudpickle
+
+    from rexsearch import search
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    settings = search.SearchSettings(
+        run_dir=str(tmp_path / "run"),
+        flops_budget=None,
+        resolution=32,
+        trials=2,
+        objectives=("rank", "latency"),
+        cpus_per_trial=1,
+        max_concurrent=1,
+        rank_samples=8,
+        latency_budget_ms=budget_ms,
+        latency_table=str(table_file),
+    )
+    search.start_run(settings, ["test"])
+    outcome = search.execute(settings, trainable_fn=_trial_on_another_device)
+    assert outcome.finished == 2
+    info = load_run(tmp_path / "run")
+    for t in info.open_study().get_trials():
+        assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
+        attrs = t.user_attrs
+        note = attrs["latency_note"]
+        assert note.startswith("measured on the driver") and "Other CPU 9000" in note, note
+        assert attrs["latency_measured_ms"] > 0
+        assert t.values[1] == pytest.approx(attrs["latency_measured_ms"])
+        over = attrs["latency_measured_ms"] - info.latency_budget_ms
+        assert t.system_attrs["constraints"] == [pytest.approx(over)]
 
 
 def test_trials_table_without_a_macs_budget(table_file, budget_ms):

@@ -37,6 +37,7 @@ class StudySearcher(OptunaSearch):
         self._pruned_ids = pruned_ids
         self._dead: set[str] = set()
         self._messages: dict[str, str] = {}
+        self._driver_latency: dict[str, tuple[float | None, str]] = {}
 
     # OptunaSearch's private state, read only here -------------------------------------
     @property
@@ -100,6 +101,8 @@ class StudySearcher(OptunaSearch):
             return
         self._told(trial_id, mark=True)
         self._dead.discard(trial_id)
+        if result and result.get("final") and not error:
+            result = self._measure_on_driver(trial, result)
         record_outcome(
             self.study,
             trial._trial_id,
@@ -110,6 +113,37 @@ class StudySearcher(OptunaSearch):
             trial_id in self._pruned_ids,
             self._messages.pop(trial_id, None),
         )
+
+    def _measure_on_driver(self, trial: optuna.Trial, result: dict) -> dict:
+        """A trial whose worker was not the latency table's device is timed here, once per config,
+        when this driver is that device; otherwise the result is left as the worker sent it."""
+        table = self._budget.latency_table
+        if table is None or result.get("latency_measured_ms") is not None:
+            return result
+        if result.get("error") or result.get("infeasible"):
+            return result
+        config = trial.user_attrs.get("config")
+        if not isinstance(config, dict):
+            return result
+        from rexsearch.config import ReXNetConfig
+        from rexsearch.latency import measure_for_trial
+
+        cfg = ReXNetConfig.from_dict(config)
+        key = cfg.short_hash()
+        if key not in self._driver_latency:
+            self._driver_latency[key] = measure_for_trial(cfg, self._budget.resolution, table.environment)
+        measured, note = self._driver_latency[key]
+        if measured is None:
+            return result  # neither the worker nor the driver is the table's device: judged by prediction
+        out = {
+            **result,
+            "latency_measured_ms": measured,
+            "latency_note": note.replace("measured on the worker", "measured on the driver", 1)
+            + f"; the worker: {result.get('latency_note', 'not measured')}",
+        }
+        if "latency" in self._objectives:
+            out["latency"] = float(measured)
+        return out
 
     def note_error(self, trial_id: str, message: str) -> None:
         """Record a trial whose worker died (retries spent) FAIL with Tune's own message."""
