@@ -18,8 +18,11 @@ from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
 from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
 
-#: The largest batch the CPU speed probe trains (its images/s barely change above it).
+#: The largest batch the CPU speed probe trains (its images/s barely change above it), and its
+#: timings: one warm-up step, then the median of three one-step timings (about 2 s for
+#: rexnet-1.0's proxy at batch 128 on 2 cores; the ETA then follows the measured trials).
 PROBE_BATCH = 256
+PROBE_STEPS, PROBE_REPEATS = 1, 3
 
 
 def _float(text: str) -> float:
@@ -433,7 +436,8 @@ def _cpu_note(settings, split, view: _LiveView) -> None:
     except InfeasibleError:
         return
     # the trainer's batch (at most the training split), capped: images/s hardly changes above it
-    ips = measure_throughput(base, max(2, min(settings.batch_size, len(split.train_y), PROBE_BATCH)))
+    batch = max(2, min(settings.batch_size, len(split.train_y), PROBE_BATCH))
+    ips = measure_throughput(base, batch, steps=PROBE_STEPS, repeats=PROBE_REPEATS)
     seconds = estimate_training_seconds(settings, split, ips)
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
