@@ -27,17 +27,18 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scipy.stats import kendalltau
 
 from rexsearch.cost import count_cost
 from rexsearch.latency import (
-    Correction,
+    CORRECTIONS,
     build_table,
     calibration_shapes,
     environment,
-    fit_correction,
+    fit_table_correction,
     load_table,
     measure_latency,
 )
@@ -84,6 +85,17 @@ def main() -> int:
     )
     ap.add_argument("--tables", default="/tmp/rexsearch-bench-latency", help="where the tables are written")
     ap.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    ap.add_argument(
+        "--reuse-tables",
+        action="store_true",
+        help="load a runtime's table from --tables when it is there instead of building it again",
+    )
+    ap.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        default="line",
+        help="the table's correction (default line); the other is reported beside it",
+    )
     args = ap.parse_args()
     quick = args.quick
     began = time.perf_counter()
@@ -104,24 +116,34 @@ def main() -> int:
     for device, runtime in targets:
         tag = f"{runtime}-{device}"
         env = environment(device, runtime, args.threads)
-        log(f"== {tag}: building the table on {env.describe()}; load average {os.getloadavg()[0]:.1f}")
-        start = time.perf_counter()
-        table = build_table(
-            device,
-            runtime,
-            args.threads,
-            shapes=calibration_shapes(per_space=2) if quick else None,
-            points=4 if quick else 6,
-            repeats=3 if quick else 7,
-        )
-        build_s = time.perf_counter() - start
         path = Path(args.tables) / f"{tag}.json"
-        table.save(path)
-        table = load_table(path, expect=env)
-        # The same table with the single-line correction of earlier versions, fitted on the
-        # same calibration networks: what the per-kind correction adds, on the same measurements.
+        if args.reuse_tables and path.is_file():
+            log(f"== {tag}: reusing {path}; load average {os.getloadavg()[0]:.1f}")
+            table = load_table(path, expect=env)
+            table = replace(
+                table, correction=fit_table_correction(table.correction.calibration, args.correction)
+            )
+            build_s = table.build_seconds
+        else:
+            log(f"== {tag}: building the table on {env.describe()}; load average {os.getloadavg()[0]:.1f}")
+            start = time.perf_counter()
+            table = build_table(
+                device,
+                runtime,
+                args.threads,
+                shapes=calibration_shapes(per_space=2) if quick else None,
+                points=4 if quick else 6,
+                repeats=3 if quick else 7,
+                correction=args.correction,
+            )
+            build_s = time.perf_counter() - start
+            table.save(path)
+            table = load_table(path, expect=env)
+        # The other correction (per kind against one line) fitted on the same calibration
+        # networks: what it changes, on the same measurements.
         cal = table.correction.calibration
-        line = Correction(*fit_correction([r["summed_ms"] for r in cal], [r["measured_ms"] for r in cal]))
+        other_kind = "line" if table.correction.kind_slopes else "kinds"
+        other = fit_table_correction(cal, other_kind)
         rows = []
         for i, (name, cfg) in enumerate(configs):
             lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
@@ -132,7 +154,7 @@ def main() -> int:
                     "measured_ms": lat.median_ms,
                     "fastest_ms": lat.min_ms,
                     "predicted_ms": table.predict(cfg),
-                    "predicted_line_ms": line.apply(table.summed_ms(cfg)),
+                    "predicted_other_ms": other.apply(table.components(cfg)),
                 }
             )
             if (i + 1) % 10 == 0:
@@ -143,9 +165,9 @@ def main() -> int:
         tau = kendalltau(predicted, [r["measured_ms"] for r in rows]).statistic
         tau_fast = kendalltau(predicted, [r["fastest_ms"] for r in rows]).statistic
         tau_macs = kendalltau([r["macs"] for r in rows], [r["measured_ms"] for r in rows]).statistic
-        errors_line = [abs(r["predicted_line_ms"] / r["measured_ms"] - 1) for r in rows]
-        tau_line = kendalltau(
-            [r["predicted_line_ms"] for r in rows], [r["measured_ms"] for r in rows]
+        errors_other = [abs(r["predicted_other_ms"] / r["measured_ms"] - 1) for r in rows]
+        tau_other = kendalltau(
+            [r["predicted_other_ms"] for r in rows], [r["measured_ms"] for r in rows]
         ).statistic
         out = {
             "environment": env.to_dict(),
@@ -158,11 +180,12 @@ def main() -> int:
             "p90_rel_error": quantile(errors, 0.9),
             "kendall_tau": tau,
             "kendall_tau_macs": tau_macs,
-            "line_correction": {
-                "correction": line.describe(),
-                "median_rel_error": statistics.median(errors_line),
-                "p90_rel_error": quantile(errors_line, 0.9),
-                "kendall_tau": tau_line,
+            "other_correction": {
+                "kind": other_kind,
+                "correction": other.describe(),
+                "median_rel_error": statistics.median(errors_other),
+                "p90_rel_error": quantile(errors_other, 0.9),
+                "kendall_tau": tau_other,
             },
             "vs_fastest": {
                 "median_rel_error": statistics.median(errors_fast),
@@ -178,8 +201,8 @@ def main() -> int:
             f"tau {tau_fast:.3f}; table {build_s:.0f} s"
         )
         log(
-            f"  single-line correction instead: median {statistics.median(errors_line):.1%}, "
-            f"p90 {quantile(errors_line, 0.9):.1%}, tau {tau_line:.3f}"
+            f"  {other_kind} correction instead: median {statistics.median(errors_other):.1%}, "
+            f"p90 {quantile(errors_other, 0.9):.1%}, tau {tau_other:.3f}"
         )
 
         # Decoding under a latency budget.

@@ -10,9 +10,10 @@
   the (partial) residual add and the classifier — on a grid of channel counts per operator
   family (same kernel, stride, spatial size), and fits a correction for what the sum
   misses (framework overhead between operators, fusions, caches, layout changes) on
-  ``CALIBRATION_NETWORKS`` end-to-end calibration networks: ``measured = a + Σ b_k ·
-  summed_k + c · operators`` over the operator kinds :data:`KINDS`, non-negative, fitted for
-  relative error (:func:`fit_kind_correction`).
+  ``CALIBRATION_NETWORKS`` end-to-end calibration networks: ``measured = a + b · summed``
+  (``a >= 0``, ``b > 0``), or with ``correction="kinds"`` ``a + Σ b_k · summed_k + c ·
+  operators`` over the operator kinds :data:`KINDS`, non-negative, fitted for relative
+  error (:func:`fit_kind_correction`).
 * :func:`predict_latency` sums the table's operators of each kind for a config and applies
   the correction; each segment (stem, block, head) is looked up once and cached. Channel
   counts between grid points are interpolated (bilinear for dense convs, whose time is
@@ -66,6 +67,11 @@ CALIBRATION_WIDTHS = (0.25, 0.5, 1.0, 2.0, 3.0)
 #: (:func:`fit_kind_correction`); with fewer, one line through (summed, measured) is fitted.
 CALIBRATION_NETWORKS = 24
 MIN_KIND_CALIBRATION = 16
+#: ``line``: one line through (summed, measured) (the default: on this project's 2-core VM the
+#: per-kind fit was no more accurate on 457 networks and its coefficients make the prediction
+#: jump where a shortcut appears, so a width search misses its 3% window more often);
+#: ``kinds``: :func:`fit_kind_correction`.
+CORRECTIONS = ("line", "kinds")
 
 Progress = Callable[[str, int, int], None]
 
@@ -689,6 +695,17 @@ def fit_kind_correction(
     return Correction(intercept, line_slope, tuple(calibration), tuple(slopes), per_op)
 
 
+def fit_table_correction(calibration: Sequence[dict[str, Any]], kind: str = "line") -> Correction:
+    """The correction of ``kind`` (:data:`CORRECTIONS`) on a table's calibration rows
+    (``summed_ms``, ``components``, ``measured_ms``); ``kinds`` needs ``MIN_KIND_CALIBRATION``
+    rows and falls back to the line with fewer."""
+    measured = [r["measured_ms"] for r in calibration]
+    if kind == "kinds" and len(calibration) >= MIN_KIND_CALIBRATION:
+        return fit_kind_correction([r["components"] for r in calibration], measured, calibration)
+    intercept, slope = fit_correction([r["summed_ms"] for r in calibration], measured)
+    return Correction(intercept, slope, tuple(calibration))
+
+
 @dataclass(frozen=True)
 class LatencyTable:
     """Per-operator latencies measured in one environment, plus the end-to-end correction."""
@@ -908,6 +925,7 @@ def build_table(
     warmup: int = 3,
     repeats: int = 7,
     progress: Progress | None = None,
+    correction: str = "line",
 ) -> LatencyTable:
     """Measure every operator family on this machine and fit the end-to-end correction.
 
@@ -921,6 +939,7 @@ def build_table(
     as measurements finish.
     """
     start = time.perf_counter()
+    _check_choice("correction", correction, CORRECTIONS)
     env = environment(device, runtime, threads, batch)
     shapes = list(shapes) if shapes is not None else calibration_shapes()
     if calibration is None:
@@ -963,12 +982,7 @@ def build_table(
         )
         if progress:
             progress("calibration", i + 1, len(calibration))
-    measured_ms = [r["measured_ms"] for r in rows]
-    if len(rows) >= MIN_KIND_CALIBRATION:
-        correction = fit_kind_correction([r["components"] for r in rows], measured_ms, rows)
-    else:
-        intercept, slope = fit_correction([r["summed_ms"] for r in rows], measured_ms)
-        correction = Correction(intercept, slope, tuple(rows))
+    fitted = fit_table_correction(rows, correction)
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     if runtime == "onnxruntime":
         versions["onnxruntime"] = env.runtime_version
@@ -976,7 +990,7 @@ def build_table(
         env,
         resolution,
         families,
-        correction,
+        fitted,
         versions,
         time.perf_counter() - start,
     )

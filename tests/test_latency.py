@@ -217,7 +217,11 @@ def test_kind_correction_recovers_per_kind_costs():
 def test_table_with_enough_calibration_networks_fits_per_kind(space, tmp_path):
     shapes = _shapes(space, 6, seed=2)
     assert len(shapes) >= MIN_KIND_CALIBRATION
-    table = build_table(threads=1, resolution=RES, shapes=shapes, points=2, warmup=1, repeats=1)
+    line = build_table(threads=1, resolution=RES, shapes=shapes[:4], points=2, warmup=1, repeats=1)
+    assert not line.correction.kind_slopes and line.correction.slope > 0  # the default: one line
+    table = build_table(
+        threads=1, resolution=RES, shapes=shapes, points=2, warmup=1, repeats=1, correction="kinds"
+    )
     c = table.correction
     assert len(c.kind_slopes) == len(KINDS) and len(c.calibration) >= MIN_KIND_CALIBRATION
     assert all("components" in r for r in c.calibration)

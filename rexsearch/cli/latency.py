@@ -22,6 +22,7 @@ from rexsearch.cli.common import (
 )
 from rexsearch.errors import UserError
 from rexsearch.latency import (
+    CORRECTIONS,
     DEVICES,
     RUNTIMES,
     build_table,
@@ -73,6 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the table file (JSON)")
     p.add_argument("--points", type=positive_int, default=6, help="grid points per channel axis (default 6)")
     p.add_argument("--repeats", type=positive_int, default=7, help="timed samples per operator (default 7)")
+    p.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        default="line",
+        help="what corrects the operators' sum: one line through the calibration networks (default), "
+        "or a non-negative weight per operator kind (kinds)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="a coarse table in well under a minute (tests, a look)"
     )
@@ -154,6 +162,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
         points=points,
         repeats=repeats,
         progress=_progress(args.quiet),
+        correction=args.correction,
     )
     table.save(args.out)
     ops = sum(len(f.ms) for f in table.families.values())
