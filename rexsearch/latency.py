@@ -1025,9 +1025,11 @@ def measure_for_trial(
     table_env: Environment,
     warmup: int = TRIAL_WARMUP,
     repeats: int = TRIAL_REPEATS,
+    where: str = "worker",
 ) -> tuple[float | None, str]:
     """The median latency (ms) of ``config`` measured here when this machine is the table's
-    environment, else ``None``; with a sentence saying where it was (or why not) measured."""
+    environment, else ``None``; with a sentence saying where (``where``: the worker or the
+    driver) it was, or why it was not, measured."""
     try:
         here = here_for(table_env)
     except LatencyTableError as exc:
@@ -1035,7 +1037,7 @@ def measure_for_trial(
     diff = table_env.mismatches(here)
     if diff:
         return None, (
-            f"not measured: this worker is {here.describe()}, the table's device is {table_env.describe()}"
+            f"not measured: this {where} is {here.describe()}, the table's device is {table_env.describe()}"
         )
     result = measure_latency(config, resolution, warmup=warmup, repeats=repeats, env=here)
-    return result.median_ms, f"measured on the worker ({here.describe()}; median of {repeats} runs)"
+    return result.median_ms, f"measured on the {where} ({here.describe()}; median of {repeats} runs)"

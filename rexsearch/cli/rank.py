@@ -42,11 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=command_help("rank"),
         description="Feed random images through a freshly initialised network and report the "
         "normalized rank of every expand layer's feature, the rank objective (their mean) and "
-        "the nuclear norm of the pooled penultimate feature. --protocol batchnorm (default): "
-        f"Gaussian images, BatchNorm on batch statistics, rank at relative tolerance {RTOL}; "
-        "--protocol paper: U[0, 1) images, the network in eval mode (a fresh BatchNorm is the "
-        "identity), strict numerical rank. The default is the protocol whose rank correlated "
-        "better with proxy accuracy (benchmarks/bench_rank_protocols.py).",
+        "the nuclear norm of the pooled penultimate feature. "
+        + "; ".join(f"--protocol {name}: {text}" for name, text in RANK_PROTOCOLS.items())
+        + f". The default ({DEFAULT_RANK_PROTOCOL}) is the protocol whose rank correlated better "
+        "with proxy accuracy (benchmarks/bench_rank_protocols.py).",
     )
     add_config_source(p)
     p.add_argument(

@@ -131,15 +131,16 @@ class StudySearcher(OptunaSearch):
         cfg = ReXNetConfig.from_dict(config)
         key = cfg.short_hash()
         if key not in self._driver_latency:
-            self._driver_latency[key] = measure_for_trial(cfg, self._budget.resolution, table.environment)
+            self._driver_latency[key] = measure_for_trial(
+                cfg, self._budget.resolution, table.environment, where="driver"
+            )
         measured, note = self._driver_latency[key]
         if measured is None:
             return result  # neither the worker nor the driver is the table's device: judged by prediction
         out = {
             **result,
             "latency_measured_ms": measured,
-            "latency_note": note.replace("measured on the worker", "measured on the driver", 1)
-            + f"; the worker: {result.get('latency_note', 'not measured')}",
+            "latency_note": f"{note}; the worker: {result.get('latency_note', 'not measured')}",
         }
         if "latency" in self._objectives:
             out["latency"] = float(measured)
