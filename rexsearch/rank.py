@@ -61,7 +61,8 @@ images, BatchNorm on batch statistics, ``rtol = RTOL``. ``protocol="paper"`` tra
 setting of the paper's Figure 1 (see :mod:`rexsearch.rank_study`) to a whole network:
 U[0, 1) images, the network in eval mode (a freshly initialised BatchNorm, with running
 statistics 0 and 1, is then the identity; a trained one uses its running statistics),
-and the strict numerical rank (``rtol = 0``). ``benchmarks/bench_rank_protocols.py``
+and the strict numerical rank (``rtol = 0``): the random-block study's earlier setting
+(that study now draws U[0, 1.5) inputs at a fixed tolerance). ``benchmarks/bench_rank_protocols.py``
 measures which of the two correlates better with proxy accuracy; the default follows it.
 
 The paper's random-network studies live in :mod:`rexsearch.rank_study`, so that trial

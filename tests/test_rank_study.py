@@ -14,6 +14,7 @@ from rexsearch.rank_study import (
     CHANNEL_NONLINEARITIES,
     CSV_COLUMNS,
     DIM_RATIOS,
+    PAPER_RTOL,
     STUDY_BLOCKS,
     STUDY_NONLINEARITIES,
     run_channel_study,
@@ -47,11 +48,30 @@ def test_paper_linear_layer_is_the_diagonal(paper_1x1):
 
 
 def test_paper_relu_loses_dead_channels_that_leaky_relu_keeps(paper_1x1):
-    pd.testing.assert_series_equal(paper_1x1["relu"], paper_1x1["relu6"], check_names=False)
+    # ReLU6 saturates only the rare pre-activation above 6 of the U[0, 1.5) inputs
+    assert (paper_1x1["relu"] - paper_1x1["relu6"]).abs().max() < 0.03
     large = paper_1x1.loc[paper_1x1.index >= 0.5]
     assert (large["leaky_relu"] > large["relu"]).all()
     assert (large["relu"] < 0.99).all()
     assert paper_1x1.loc[0.1, "silu"] > paper_1x1.loc[0.1, "relu"] > paper_1x1.loc[0.1, "linear"]
+
+
+#: The paper's Figure 1 read-offs for the single 1x1 conv (reports/rank-study/README.md).
+READ_OFFS = {
+    0.1: {"relu": 0.85, "leaky_relu": 0.87, "elu": 0.91, "softplus": 0.93, "hardswish": 0.955, "silu": 0.955},
+    1.0: {"relu": 0.96, "leaky_relu": 0.99, "elu": 1.0, "softplus": 1.0, "hardswish": 1.0, "silu": 1.0},
+}
+
+
+def test_paper_protocol_is_near_the_papers_read_offs():
+    # 60 networks over the full d_out range: the committed study's 300 are within 0.05
+    df = run_rank_study(networks=60, seed=0, blocks=["conv1x1"])
+    table = df.pivot(index="dim_ratio", columns="nonlinearity", values="rank_ratio")
+    for ratio, reads in READ_OFFS.items():
+        for name, value in reads.items():
+            assert table.loc[ratio, name] == pytest.approx(value, abs=0.065), (ratio, name)
+    # U[0, 1) inputs at the strict per-size tolerance left HardSwish at 0.90 and ELU at 0.96
+    assert table.loc[0.1, "hardswish"] > 0.92 and table.loc[0.1, "elu"] < 0.96
 
 
 def test_paper_bottlenecks_lose_more_rank_than_single_convs():
@@ -82,7 +102,8 @@ def test_study_is_deterministic_and_reports_progress():
     b = run_rank_study(networks=2, seed=5, d_out=(8, 12), blocks=["conv3x3"])
     pd.testing.assert_frame_equal(a, b)
     assert calls[-1] == (10, 10) and len(calls) == 10
-    assert a.attrs["settings"]["protocol"] == "paper" and a.attrs["settings"]["rtol"] == 0.0
+    assert a.attrs["settings"]["protocol"] == "paper"
+    assert a.attrs["settings"]["rtol"] == PAPER_RTOL == pytest.approx(258 * torch.finfo(torch.float32).eps)
 
 
 def test_channel_study_many_expand_layers_keep_more_rank():
