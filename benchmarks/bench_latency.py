@@ -96,10 +96,13 @@ def main() -> int:
         default="line",
         help="the table's correction (default line); the other is reported beside it",
     )
+    ap.add_argument(
+        "--per-space", type=int, help="random configs per shipped space (default 50; 5 with --quick)"
+    )
     args = ap.parse_args()
     quick = args.quick
     began = time.perf_counter()
-    per_space = 5 if quick else 50
+    per_space = args.per_space or (5 if quick else 50)
     decodes = 100 if quick else 1000
     sample_measured = 5 if quick else 20
     warmup, repeats = (2, 5) if quick else (5, 15)

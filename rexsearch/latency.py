@@ -10,7 +10,8 @@
   the (partial) residual add and the classifier — on a grid of channel counts per operator
   family (same kernel, stride, spatial size), and fits a correction for what the sum
   misses (framework overhead between operators, fusions, caches, layout changes) on
-  ``CALIBRATION_NETWORKS`` end-to-end calibration networks: ``measured = a + b · summed``
+  ``CALIBRATION_NETWORKS`` end-to-end calibration networks, decoded from the shipped spaces
+  at random MACs budgets as a search draws them: ``measured = a + b · summed``
   (``a >= 0``, ``b > 0``), or with ``correction="kinds"`` ``a + Σ b_k · summed_k + c ·
   operators`` over the operator kinds :data:`KINDS`, non-negative, fitted for relative
   error (:func:`fit_kind_correction`).
@@ -52,6 +53,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from rexsearch.allocator import steady_allocator
 from rexsearch.config import ACTIVATIONS, BlockConfig, ReXNetConfig
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.model import ConvBNAct, SqueezeExcite, build_model, make_activation
@@ -65,11 +67,15 @@ SE_RATIOS = (4, 8, 12, 16)
 CALIBRATION_WIDTHS = (0.25, 0.5, 1.0, 2.0, 3.0)
 #: Networks timed end to end to fit the correction, and the fewest for a per-kind fit
 #: (:func:`fit_kind_correction`); with fewer, one line through (summed, measured) is fitted.
-CALIBRATION_NETWORKS = 24
+CALIBRATION_NETWORKS = 36
 MIN_KIND_CALIBRATION = 16
+#: The MACs range (at 224x224, scaled by the resolution's area) of the calibration networks,
+#: which are decoded from the shipped spaces as a search draws its candidates.
+CALIBRATION_MACS = (100e6, 1.2e9)
 #: ``line``: one line through (summed, measured) (the default: on this project's 2-core VM the
-#: per-kind fit was no more accurate on 457 networks and its coefficients make the prediction
-#: jump where a shortcut appears, so a width search misses its 3% window more often);
+#: per-kind fit ranked networks no better (Kendall tau 0.905 against 0.914 on 187 networks,
+#: median error 6.4% against 7.9%) and its coefficients can make the prediction jump where
+#: a shortcut appears, so a width search misses its 3% window more often);
 #: ``kinds``: :func:`fit_kind_correction`.
 CORRECTIONS = ("line", "kinds")
 
@@ -312,6 +318,7 @@ def measure_latency(
 ) -> Latency:
     """End-to-end latency of ``config`` (eval mode, BN folded) on this machine."""
     env = env or environment(device, runtime, threads, batch)
+    steady_allocator()
     torch.manual_seed(0)
     model = fold_batchnorm(build_model(config))
     x = torch.randn(env.batch, 3, resolution, resolution)
@@ -867,6 +874,36 @@ def calibration_shapes(per_space: int = 6, seed: int = 1000) -> list[ReXNetConfi
     return out
 
 
+def calibration_networks(
+    count: int = CALIBRATION_NETWORKS, resolution: int = 224, seed: int = 2000
+) -> list[ReXNetConfig]:
+    """``count`` candidates decoded from the shipped spaces in turn, each at a MACs budget drawn
+    log-uniformly from ``CALIBRATION_MACS`` (scaled by the resolution's area): networks like
+    the ones a search predicts, to fit the end-to-end correction on.
+
+    Shapes at fixed width multipliers (:func:`calibration_shapes`) span the grids but are not
+    what a width solver produces (a multiplier of 3 or 0.25 of a random shape); a correction
+    fitted on them missed decoded candidates by a median of 21% on this project's VM, one
+    fitted on decoded ones by 6-10% (reports in the README).
+    """
+    from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, load_space
+
+    rng = random.Random(seed)
+    spaces = [load_space(path) for path in sorted(SPACES_DIR.glob("*.yaml"))]
+    lo, hi = (m * (resolution / 224) ** 2 for m in CALIBRATION_MACS)
+    out: list[ReXNetConfig] = []
+    attempts = 0
+    while len(out) < count and attempts < 50 * count:
+        space = spaces[attempts % len(spaces)]
+        attempts += 1
+        budget = Budget(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))), resolution=resolution)
+        try:
+            out.append(space.decode(space.suggest(_RandomTrial(rng)), budget).config)
+        except UserError:
+            continue
+    return out
+
+
 def _families(
     configs: Iterable[ReXNetConfig],
     resolution: int,
@@ -933,15 +970,21 @@ def build_table(
     2 ms of runs), operators and calibration networks alike: other work on the machine only
     ever adds time, so the fastest sample is the steadiest estimate of the device itself.
 
-    ``shapes`` (default :func:`calibration_shapes`) set the channel range of each family's
-    grid; ``calibration`` (default: ``CALIBRATION_NETWORKS`` of the shapes, spread over them)
-    are measured end to end for the correction. ``progress(stage, done, total)`` is called
+    ``shapes`` (default :func:`calibration_shapes` and the calibration networks) set the
+    channel range of each family's grid; ``calibration`` (default: :func:`calibration_networks`,
+    or, when ``shapes`` are given, ``CALIBRATION_NETWORKS`` of them spread over them) are
+    measured end to end for the correction. ``progress(stage, done, total)`` is called
     as measurements finish.
     """
     start = time.perf_counter()
     _check_choice("correction", correction, CORRECTIONS)
     env = environment(device, runtime, threads, batch)
-    shapes = list(shapes) if shapes is not None else calibration_shapes()
+    steady_allocator()
+    if shapes is None:
+        if calibration is None:
+            calibration = calibration_networks(resolution=resolution)
+        shapes = calibration_shapes() + list(calibration)
+    shapes = list(shapes)
     if calibration is None:
         step = max(1, len(shapes) // CALIBRATION_NETWORKS)
         calibration = shapes[::step][:CALIBRATION_NETWORKS]

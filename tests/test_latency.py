@@ -25,6 +25,7 @@ from rexsearch.latency import (
     _grid,
     _monotone,
     build_table,
+    calibration_networks,
     config_ops,
     environment,
     fit_kind_correction,
@@ -32,6 +33,7 @@ from rexsearch.latency import (
     measure_latency,
     parse_latency_budget,
     predict_latency,
+    steady_allocator,
 )
 from rexsearch.space import Budget, _RandomTrial, check_feasible, load_space, parse_space
 
@@ -372,3 +374,28 @@ def test_environment_mismatch_lists_fields():
     b = Environment("cpu", "X", "torch", "2.0", 1)
     assert a.mismatches(b) == ["threads"]
     assert a.describe() == "cpu (X) with torch 2.0, 2 threads, batch 1"
+
+
+def test_calibration_networks_are_decoded_candidates_of_every_space():
+    from rexsearch.cost import count_cost
+
+    nets = calibration_networks(18, resolution=112)
+    assert nets == calibration_networks(18, resolution=112)  # deterministic
+    assert len(nets) == 18 and len({n.to_json() for n in nets}) == 18
+    macs = [count_cost(n, resolution=112).macs for n in nets]
+    # the 224 range scaled by the area, each within the decoder's 3% window below its budget
+    assert min(macs) >= 0.97 * 25e6 and max(macs) <= 300e6
+    assert len({len(n.blocks) for n in nets}) >= 3  # drawn from the spaces in turn: several depths
+
+
+def test_measurement_keeps_the_allocator_steady(space, monkeypatch):
+    import platform
+
+    import rexsearch.allocator as lat
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        measure_latency(_shapes(space, 1)[0], RES, threads=1, warmup=1, repeats=1)
+        assert lat._ALLOCATOR_STEADY and steady_allocator()
+    monkeypatch.setattr(lat, "_ALLOCATOR_STEADY", False)
+    monkeypatch.setattr(lat.platform, "system", lambda: "Darwin")
+    assert steady_allocator() is False  # elsewhere a no-op
