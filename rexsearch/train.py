@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from rexsearch.allocator import steady_allocator
 from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD, augment_batch, channels_last, normalize, take
 from rexsearch.checkpoints import CHECKPOINT_JSON, save_state
 from rexsearch.config import ReXNetConfig
@@ -205,6 +206,10 @@ class Trainer:
     def __init__(self, config: ReXNetConfig, settings: TrainSettings, train_images: int) -> None:
         if train_images < 2:
             raise UserError(f"training needs at least 2 images, got {train_images}")
+        # glibc would map and fault the largest activation and gradient buffers afresh on
+        # every step: with the thresholds raised an epoch of rexnet-1.0's proxy took 3.2 s
+        # instead of 3.5-4.3 s on this project's 2-core VM (benchmarks/bench_allocator.py)
+        steady_allocator()
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.config = proxy_config(config, settings.resolution, num_classes=NUM_CLASSES)
