@@ -23,21 +23,21 @@ CHILD = "REXSEARCH_BENCH_ALLOCATOR_CHILD"
 
 
 def child(steady: bool) -> dict[str, float]:
-    import rexsearch.allocator as lat
+    import rexsearch.allocator as alloc
     from rexsearch.latency import calibration_networks, environment, measure_latency
     from rexsearch.principles import get_preset
 
     if steady:
-        assert lat.steady_allocator(), "glibc's mallopt is not available here"
+        assert alloc.steady_allocator(), "glibc's mallopt is not available here"
     else:
-        lat._ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
+        alloc._ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
     env = environment("cpu", "torch", 1)
     ref = get_preset("rexnet-1.0")
     out = {}
 
     def measure(tag: str) -> None:
-        lat_ = measure_latency(ref, env=env, warmup=5, repeats=15)
-        out[f"{tag}_median_ms"], out[f"{tag}_min_ms"] = lat_.median_ms, lat_.min_ms
+        lat = measure_latency(ref, env=env, warmup=5, repeats=15)
+        out[f"{tag}_median_ms"], out[f"{tag}_min_ms"] = lat.median_ms, lat.min_ms
 
     measure("fresh")
     for cfg in calibration_networks(12):

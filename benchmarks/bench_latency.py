@@ -32,6 +32,7 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
+from rexsearch.cli.common import positive_int
 from rexsearch.cost import count_cost
 from rexsearch.latency import (
     CORRECTIONS,
@@ -97,7 +98,7 @@ def main() -> int:
         help="the table's correction (default line); the other is reported beside it",
     )
     ap.add_argument(
-        "--per-space", type=int, help="random configs per shipped space (default 50; 5 with --quick)"
+        "--per-space", type=positive_int, help="random configs per shipped space (default 50; 5 with --quick)"
     )
     args = ap.parse_args()
     quick = args.quick

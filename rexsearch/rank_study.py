@@ -74,11 +74,6 @@ STUDY_NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
 }
 DIM_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
-PROTOCOLS: dict[str, str] = {
-    "paper": "U[0,1.5) inputs, 1x1 maps, N = d_out + 2, randn weights, BN as identity, rank at rtol 3.1e-5",
-    "batchnorm": "Gaussian image, BN on batch statistics, rank at rtol 0.03",
-}
-DEFAULT_PROTOCOL = "paper"
 
 #: ``batchnorm`` protocol: inverted-bottleneck expansion (ReXNet's and MobileNetV2's t) and d_out.
 STUDY_EXPANSION = 6
@@ -94,6 +89,12 @@ PAPER_EXTRA_ROWS = 2
 #: ``torch.linalg.matrix_rank``'s default for the largest matrix, ``max(M, C)·eps``, at every size.
 PAPER_INPUT_HIGH = 1.5
 PAPER_RTOL = (PAPER_D_OUT[1] + PAPER_EXTRA_ROWS) * float(torch.finfo(torch.float32).eps)
+PROTOCOLS: dict[str, str] = {
+    "paper": f"U[0,{PAPER_INPUT_HIGH:g}) inputs, 1x1 maps, N = d_out + {PAPER_EXTRA_ROWS}, randn weights, "
+    f"BN as identity, rank at rtol {PAPER_RTOL:.2g}",
+    "batchnorm": f"Gaussian image, BN on batch statistics, rank at rtol {RTOL:g}",
+}
+DEFAULT_PROTOCOL = "paper"
 #: Networks per point (the paper: 1,000).
 STUDY_NETWORKS = 300
 QUICK_NETWORKS = 4
