@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -390,7 +391,13 @@ def _execute(
             _cpu_note(settings, split, view)
         try:
             outcome = search.execute(
-                settings, split, on_progress=view, on_event=view.event, resources=resources, lock=lock
+                settings,
+                split,
+                on_progress=view,
+                on_event=view.event,
+                resources=resources,
+                lock=lock,
+                on_tail=_prewarm_report,
             )
         finally:
             view.end()
@@ -401,6 +408,8 @@ def _execute(
             run_confirm(
                 settings.run_dir, top, seeds, address=settings.address, split=split, on_event=view.event
             )
+        # the report is written while Ray shuts down (which mostly waits for its processes)
+        report = _Background(lambda: _write_report(outcome, settings))
     finally:
         if own_lock is not None:
             own_lock.release()
@@ -408,7 +417,7 @@ def _execute(
             import ray
 
             ray.shutdown()
-    _finish(outcome, settings, view)
+    _finish(outcome, settings, *report.result())
     if outcome.interrupted:
         print(
             f"stopped with {outcome.finished}/{outcome.target} trials finished; continue with "
@@ -447,7 +456,36 @@ def _cpu_note(settings, split, view: _LiveView) -> None:
     )
 
 
-def _finish(outcome, settings, view: _LiveView) -> None:
+def _prewarm_report() -> None:
+    """Import the report's libraries on an idle CPU while the last trials run."""
+    from rexsearch.report import prewarm
+
+    threading.Thread(target=prewarm, name="rexsearch-report-prewarm", daemon=True).start()
+
+
+class _Background:
+    """``fn()`` in a thread; :meth:`result` waits for it and re-raises what it raised."""
+
+    def __init__(self, fn) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="rexsearch-report", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _write_report(outcome, settings):
+    """The run's results and the report line (the report's failure is said, not raised)."""
     from rexsearch.results import RunResults
     from rexsearch.storage import open_storage
 
@@ -462,6 +500,10 @@ def _finish(outcome, settings, view: _LiveView) -> None:
         report_line = (
             f"report could not be written ({type(exc).__name__}: {exc}); retry with rexsearch report"
         )
+    return results, report_line
+
+
+def _finish(outcome, settings, results, report_line: str) -> None:
     print_front(results)
     print(report_line)
     run_dir = settings.run_dir

@@ -53,12 +53,14 @@ def ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-        "include_dashboard": False,
-        "runtime_env": {"env_vars": worker_env()},  # also the workers of a cluster joined by address
-    }
+    kwargs: dict = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address or _joins_local_cluster():
+        # a cluster's workers do not inherit this process's environment
+        kwargs["runtime_env"] = {"env_vars": worker_env()}
+    else:
+        # a local Ray started here does: its prestarted workers then serve the trial actors,
+        # about 1 s sooner each than workers started for a runtime_env
+        os.environ.update(worker_env())
     if address:
         _check_reachable(address)
     try:
@@ -75,6 +77,17 @@ def ensure_ray(address: str | None) -> bool:
         )
         raise UserError(f"cannot start or join Ray ({where}): {exc}{hint}") from None
     return True
+
+
+def _joins_local_cluster() -> bool:
+    """Whether ``ray.init()`` without an address would join a Ray started by ``ray start`` here
+    (True when that cannot be told)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None) is not None
+    except Exception:  # a private helper: assume a cluster, which only costs the runtime_env
+        return True
 
 
 def _check_reachable(address: str) -> None:
@@ -147,6 +160,14 @@ class Resources:
     cpus: float
     gpus: float
     nodes: int
+
+    @property
+    def slots(self) -> int:
+        """How many trials the cluster runs at once (at least one)."""
+        fits = [self.cpus / self.cpus_per_trial] if self.cpus_per_trial > 0 else []
+        if self.gpus_per_trial > 0:
+            fits.append(self.gpus / self.gpus_per_trial)
+        return max(1, math.floor(min(fits) + 1e-9)) if fits else 1
 
 
 def cluster_resources(settings: SearchSettings) -> Resources:

@@ -101,6 +101,7 @@ def execute(
     trainable_fn: Callable[..., None] | None = None,
     resources: Resources | None = None,
     lock: RunLock | None = None,
+    on_tail: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     """Run (or continue) the search of ``settings.run_dir`` until ``--trials`` trials finished.
 
@@ -110,12 +111,13 @@ def execute(
     ``lock``: the run's :class:`~rexsearch.rundir.RunLock` when the caller holds it already;
     otherwise it is taken here (a second driver of the run is refused) and released at the end.
     ``trainable_fn`` replaces :func:`~rexsearch.search.trial.trial_function` (benchmarks of
-    the orchestration, fault tests).
+    the orchestration, fault tests). ``on_tail()`` is called once when the session's last trials
+    run and a trial slot stays idle (the CLI imports the report's libraries then).
     """
     run = load_run(settings.run_dir)
     own = RunLock.acquire(run.path) if lock is None else None
     try:
-        return _execute(settings, run, split, on_progress, on_event, trainable_fn, resources)
+        return _execute(settings, run, split, on_progress, on_event, trainable_fn, resources, on_tail)
     finally:
         if own is not None:
             own.release()
@@ -129,6 +131,7 @@ def _execute(
     on_event: Callable[[str], None] | None,
     trainable_fn: Callable[..., None] | None,
     resources: Resources | None,
+    on_tail: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     from ray import tune
 
@@ -174,6 +177,8 @@ def _execute(
     )
     fn = trainable(trainable_fn or trial_function, split, trial_job(settings, run, resources), resources)
     progress = Progress(total=target, done=counts["finished"])
+    slots = min(settings.max_concurrent or resources.slots, resources.slots)
+    tail = (remaining, slots, on_tail) if on_tail else None
     failures = [0]
     tuner = tune.Tuner(
         fn,
@@ -187,7 +192,16 @@ def _execute(
         run_config=run_config(
             settings,
             "session",
-            [LiveView(progress, on_progress, failures, on_event, searcher.note_error)],
+            [
+                LiveView(
+                    progress,
+                    on_progress,
+                    failures,
+                    on_event,
+                    searcher.note_error,
+                    tail=tail,
+                )
+            ],
             stop=FailureStopper(settings.max_failures, failures),
         ),
     )

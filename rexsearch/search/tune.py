@@ -251,7 +251,11 @@ class Progress:
 
 
 class LiveView(Callback):
-    """Tune callback keeping :class:`Progress` current and counting failures."""
+    """Tune callback keeping :class:`Progress` current and counting failures.
+
+    ``tail = (samples, slots, on_tail)``: ``on_tail()`` is called once, when all ``samples``
+    trials of the session exist and fewer than ``slots`` run or wait, i.e. a slot stays idle.
+    """
 
     def __init__(
         self,
@@ -260,6 +264,7 @@ class LiveView(Callback):
         failures: list[int],
         on_event: Callable[[str], None] | None = None,
         note_error: Callable[[str, str], None] | None = None,
+        tail: tuple[int, int, Callable[[], None]] | None = None,
     ):
         self.progress = progress
         self.on_progress = on_progress
@@ -267,11 +272,19 @@ class LiveView(Callback):
         self.on_event = on_event
         self.note_error = note_error
         self._auth_hinted = False
+        self.tail = tail
 
-    def _update(self, trials: list[Any]) -> None:
-        self.progress.running = sum(t.status == "RUNNING" for t in trials)
+    def _update(self, trials: list[Any], ended: Any = None) -> None:
+        """``ended``: the trial whose end is being reported (Tune still shows it RUNNING)."""
+        self.progress.running = sum(t.status == "RUNNING" for t in trials if t is not ended)
         if self.on_progress:
             self.on_progress(self.progress)
+        if self.tail is not None:
+            samples, slots, on_tail = self.tail
+            busy = sum(t.status in ("RUNNING", "PENDING") for t in trials if t is not ended)
+            if len(trials) >= samples and busy < slots:
+                self.tail = None
+                on_tail()
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._update(trials)
@@ -295,7 +308,7 @@ class LiveView(Callback):
                     setattr(p, attr, value if current is None else better(current, value))
         else:
             p.pruned += 1
-        self._update(trials)
+        self._update(trials, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.progress.failed += 1
@@ -306,7 +319,7 @@ class LiveView(Callback):
         if self.on_event and message and is_auth_error(message) and not self._auth_hinted:
             self._auth_hinted = True
             self.on_event(f"Ray refused a trial for authentication: {auth_hint()}")
-        self._update(trials)
+        self._update(trials, ended=trial)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if self.on_event:
