@@ -4,7 +4,9 @@ For each runtime (torch and ONNX Runtime on the CPU, and CUDA when a GPU is pres
 
 1. the time to build a latency table;
 2. predicted vs measured end-to-end latency on the presets and random configs of every
-   shipped space (50 each): median and 90th-percentile relative error, Kendall's tau;
+   shipped space (50 each): median and 90th-percentile relative error, Kendall's tau; the
+   same relative to rexnet-1.0 measured just before each network (the machine's drift
+   cancelled), and the calibration networks measured again after the evaluation (the drift);
 3. decoding candidates of ``rexnet.yaml`` under a latency budget (rexnet-1.0's predicted
    latency): time, share within the predicted budget, share within it when measured on a
    sample (with no margin and with a 5% margin);
@@ -37,6 +39,7 @@ from rexsearch.cost import count_cost
 from rexsearch.latency import (
     CORRECTIONS,
     build_table,
+    calibration_networks,
     calibration_shapes,
     environment,
     fit_table_correction,
@@ -45,6 +48,9 @@ from rexsearch.latency import (
 )
 from rexsearch.principles import PRESETS, get_preset, linear_schedule
 from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, baseline_candidate, load_space
+
+#: Measured just before every evaluation network: how fast the machine is at that moment.
+REFERENCE = "rexnet-1.0"
 
 
 def log(msg: str) -> None:
@@ -149,21 +155,58 @@ def main() -> int:
         other_kind = "line" if table.correction.kind_slopes else "kinds"
         other = fit_table_correction(cal, other_kind)
         rows = []
+        reference = get_preset(REFERENCE)
+        reference_predicted = table.predict(reference)
         for i, (name, cfg) in enumerate(configs):
+            # the reference network just before: its time tracks the machine's speed at that moment
+            ref = measure_latency(reference, env=env, warmup=warmup, repeats=repeats)
             lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
             rows.append(
                 {
+                    "reference_ms": ref.median_ms,
                     "name": name,
                     "macs": count_cost(cfg).macs,
                     "measured_ms": lat.median_ms,
                     "fastest_ms": lat.min_ms,
                     "predicted_ms": table.predict(cfg),
                     "predicted_other_ms": other.apply(table.components(cfg)),
+                    "components": list(table.components(cfg)),
+                    "seconds": time.perf_counter() - began,
                 }
             )
             if (i + 1) % 10 == 0:
                 log(f"  measured {i + 1}/{len(configs)}")
+        # The machine against itself: calibration networks measured again after the evaluation,
+        # against their times at the table's build (drift of the device, not the predictor's error).
+        drift = []
+        if not quick and not args.reuse_tables:
+            names = {r["name"]: r for r in cal}
+            for cfg in calibration_networks(resolution=table.resolution)[::3]:
+                row = names.get(cfg.name or cfg.short_hash())
+                if row is None or "median_ms" not in row:
+                    continue
+                lat = measure_latency(cfg, env=env, warmup=max(3, warmup), repeats=max(10, repeats))
+                drift.append(
+                    {
+                        "name": row["name"],
+                        "fastest_ratio": lat.min_ms / row["measured_ms"],
+                        "median_ratio": lat.median_ms / row["median_ms"],
+                    }
+                )
+            if drift:
+                log(
+                    "  drift: calibration networks now / at the build: fastest "
+                    f"{statistics.median(d['fastest_ratio'] for d in drift):.3f}, median "
+                    f"{statistics.median(d['median_ratio'] for d in drift):.3f} ({len(drift)} networks)"
+                )
         errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows]
+        # Against the reference measured just before each network: the predictor's error with the
+        # machine's drift (minutes-long changes of its speed) cancelled.
+        rel_pred = [r["predicted_ms"] / reference_predicted for r in rows]
+        rel_meas = [r["measured_ms"] / r["reference_ms"] for r in rows]
+        errors_rel = [abs(p / m - 1) for p, m in zip(rel_pred, rel_meas, strict=True)]
+        tau_rel = kendalltau(rel_pred, rel_meas).statistic
+        ref_times = [r["reference_ms"] for r in rows]
         errors_fast = [abs(r["predicted_ms"] / r["fastest_ms"] - 1) for r in rows]
         predicted = [r["predicted_ms"] for r in rows]
         tau = kendalltau(predicted, [r["measured_ms"] for r in rows]).statistic
@@ -191,18 +234,32 @@ def main() -> int:
                 "p90_rel_error": quantile(errors_other, 0.9),
                 "kendall_tau": tau_other,
             },
+            "vs_reference": {
+                "reference": REFERENCE,
+                "median_rel_error": statistics.median(errors_rel),
+                "p90_rel_error": quantile(errors_rel, 0.9),
+                "kendall_tau": tau_rel,
+                "reference_ms_range": [min(ref_times), statistics.median(ref_times), max(ref_times)],
+            },
             "vs_fastest": {
                 "median_rel_error": statistics.median(errors_fast),
                 "p90_rel_error": quantile(errors_fast, 0.9),
                 "kendall_tau": tau_fast,
             },
             "rows": rows,
+            "drift": drift,
         }
         log(
             f"  error vs median: median {out['median_rel_error']:.1%}, p90 {out['p90_rel_error']:.1%}, "
             f"tau {tau:.3f} (MACs alone: tau {tau_macs:.3f}); vs fastest run: median "
             f"{statistics.median(errors_fast):.1%}, p90 {quantile(errors_fast, 0.9):.1%}, "
             f"tau {tau_fast:.3f}; table {build_s:.0f} s"
+        )
+        log(
+            f"  relative to {REFERENCE} measured just before each network: median "
+            f"{statistics.median(errors_rel):.1%}, p90 {quantile(errors_rel, 0.9):.1%}, tau {tau_rel:.3f}; "
+            f"{REFERENCE} itself {min(ref_times):.2f}-{max(ref_times):.2f} ms over the run "
+            f"(median {statistics.median(ref_times):.2f}, predicted {reference_predicted:.2f})"
         )
         log(
             f"  {other_kind} correction instead: median {statistics.median(errors_other):.1%}, "

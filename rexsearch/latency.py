@@ -1021,6 +1021,8 @@ def build_table(
                 "summed_ms": sum(parts[:-1]),
                 "components": list(parts),
                 "measured_ms": measured.min_ms,
+                "median_ms": measured.median_ms,
+                "config": cfg.to_dict(),
             }
         )
         if progress:
@@ -1037,6 +1039,67 @@ def build_table(
         versions,
         time.perf_counter() - start,
     )
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A table's calibration networks timed again: how fast this machine is now against the build."""
+
+    networks: tuple[dict[str, Any], ...]  # name, then_ms, now_ms (fastest runs), ratio
+    ratio: float  # the median of now / then: below 1 the machine is faster now, above 1 slower
+
+    def describe(self) -> str:
+        change = self.ratio - 1.0
+        if abs(change) < 0.005:
+            pace = "as fast as"
+        else:
+            pace = f"{abs(change):.0%} {'slower' if change > 0 else 'faster'} than"
+        return (
+            f"this machine runs {pace} when the table was built (median of now / then over "
+            f"{len(self.networks)} calibration networks, fastest runs: {self.ratio:.3f}); its "
+            f"predictions are off by that much until it is rebuilt"
+        )
+
+
+#: Calibration networks :func:`check_drift` times by default (spread over the table's list).
+DRIFT_NETWORKS = 6
+
+
+def check_drift(
+    table: LatencyTable, networks: int = DRIFT_NETWORKS, progress: Progress | None = None
+) -> Drift:
+    """Time up to ``networks`` of the table's calibration networks again, here, as the build did
+    (fastest of at least 10 runs): the machine's drift since the build, which no table predicts.
+
+    Refuses a table built elsewhere, and one whose calibration rows do not keep their configs
+    (tables built before they did).
+    """
+    here = check_table_here(table)
+    rows = [r for r in table.correction.calibration if "config" in r]
+    if not rows:
+        raise LatencyTableError(
+            "the latency table's calibration networks do not record their configs (it was built by an "
+            "older rexsearch); rebuild it with `rexsearch latency-table build` to check its drift"
+        )
+    if networks < 1:
+        raise UserError(f"networks must be a positive integer, got {networks}")
+    step = max(1, len(rows) // networks)
+    chosen = rows[::step][:networks]
+    out = []
+    for i, row in enumerate(chosen):
+        config = ReXNetConfig.from_dict(row["config"])
+        now = measure_latency(config, table.resolution, env=here, warmup=3, repeats=10).min_ms
+        out.append(
+            {
+                "name": row["name"],
+                "then_ms": row["measured_ms"],
+                "now_ms": now,
+                "ratio": now / row["measured_ms"],
+            }
+        )
+        if progress:
+            progress("drift", i + 1, len(chosen))
+    return Drift(tuple(out), statistics.median(r["ratio"] for r in out))
 
 
 # ---------------------------------------------------------------------------- a search's table

@@ -5,6 +5,7 @@ Everything runs on tiny networks at 32x32 with coarse tables; no assertion is ab
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -26,6 +27,7 @@ from rexsearch.latency import (
     _monotone,
     build_table,
     calibration_networks,
+    check_drift,
     config_ops,
     environment,
     fit_kind_correction,
@@ -399,3 +401,48 @@ def test_measurement_keeps_the_allocator_steady(space, monkeypatch):
     monkeypatch.setattr(lat, "_ALLOCATOR_STEADY", False)
     monkeypatch.setattr(lat.platform, "system", lambda: "Darwin")
     assert steady_allocator() is False  # elsewhere a no-op
+
+
+def test_drift_check_times_the_calibration_networks_again(table, tmp_path, monkeypatch, capsys):
+    import rexsearch.latency as latency
+
+    rows = table.correction.calibration
+    assert all(ReXNetConfig.from_dict(r["config"]).to_dict() == r["config"] for r in rows)
+    drift = check_drift(table, networks=2)
+    assert len(drift.networks) == 2 and {r["name"] for r in drift.networks} <= {r["name"] for r in rows}
+    assert drift.ratio > 0 and all(r["now_ms"] > 0 for r in drift.networks)
+
+    # a machine 10% slower than at the build: every network's fastest run 1.1x its build time
+    then = {r["name"]: r["measured_ms"] for r in rows}
+    real = latency.measure_latency
+
+    def slower(config, *args, **kwargs):
+        lat = real(config, *args, **kwargs)
+        name = config.name or config.short_hash()
+        return dataclasses.replace(lat, min_ms=1.1 * then[name])
+
+    monkeypatch.setattr(latency, "measure_latency", slower)
+    drift = check_drift(table)
+    assert drift.ratio == pytest.approx(1.1)
+    assert drift.describe().startswith("this machine runs 10% slower than when the table was built")
+    path = tmp_path / "table.json"
+    table.save(path)
+    assert main(["latency-table", "check", str(path), "--networks", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ratio"] == pytest.approx(1.1) and len(out["networks"]) == 3
+    assert main(["latency-table", "check", str(path), "--quiet"]) == 0
+    assert "10% slower than when the table was built" in capsys.readouterr().out
+
+
+def test_drift_check_refuses_a_table_without_calibration_configs(table, tmp_path, capsys):
+    path = tmp_path / "old.json"
+    table.save(path)
+    data = json.loads(path.read_text())
+    for row in data["correction"]["calibration"]:
+        del row["config"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match="rebuild it"):
+        check_drift(load_table(path))
+    assert main(["latency-table", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not record their configs" in err

@@ -299,3 +299,16 @@ def test_trials_table_without_a_macs_budget(table_file, budget_ms):
     assert frame["feasible"].tolist() == [True, False]
     assert frame["latency"].tolist() == pytest.approx([0.5 * budget_ms, 2 * budget_ms])
     assert not math.isnan(frame["latency_ms"].iloc[0])
+
+
+def test_run_says_how_far_the_machine_drifted_from_the_table(table_file, capsys):
+    from rexsearch.cli.search import RUN_DRIFT_NETWORKS, _LiveView, _say_drift
+
+    budget = Budget(latency_ms=5.0, latency_table=load_table(table_file), resolution=int(RES))
+    _say_drift(budget, _LiveView(quiet=False))
+    err = capsys.readouterr().err
+    assert err.startswith("latency table: this machine runs ") and err.count("\n") == 1
+    assert f"over {min(RUN_DRIFT_NETWORKS, 2)} calibration networks" in err  # the table has 2
+    _say_drift(budget, _LiveView(quiet=True))
+    _say_drift(Budget(macs=100_000_000), _LiveView(quiet=False))
+    assert capsys.readouterr().err == ""

@@ -1,4 +1,4 @@
-"""`rexsearch latency`, `rexsearch latency-table build|show|preview`.
+"""`rexsearch latency`, `rexsearch latency-table build|show|check|preview`.
 
 The budget flags (`--flops-budget`, `--latency-budget`, ...) are
 :func:`~rexsearch.cli.common.add_budget_flags`, shared with `run` and `space`.
@@ -24,9 +24,11 @@ from rexsearch.errors import UserError
 from rexsearch.latency import (
     CORRECTIONS,
     DEVICES,
+    DRIFT_NETWORKS,
     RUNTIMES,
     build_table,
     calibration_shapes,
+    check_drift,
     environment,
     load_table,
     measure_latency,
@@ -91,6 +93,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("table", metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_table_show)
+
+    p = tsub.add_parser(
+        "check",
+        help="time some of a table's calibration networks again: has this machine drifted since?",
+        description="Times calibration networks of the table again here, as the build did (fastest of "
+        "10 runs), and prints now / then: a machine that runs faster or slower than when the table was "
+        "built (frequency scaling, a busy host, another VM type) shifts every prediction by that ratio.",
+    )
+    p.add_argument("table", metavar="FILE")
+    p.add_argument(
+        "--networks", type=positive_int, default=DRIFT_NETWORKS, help=f"how many (default {DRIFT_NETWORKS})"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(handler=cmd_table_check)
 
     shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
     p = tsub.add_parser(
@@ -208,6 +225,22 @@ def cmd_table_show(args: argparse.Namespace) -> int:
             for r in c.calibration
         ],
     )
+    return 0
+
+
+def cmd_table_check(args: argparse.Namespace) -> int:
+    drift = check_drift(load_table(args.table), args.networks, progress=_progress(args.quiet or args.json))
+    if args.json:
+        print_json({"ratio": drift.ratio, "networks": list(drift.networks)})
+        return 0
+    print_table(
+        ["calibration network", "at the build ms", "now ms", "now / then"],
+        [
+            [r["name"], f"{r['then_ms']:.3f}", f"{r['now_ms']:.3f}", f"{r['ratio']:.3f}"]
+            for r in drift.networks
+        ],
+    )
+    print(drift.describe())
     return 0
 
 

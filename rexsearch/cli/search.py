@@ -302,6 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     check_feasible(space, budget, seed=settings.seed)
     view = _LiveView(args.quiet)
+    _say_drift(budget, view)
     confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
     return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 
@@ -312,6 +313,20 @@ def _check_latency_table(budget: Budget, path: str | Path | None) -> None:
         from rexsearch.latency import check_table_here
 
         check_table_here(budget.latency_table, f"the latency table {path}")
+
+
+#: Calibration networks a run with a latency budget times again before Ray starts (a few seconds).
+RUN_DRIFT_NETWORKS = 3
+
+
+def _say_drift(budget: Budget, view: _LiveView) -> None:
+    """Say how much faster or slower this machine runs than when the latency table was built."""
+    table = budget.latency_table
+    if table is None or view.quiet or not any("config" in r for r in table.correction.calibration):
+        return
+    from rexsearch.latency import check_drift
+
+    view.event(f"latency table: {check_drift(table, RUN_DRIFT_NETWORKS).describe()}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
