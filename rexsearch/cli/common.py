@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -42,13 +43,18 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+#: A cell printed right-aligned: a number, with at most a two-letter unit (149.90M, 1.80%, 12 ms).
+_NUMBER = re.compile(r"[+-]?[\d,]*\.?\d+ ?[A-Za-z%]{0,2}")
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
         print(
             "  ".join(
-                c.rjust(w) if n and c[:1].isdigit() else c.ljust(w) for c, w in zip(row, widths, strict=False)
+                c.rjust(w) if n and _NUMBER.fullmatch(c) else c.ljust(w)
+                for c, w in zip(row, widths, strict=False)
             ).rstrip()
         )
         if n == 0:
