@@ -13,6 +13,7 @@ from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 from rexsearch.rank import DEFAULT_RANK_PROTOCOL, DEFAULT_SAMPLES, RANK_PROTOCOLS, RTOL, measure_rank
 from rexsearch.rank_study import (
     DEFAULT_PROTOCOL,
+    PAPER_NETWORKS,
     PAPER_RTOL,
     PROTOCOLS,
     QUICK_NETWORKS,
@@ -128,7 +129,8 @@ the expand layers. Writes DIR/channel_study_PROTOCOL.csv and .html.
         "--networks",
         type=positive_int,
         default=None,
-        help=f"random networks per point (default {STUDY_NETWORKS}; with --quick {QUICK_NETWORKS})",
+        help=f"random networks per point (default {PAPER_NETWORKS}, the paper's, for the block study "
+        f"under --protocol paper, else {STUDY_NETWORKS}; with --quick {QUICK_NETWORKS})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument(
