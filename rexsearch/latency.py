@@ -1061,7 +1061,7 @@ class Drift:
         )
 
 
-#: Calibration networks :func:`check_drift` times by default (spread over the table's list).
+#: Calibration networks :func:`check_drift` times by default (spread over the faster half of the table's).
 DRIFT_NETWORKS = 6
 
 
