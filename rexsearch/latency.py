@@ -1012,8 +1012,9 @@ def build_table(
             families[(op, key)] = Family(op, key, axes, tuple(_monotone(axes, ms)))
     raw = LatencyTable(env, resolution, families, Correction(0.0, 1.0))
     rows = []
+    cal_warmup, cal_repeats = max(3, warmup), max(10, repeats)
     for i, cfg in enumerate(calibration):
-        measured = measure_latency(cfg, resolution, env=env, warmup=max(3, warmup), repeats=max(10, repeats))
+        measured = measure_latency(cfg, resolution, env=env, warmup=cal_warmup, repeats=cal_repeats)
         parts = raw.components(cfg)
         rows.append(
             {
@@ -1022,6 +1023,8 @@ def build_table(
                 "components": list(parts),
                 "measured_ms": measured.min_ms,
                 "median_ms": measured.median_ms,
+                "warmup": cal_warmup,
+                "repeats": cal_repeats,
                 "config": cfg.to_dict(),
             }
         )
@@ -1069,8 +1072,9 @@ def check_drift(
     table: LatencyTable, networks: int = DRIFT_NETWORKS, progress: Progress | None = None
 ) -> Drift:
     """Time up to ``networks`` of the table's calibration networks (spread over its faster half)
-    again, here, as the build did (fastest of 10 runs after 3 warm-up runs): the machine's drift
-    since the build, which no table predicts.
+    again, here, as the build did (the fastest of as many runs, after as many warm-up runs, as
+    the row records; 10 after 3 by default): the machine's drift since the build, which no
+    table predicts.
 
     Refuses a table built elsewhere, and one whose calibration rows do not keep their configs
     (tables built before they did).
@@ -1091,7 +1095,9 @@ def check_drift(
     out = []
     for i, row in enumerate(chosen):
         config = ReXNetConfig.from_dict(row["config"])
-        now = measure_latency(config, table.resolution, env=here, warmup=3, repeats=10).min_ms
+        # as many runs as the build timed: the fastest of more runs is lower by itself
+        warmup, repeats = int(row.get("warmup", 3)), int(row.get("repeats", 10))
+        now = measure_latency(config, table.resolution, env=here, warmup=warmup, repeats=repeats).min_ms
         out.append(
             {
                 "name": row["name"],

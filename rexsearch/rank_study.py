@@ -394,7 +394,7 @@ def run_channel_study(
     """
     _check_protocol(protocol)
     paper = protocol == "paper"
-    networks = networks or (QUICK_NETWORKS if quick else PAPER_NETWORKS if paper else STUDY_NETWORKS)
+    networks = networks or (QUICK_NETWORKS if quick else STUDY_NETWORKS)
     if networks < 1:
         raise UserError(f"networks must be a positive integer, got {networks}")
     depths = list(depths or (QUICK_CHANNEL_DEPTHS if quick else CHANNEL_DEPTHS))

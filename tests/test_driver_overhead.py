@@ -60,6 +60,9 @@ def test_slots_are_the_trials_that_fit_at_once(cpus_per_trial, gpus_per_trial, c
     assert Resources(cpus_per_trial, gpus_per_trial, cpus, gpus, 1).slots == slots
 
 
+_RAY_SETTINGS = ("RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "RAY_DEDUP_LOGS")
+
+
 def test_local_ray_inherits_the_environment_and_a_cluster_gets_a_runtime_env(monkeypatch):
     import ray
 
@@ -68,8 +71,10 @@ def test_local_ray_inherits_the_environment_and_a_cluster_gets_a_runtime_env(mon
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    # set, then removed: monkeypatch restores what ensure_ray writes into os.environ
+    for name in ("RAY_ADDRESS", "OMP_WAIT_POLICY", *_RAY_SETTINGS):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setattr(cluster, "_joins_local_cluster", lambda: False)
     assert cluster.ensure_ray(None)
     assert "runtime_env" not in calls[-1]
@@ -116,3 +121,34 @@ def test_executable_exits_with_mains_status_after_the_exit_handlers(tmp_path, ca
     assert (out.returncode, out.stdout.strip(), handlers_ran) == (0, "rexsearch 0.1.0", True)
     out, _ = _entry(tmp_path, "no-such-command")
     assert out.returncode == 2 and "not reached" not in out.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_executable_says_when_its_output_cannot_be_written(tmp_path):
+    """stdout on a full device, buffered so the error comes at the final flush: not a silent
+    exit 0, but one line on stderr and exit 120."""
+    marker = tmp_path / "atexit.txt"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [sys.executable, "-c", _ENTRY, str(marker), "presets"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert out.returncode == 120, out.stderr
+    assert out.stderr.count("\n") == 1 and "the output could not be written" in out.stderr
+
+
+def test_background_report_hands_its_error_to_the_caller():
+    from rexsearch.cli.search import _Background
+
+    assert _Background(lambda: 42).result() == 42
+
+    def fail():
+        raise RuntimeError("report broke")
+
+    with pytest.raises(RuntimeError, match="report broke"):
+        _Background(fail).result()

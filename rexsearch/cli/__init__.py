@@ -125,7 +125,9 @@ def entry() -> None:
     nothing is left to do by then: every file is written atomically, the study's transactions
     are committed, Ray is shut down. So once ``main`` returned, the exit handlers run, the
     standard streams are flushed and the process ends with ``os._exit``. Where a thread other
-    than a daemon one still runs, or the exit status is not a number, the ordinary exit is kept.
+    than a daemon one still runs, or the exit status is not a number, the ordinary exit is kept;
+    output that cannot be flushed (other than to a closed pipe) is said and exits 120, as
+    Python's own exit does.
     """
     try:
         code = main()
@@ -135,9 +137,16 @@ def entry() -> None:
     if not isinstance(code, int) or others:
         sys.exit(code)
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can reach it
-            stream.flush()
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # a closed pipe or stream: nothing more can reach it
+        pass
+    except OSError as exc:  # output that could not be written (a full disk): say so, exit non-zero
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"rexsearch: error: the output could not be written: {exc.strerror or exc}\n")
+        code = code or 120
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code)
 
 

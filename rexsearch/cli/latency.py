@@ -97,9 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = tsub.add_parser(
         "check",
         help="time some of a table's calibration networks again: has this machine drifted since?",
-        description="Times calibration networks of the table again here, as the build did (fastest of "
-        "10 runs), and prints now / then: a machine that runs faster or slower than when the table was "
-        "built (frequency scaling, a busy host, another VM type) shifts every prediction by that ratio.",
+        description="Times calibration networks of the table again here, as the build did (the fastest "
+        "of as many runs), and prints now / then: a machine that runs faster or slower than when the "
+        "table was built (frequency scaling, a busy host, another VM type) shifts every prediction by "
+        "that ratio.",
     )
     p.add_argument("table", metavar="FILE")
     p.add_argument(
