@@ -60,6 +60,22 @@ def test_slots_are_the_trials_that_fit_at_once(cpus_per_trial, gpus_per_trial, c
     assert Resources(cpus_per_trial, gpus_per_trial, cpus, gpus, 1).slots == slots
 
 
+def test_slots_are_counted_node_by_node(monkeypatch):
+    """Two 3-CPU nodes run two 2-CPU trials, not the three their 6 CPUs would suggest."""
+    import ray
+
+    from rexsearch.search.cluster import check_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 3.0}}, {"Alive": True, "Resources": {"CPU": 3.0}}]
+    nodes.append({"Alive": False, "Resources": {"CPU": 64.0}})
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 6.0})
+    total = check_resources(2.0, 0.0)
+    assert total["slots"] == 2 and total["nodes"] == 2
+    assert Resources(2.0, 0.0, 6.0, 0.0, 2, int(total["slots"])).slots == 2
+    assert Resources(2.0, 0.0, 6.0, 0.0, 2).slots == 3  # from the totals alone
+
+
 _RAY_SETTINGS = ("RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "RAY_DEDUP_LOGS")
 
 

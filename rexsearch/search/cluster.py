@@ -120,7 +120,21 @@ def check_resources(cpus: float, gpus: float) -> dict[str, float]:
             f"{best_cpu:g} CPU and {best_gpu:g} GPU); lower --cpus-per-trial/--gpus-per-trial"
         )
     total = ray.cluster_resources()
-    return {"CPU": total.get("CPU", 0.0), "GPU": total.get("GPU", 0.0), "nodes": float(len(nodes))}
+    slots = sum(_node_slots(n.get("CPU", 0.0), n.get("GPU", 0.0), cpus, gpus) for n in nodes)
+    return {
+        "CPU": total.get("CPU", 0.0),
+        "GPU": total.get("GPU", 0.0),
+        "nodes": float(len(nodes)),
+        "slots": float(slots),
+    }
+
+
+def _node_slots(node_cpus: float, node_gpus: float, cpus: float, gpus: float) -> int:
+    """How many trials of ``cpus`` CPU and ``gpus`` GPU one node runs at once."""
+    fits = [node_cpus / cpus] if cpus > 0 else []
+    if gpus > 0:
+        fits.append(node_gpus / gpus)
+    return math.floor(min(fits) + 1e-9) if fits else 1
 
 
 def check_cluster(settings: SearchSettings, nodes: int) -> None:
@@ -160,14 +174,15 @@ class Resources:
     cpus: float
     gpus: float
     nodes: int
+    node_slots: int = 0  # trials that fit at once, node by node (0: not counted, see slots)
 
     @property
     def slots(self) -> int:
-        """How many trials the cluster runs at once (at least one)."""
-        fits = [self.cpus / self.cpus_per_trial] if self.cpus_per_trial > 0 else []
-        if self.gpus_per_trial > 0:
-            fits.append(self.gpus / self.gpus_per_trial)
-        return max(1, math.floor(min(fits) + 1e-9)) if fits else 1
+        """How many trials the cluster runs at once (at least one): counted node by node when
+        known, else from the cluster's totals."""
+        if self.node_slots > 0:
+            return self.node_slots
+        return max(1, _node_slots(self.cpus, self.gpus, self.cpus_per_trial, self.gpus_per_trial))
 
 
 def cluster_resources(settings: SearchSettings) -> Resources:
@@ -183,4 +198,4 @@ def cluster_resources(settings: SearchSettings) -> Resources:
     total = check_resources(cpus, gpus)
     nodes = int(total["nodes"])
     check_cluster(settings, nodes)
-    return Resources(cpus, gpus, total["CPU"], total["GPU"], nodes)
+    return Resources(cpus, gpus, total["CPU"], total["GPU"], nodes, int(total.get("slots", 0)))
