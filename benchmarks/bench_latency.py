@@ -39,8 +39,8 @@ from rexsearch.cost import count_cost
 from rexsearch.latency import (
     CORRECTIONS,
     build_table,
-    calibration_networks,
     calibration_shapes,
+    check_drift,
     environment,
     fit_table_correction,
     load_table,
@@ -51,6 +51,8 @@ from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, baseline_candidate
 
 #: Measured just before every evaluation network: how fast the machine is at that moment.
 REFERENCE = "rexnet-1.0"
+#: Calibration networks timed again after the evaluation (``rexsearch.latency.check_drift``).
+DRIFT_CHECKED = 12
 
 
 def log(msg: str) -> None:
@@ -161,16 +163,17 @@ def main() -> int:
             # the reference network just before: its time tracks the machine's speed at that moment
             ref = measure_latency(reference, env=env, warmup=warmup, repeats=repeats)
             lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
+            parts = table.components(cfg)
             rows.append(
                 {
-                    "reference_ms": ref.median_ms,
                     "name": name,
+                    "reference_ms": ref.median_ms,
                     "macs": count_cost(cfg).macs,
                     "measured_ms": lat.median_ms,
                     "fastest_ms": lat.min_ms,
                     "predicted_ms": table.predict(cfg),
-                    "predicted_other_ms": other.apply(table.components(cfg)),
-                    "components": list(table.components(cfg)),
+                    "predicted_other_ms": other.apply(parts),
+                    "components": list(parts),
                     "seconds": time.perf_counter() - began,
                 }
             )
@@ -180,25 +183,16 @@ def main() -> int:
         # against their times at the table's build (drift of the device, not the predictor's error).
         drift = []
         if not quick and not args.reuse_tables:
-            names = {r["name"]: r for r in cal}
-            for cfg in calibration_networks(resolution=table.resolution)[::3]:
-                row = names.get(cfg.name or cfg.short_hash())
-                if row is None or "median_ms" not in row:
-                    continue
-                lat = measure_latency(cfg, env=env, warmup=max(3, warmup), repeats=max(10, repeats))
-                drift.append(
-                    {
-                        "name": row["name"],
-                        "fastest_ratio": lat.min_ms / row["measured_ms"],
-                        "median_ratio": lat.median_ms / row["median_ms"],
-                    }
-                )
-            if drift:
-                log(
-                    "  drift: calibration networks now / at the build: fastest "
-                    f"{statistics.median(d['fastest_ratio'] for d in drift):.3f}, median "
-                    f"{statistics.median(d['median_ratio'] for d in drift):.3f} ({len(drift)} networks)"
-                )
+            drift = [
+                {"name": r["name"], "fastest_ratio": r["ratio"], "median_ratio": r.get("median_ratio")}
+                for r in check_drift(table, networks=DRIFT_CHECKED).networks
+            ]
+            medians = [d["median_ratio"] for d in drift if d["median_ratio"] is not None]
+            log(
+                "  drift: calibration networks now / at the build: fastest "
+                f"{statistics.median(d['fastest_ratio'] for d in drift):.3f}, median "
+                f"{statistics.median(medians) if medians else math.nan:.3f} ({len(drift)} networks)"
+            )
         errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows]
         # Against the reference measured just before each network: the predictor's error with the
         # machine's drift (minutes-long changes of its speed) cancelled.
