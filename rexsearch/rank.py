@@ -62,7 +62,7 @@ setting of the paper's Figure 1 (see :mod:`rexsearch.rank_study`) to a whole net
 U[0, 1) images, the network in eval mode (a freshly initialised BatchNorm, with running
 statistics 0 and 1, is then the identity; a trained one uses its running statistics),
 and the strict numerical rank (``rtol = 0``): the random-block study's earlier setting
-(that study now draws U[0, 1.5) inputs at a fixed tolerance). ``benchmarks/bench_rank_protocols.py``
+(that study now draws half-normal inputs at a fixed tolerance). ``benchmarks/bench_rank_protocols.py``
 measures which of the two correlates better with proxy accuracy; the default follows it.
 
 The paper's random-network studies live in :mod:`rexsearch.rank_study`, so that trial

@@ -48,7 +48,7 @@ def test_paper_linear_layer_is_the_diagonal(paper_1x1):
 
 
 def test_paper_relu_loses_dead_channels_that_leaky_relu_keeps(paper_1x1):
-    # ReLU6 saturates only the rare pre-activation above 6 of the U[0, 1.5) inputs
+    # ReLU6 saturates only the rare pre-activation above 6 of the half-normal inputs
     assert (paper_1x1["relu"] - paper_1x1["relu6"]).abs().max() < 0.03
     large = paper_1x1.loc[paper_1x1.index >= 0.5]
     assert (large["leaky_relu"] > large["relu"]).all()
@@ -64,14 +64,15 @@ READ_OFFS = {
 
 
 def test_paper_protocol_is_near_the_papers_read_offs():
-    # 60 networks over the full d_out range: the committed study's 300 are within 0.05
+    # 60 networks over the full d_out range (seeded); the committed study's 1,000 are within 0.04
     df = run_rank_study(networks=60, seed=0, blocks=["conv1x1"])
     table = df.pivot(index="dim_ratio", columns="nonlinearity", values="rank_ratio")
     for ratio, reads in READ_OFFS.items():
         for name, value in reads.items():
-            assert table.loc[ratio, name] == pytest.approx(value, abs=0.065), (ratio, name)
-    # U[0, 1) inputs at the strict per-size tolerance left HardSwish at 0.90 and ELU at 0.96
-    assert table.loc[0.1, "hardswish"] > 0.92 and table.loc[0.1, "elu"] < 0.96
+            assert table.loc[ratio, name] == pytest.approx(value, abs=0.05), (ratio, name)
+    # uniform U[0, 1.5) inputs left ReLU6 at ratio 1.0 at 0.91, 0.008 under ReLU
+    assert table.loc[1.0, "relu6"] > 0.93
+    assert table.loc[1.0, "relu6"] == pytest.approx(table.loc[1.0, "relu"], abs=0.005)
 
 
 def test_paper_bottlenecks_lose_more_rank_than_single_convs():

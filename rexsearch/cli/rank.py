@@ -103,19 +103,20 @@ rank of the final feature against k = 1..L for L = 2, 4, 8, 12, with SiLU or ReL
 the expand layers. Writes DIR/channel_study_PROTOCOL.csv and .html.
 
 --protocol paper (default), the setting the paper's Figure 1 implies:
-  inputs      N = d_out + 2 rows drawn from U[0, 1.5), 1x1 spatial size (a 3x3 conv acts
-              through its centre tap, a depthwise conv is a per-channel scale)
-  d_out       uniform in 16..256 (16..64 with --quick); d_in = round(ratio * d_out)
+  inputs      N = d_out + 1 rows, entries 1.2 * |N(0, 1)| (half-normal, non-negative),
+              1x1 spatial size (a 3x3 conv acts through its centre tap, a depthwise conv
+              is a per-channel scale)
+  d_out       uniform in 16..128 (16..64 with --quick); d_in = round(ratio * d_out)
   weights     standard normal (torch.randn), biases U(+-1/sqrt(fan_in)) (PyTorch's default);
               in the channel study weights are scaled by 1/sqrt(fan_in)
   BatchNorm   a fresh layer in eval mode: the identity
   bottleneck  expansion 2, nonlinearity after the expansion and the 3x3 conv, linear
               projection, input added to the first d_in output channels
-  rank        numerical rank of the float32 output at one relative tolerance, 3.1e-5:
-              torch.linalg.matrix_rank's default (sigma_max * max(M, C) * eps) for the
-              largest matrix (258 x 256), used at every size
-  (the input range and the fixed tolerance came closest to the paper's read-offs in a
-  sweep: reports/rank-study/README.md)
+  rank        numerical rank of the float32 output at one relative tolerance, 3.1e-5
+              (258 * eps: torch.linalg.matrix_rank's default, sigma_max * max(M, C) * eps,
+              for a 258 x 256 matrix), used at every size
+  (the input distribution, d_out range, N and tolerance came closest to the paper's
+  read-offs in a sweep: reports/rank-study/README.md)
 --protocol batchnorm, the earlier setting: one Gaussian S x S image (S = ceil(sqrt(2 d_out))),
   fan-scaled Gaussian weights, BatchNorm on batch statistics before every nonlinearity,
   d_out 64..256, expansion 6, rank at relative tolerance 0.03 on 2 d_out rows.""",
