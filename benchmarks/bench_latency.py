@@ -59,15 +59,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def eval_configs(per_space: int, seed: int = 0) -> list[tuple[str, object]]:
-    """Presets plus ``per_space`` random configs of every shipped space at random MACs budgets."""
+def eval_configs(per_space: int, seed: int = 0, multiple: int | None = None) -> list[tuple[str, object]]:
+    """Presets plus ``per_space`` random configs of every shipped space at random MACs budgets
+    (with ``multiple``: widths on it, and no presets, whose widths are not)."""
     rng = random.Random(seed)
-    out = [(name, p.config()) for name, p in PRESETS.items()]
+    out = [] if multiple else [(name, p.config()) for name, p in PRESETS.items()]
     for path in sorted(SPACES_DIR.glob("*.yaml")):
         space = load_space(path)
         got = 0
         while got < per_space:
-            budget = Budget(round(math.exp(rng.uniform(math.log(100e6), math.log(1.2e9)))))
+            budget = Budget(
+                round(math.exp(rng.uniform(math.log(100e6), math.log(1.2e9)))), channel_multiple=multiple
+            )
             try:
                 cand = space.decode(space.suggest(_RandomTrial(rng)), budget)
             except Exception:
@@ -108,27 +111,48 @@ def main() -> int:
     ap.add_argument(
         "--per-space", type=positive_int, help="random configs per shipped space (default 50; 5 with --quick)"
     )
+    ap.add_argument(
+        "--channel-multiple",
+        type=positive_int,
+        metavar="M",
+        help="tables built with --channel-multiple M, evaluation networks and decoded candidates on "
+        "multiples of M, the reference rexnet-1.0 rounded to M",
+    )
+    ap.add_argument(
+        "--plain-table",
+        action="store_true",
+        help="with --channel-multiple: predict with a table built without it (the comparison)",
+    )
     args = ap.parse_args()
     quick = args.quick
+    multiple = args.channel_multiple if args.channel_multiple and args.channel_multiple > 1 else None
+    table_multiple = None if args.plain_table else multiple
     began = time.perf_counter()
     per_space = args.per_space or (5 if quick else 50)
     decodes = 100 if quick else 1000
     sample_measured = 5 if quick else 20
     warmup, repeats = (2, 5) if quick else (5, 15)
     Path(args.tables).mkdir(parents=True, exist_ok=True)
-    results: dict = {"quick": quick, "threads": args.threads, "load_before": os.getloadavg(), "runtimes": {}}
+    results: dict = {
+        "quick": quick,
+        "threads": args.threads,
+        "channel_multiple": multiple,
+        "table_channel_multiple": table_multiple,
+        "load_before": os.getloadavg(),
+        "runtimes": {},
+    }
     targets = [("cpu", r) for r in args.runtimes.split(",")]
     try:
         environment("cuda", "torch")
         targets.append(("cuda", "torch"))
     except Exception:
         log("no CUDA device: CPU only")
-    configs = eval_configs(per_space)
+    configs = eval_configs(per_space, multiple=multiple)
     log(f"{len(configs)} evaluation configs")
     for device, runtime in targets:
         tag = f"{runtime}-{device}"
         env = environment(device, runtime, args.threads)
-        path = Path(args.tables) / f"{tag}.json"
+        path = Path(args.tables) / (f"{tag}-m{table_multiple}.json" if table_multiple else f"{tag}.json")
         if args.reuse_tables and path.is_file():
             log(f"== {tag}: reusing {path}; load average {os.getloadavg()[0]:.1f}")
             table = load_table(path, expect=env)
@@ -147,6 +171,7 @@ def main() -> int:
                 points=4 if quick else 6,
                 repeats=3 if quick else 7,
                 correction=args.correction,
+                channel_multiple=table_multiple,
             )
             build_s = time.perf_counter() - start
             table.save(path)
@@ -157,7 +182,7 @@ def main() -> int:
         other_kind = "line" if table.correction.kind_slopes else "kinds"
         other = fit_table_correction(cal, other_kind)
         rows = []
-        reference = get_preset(REFERENCE)
+        reference = linear_schedule(1.0, ch_div=multiple) if multiple else get_preset(REFERENCE)
         reference_predicted = table.predict(reference)
         for i, (name, cfg) in enumerate(configs):
             # the reference network just before: its time tracks the machine's speed at that moment
@@ -261,10 +286,12 @@ def main() -> int:
         )
 
         # Decoding under a latency budget.
-        limit = table.predict(get_preset("rexnet-1.0"))
+        limit = table.predict(reference)
         space = load_space("rexnet")
         for margin in (0.0, 0.05):
-            budget = Budget(latency_ms=limit, latency_table=table, latency_margin=margin)
+            budget = Budget(
+                latency_ms=limit, latency_table=table, latency_margin=margin, channel_multiple=multiple
+            )
             rng = random.Random(7)
             draws = [space.suggest(_RandomTrial(rng)) for _ in range(decodes)]
             start = time.perf_counter()

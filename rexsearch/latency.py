@@ -567,13 +567,23 @@ def _interp1(axis: Sequence[int], values: Sequence[float], x: float) -> float:
     return values[i] + (values[i + 1] - values[i]) * t
 
 
-def _grid(low: int, high: int, points: int) -> tuple[int, ...]:
-    """About ``points`` geometrically spaced integers covering [low/1.25, high*1.25]."""
+def _grid(low: int, high: int, points: int, multiple: int | None = None) -> tuple[int, ...]:
+    """About ``points`` geometrically spaced integers covering [low/1.25, high*1.25].
+
+    With ``multiple``, every point is a multiple of it (the ends rounded outwards), so that
+    the table times the aligned kernels that widths on that multiple run.
+    """
     a, b = max(1, math.floor(low / 1.25)), max(2, math.ceil(high * 1.25))
     if a >= b or points < 2:
-        return (a,) if a == b else (a, b)
-    ratio = (b / a) ** (1 / (points - 1))
-    return tuple(sorted({max(1, round(a * ratio**i)) for i in range(points)} | {a, b}))
+        grid = (a,) if a == b else (a, b)
+    else:
+        ratio = (b / a) ** (1 / (points - 1))
+        grid = tuple(sorted({max(1, round(a * ratio**i)) for i in range(points)} | {a, b}))
+    if not multiple or multiple == 1:
+        return grid
+    m = multiple
+    inner = {max(m, round(v / m) * m) for v in grid[1:-1]}
+    return tuple(sorted(inner | {max(m, a // m * m), max(m, -(-b // m) * m)}))
 
 
 def _monotone(axes: Sequence[Sequence[int]], ms: list[float]) -> list[float]:
@@ -723,6 +733,8 @@ class LatencyTable:
     correction: Correction
     versions: dict[str, str] = field(default_factory=dict)
     build_seconds: float = 0.0
+    #: The multiple every channel grid point is on (``latency-table build --channel-multiple``).
+    channel_multiple: int | None = None
     _cache: dict[Op, float] = field(default_factory=dict, compare=False, repr=False)
     _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
         default_factory=dict, compare=False, repr=False
@@ -796,11 +808,28 @@ class LatencyTable:
                 f"--threads {target.threads} --out FILE`"
             )
 
+    def check_channel_multiple(self, multiple: int | None, source: str = "the latency table") -> None:
+        """Refuse a search whose widths are not on the multiple this table's grid was built on.
+
+        Such a table times only aligned kernels, which ONNX Runtime runs much faster than
+        unaligned ones: it would predict unaligned widths too fast. A table built without a
+        multiple serves any search.
+        """
+        have = self.channel_multiple
+        if have and (multiple or 1) != have:
+            given = f"--channel-multiple {multiple}" if multiple and multiple > 1 else "no --channel-multiple"
+            raise LatencyTableError(
+                f"{source} was built for widths on multiples of {have} (latency-table build "
+                f"--channel-multiple {have}) and the search has {given}: pass --channel-multiple "
+                f"{have}, or use a table built without --channel-multiple"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": TABLE_FORMAT,
             "environment": self.environment.to_dict(),
             "resolution": self.resolution,
+            "channel_multiple": self.channel_multiple,
             "versions": dict(self.versions),
             "build_seconds": self.build_seconds,
             "correction": self.correction.to_dict(),
@@ -827,11 +856,21 @@ class LatencyTable:
                 Correction.from_dict(data["correction"]),
                 dict(data.get("versions", {})),
                 float(data.get("build_seconds", 0.0)),
+                _multiple(data.get("channel_multiple")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LatencyTableError(
                 f"{source} is a damaged latency table ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def _multiple(value: Any) -> int | None:
+    """A table file's ``channel_multiple``: absent or null, else an integer in 2..128."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 128:
+        raise ValueError(f"channel_multiple must be null or an integer in 2..128, got {value!r}")
+    return value
 
 
 def predict_latency(config: ReXNetConfig, table: LatencyTable, resolution: int | None = None) -> float:
@@ -875,7 +914,10 @@ def calibration_shapes(per_space: int = 6, seed: int = 1000) -> list[ReXNetConfi
 
 
 def calibration_networks(
-    count: int = CALIBRATION_NETWORKS, resolution: int = 224, seed: int = 2000
+    count: int = CALIBRATION_NETWORKS,
+    resolution: int = 224,
+    seed: int = 2000,
+    channel_multiple: int | None = None,
 ) -> list[ReXNetConfig]:
     """``count`` candidates decoded from the shipped spaces in turn, each at a MACs budget drawn
     log-uniformly from ``CALIBRATION_MACS`` (scaled by the resolution's area): networks like
@@ -884,7 +926,8 @@ def calibration_networks(
     Shapes at fixed width multipliers (:func:`calibration_shapes`) span the grids but are not
     what a width solver produces (a multiplier of 3 or 0.25 of a random shape); a correction
     fitted on them missed decoded candidates by a median of 21% on this project's VM, one
-    fitted on decoded ones by 6-10% (reports in the README).
+    fitted on decoded ones by 6-10% (reports in the README). ``channel_multiple`` decodes them
+    with widths on that multiple, as a ``--channel-multiple`` search does.
     """
     from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, load_space
 
@@ -896,7 +939,11 @@ def calibration_networks(
     while len(out) < count and attempts < 50 * count:
         space = spaces[attempts % len(spaces)]
         attempts += 1
-        budget = Budget(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))), resolution=resolution)
+        budget = Budget(
+            round(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+            resolution=resolution,
+            channel_multiple=channel_multiple,
+        )
         try:
             out.append(space.decode(space.suggest(_RandomTrial(rng)), budget).config)
         except UserError:
@@ -911,8 +958,10 @@ def _families(
     activations: Sequence[str],
     se_ratios: Sequence[int],
     kernels: Sequence[int],
+    multiple: int | None = None,
 ) -> list[tuple[str, tuple[Any, ...], tuple[tuple[int, ...], ...]]]:
-    """Operator families with their grids, from the ranges the configs use."""
+    """Operator families with their grids, from the ranges the configs use (channel points on
+    ``multiple`` when given; the stem's 3 input channels stay 3)."""
     ranges: dict[tuple[str, tuple[Any, ...]], list[list[int]]] = {}
     for cfg in configs:
         for op, key, coords in config_ops(cfg, resolution):
@@ -940,7 +989,9 @@ def _families(
                 merge("dw", (k, key[1], key[2]), r)
     out = []
     for (op, key), r in ranges.items():
-        axes = tuple((lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points) for lo, hi in r)
+        axes = tuple(
+            (lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points, multiple) for lo, hi in r
+        )
         if op == "se":  # an SE needs at least one channel in its bottleneck
             axes = (tuple(sorted({max(c, key[0]) for c in axes[0]})),)
         out.append((op, key, axes))
@@ -963,6 +1014,7 @@ def build_table(
     repeats: int = 7,
     progress: Progress | None = None,
     correction: str = "line",
+    channel_multiple: int | None = None,
 ) -> LatencyTable:
     """Measure every operator family on this machine and fit the end-to-end correction.
 
@@ -975,20 +1027,28 @@ def build_table(
     or, when ``shapes`` are given, ``CALIBRATION_NETWORKS`` of them spread over them) are
     measured end to end for the correction. ``progress(stage, done, total)`` is called
     as measurements finish.
+
+    ``channel_multiple`` builds a table for searches whose widths are on that multiple
+    (``--channel-multiple``): every channel grid point is a multiple of it and the default
+    calibration networks are decoded with it. The table records it, and a search with
+    another multiple is refused (:meth:`LatencyTable.check_channel_multiple`).
     """
     start = time.perf_counter()
     _check_choice("correction", correction, CORRECTIONS)
+    if channel_multiple is not None and not 1 <= channel_multiple <= 128:
+        raise UserError(f"the channel multiple must be in 1..128, got {channel_multiple}")
+    channel_multiple = None if channel_multiple == 1 else channel_multiple
     env = environment(device, runtime, threads, batch)
     steady_allocator()
     if shapes is None:
         if calibration is None:
-            calibration = calibration_networks(resolution=resolution)
+            calibration = calibration_networks(resolution=resolution, channel_multiple=channel_multiple)
         shapes = calibration_shapes() + list(calibration)
     shapes = list(shapes)
     if calibration is None:
         step = max(1, len(shapes) // CALIBRATION_NETWORKS)
         calibration = shapes[::step][:CALIBRATION_NETWORKS]
-    specs = _families(shapes, resolution, points, activations, se_ratios, kernels)
+    specs = _families(shapes, resolution, points, activations, se_ratios, kernels, channel_multiple)
     total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
     families: dict[tuple[str, tuple[Any, ...]], Family] = {}
     done = 0
@@ -1041,6 +1101,7 @@ def build_table(
         fitted,
         versions,
         time.perf_counter() - start,
+        channel_multiple,
     )
 
 

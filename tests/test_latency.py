@@ -446,3 +446,68 @@ def test_drift_check_refuses_a_table_without_calibration_configs(table, tmp_path
     assert main(["latency-table", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "do not record their configs" in err
+
+
+def test_grid_on_a_channel_multiple_covers_the_range_with_aligned_points():
+    plain = _grid(27, 1280, 6)
+    for multiple in (8, 16):
+        grid = _grid(27, 1280, 6, multiple)
+        assert all(c % multiple == 0 for c in grid) and list(grid) == sorted(set(grid))
+        assert grid[0] <= plain[0] and grid[-1] >= plain[-1]
+        assert len(grid) >= 5
+    assert _grid(3, 5, 6, 8) == (8,)
+    assert _grid(27, 1280, 6, 1) == plain
+
+
+def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp_path, capsys):
+    shapes = [
+        space.build(v, w, channel_multiple=8)
+        for v, w in zip(
+            [space.suggest(_RandomTrial(random.Random(s))) for s in range(3)], (0.5, 1.0, 2.0), strict=True
+        )
+    ]
+    table = build_table(
+        threads=1,
+        resolution=RES,
+        shapes=shapes,
+        calibration=shapes[:2],
+        points=3,
+        warmup=1,
+        repeats=1,
+        activations=("silu", "relu6", "relu"),
+        channel_multiple=8,
+    )
+    assert table.channel_multiple == 8
+    for (op, key), family in table.families.items():
+        for axis in family.axes:
+            assert axis == (3,) or all(c % 8 == 0 for c in axis), (op, key, axis)
+    path = tmp_path / "t8.json"
+    table.save(path)
+    again = load_table(path)
+    assert again == table and again.channel_multiple == 8
+    table.check_channel_multiple(8)
+    for other in (None, 1, 4, 16):
+        with pytest.raises(UserError, match="built for widths on multiples of 8"):
+            table.check_channel_multiple(other)
+    # a table without a multiple serves any search
+    dataclasses.replace(table, channel_multiple=None).check_channel_multiple(4)
+
+    space_path = tmp_path / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    budget = predict_latency(shapes[1], table) * 1.5
+    argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
+    argv += ["--resolution", "32", "--sample", "2", "--json"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --channel-multiple 8" in err
+    assert main([*argv, "--channel-multiple", "8"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all(row["latency_ms"] <= budget for row in rows)
+
+    assert main(["latency-table", "show", str(path)]) == 0
+    assert "multiples of 8" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    data["channel_multiple"] = "8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="damaged latency table"):
+        load_table(path)

@@ -108,6 +108,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
             f"the latency table {args.latency_table} was built at {table.resolution}x{table.resolution} and "
             f"the budget at {args.resolution}x{args.resolution}: build one at --resolution {args.resolution}"
         )
+    if table is not None:
+        table.check_channel_multiple(args.channel_multiple, f"the latency table {args.latency_table}")
     if not 0.0 <= args.latency_margin < 1.0:
         raise UserError(f"--latency-margin must be in [0, 1), got {args.latency_margin}")
     return Budget(macs, params, args.resolution, latency, table, args.latency_margin, args.channel_multiple)

@@ -26,6 +26,7 @@ from rexsearch.latency import (
     DEVICES,
     DRIFT_NETWORKS,
     RUNTIMES,
+    LatencyTable,
     build_table,
     calibration_shapes,
     check_drift,
@@ -82,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="line",
         help="what corrects the operators' sum: one line through the calibration networks (default), "
         "or a non-negative weight per operator kind (kinds)",
+    )
+    p.add_argument(
+        "--channel-multiple",
+        type=positive_int,
+        metavar="M",
+        help="for searches with --channel-multiple M: every channel grid point on a multiple of M and "
+        "the calibration networks decoded with it (such a table serves only those searches)",
     )
     p.add_argument(
         "--quick", action="store_true", help="a coarse table in well under a minute (tests, a look)"
@@ -166,6 +174,12 @@ def _progress(quiet: bool) -> Callable[[str, int, int], None]:
     return report
 
 
+def _say_multiple(table: LatencyTable) -> None:
+    m = table.channel_multiple
+    if m:
+        print(f"  widths      multiples of {m} (serves searches with --channel-multiple {m})")
+
+
 def cmd_table_build(args: argparse.Namespace) -> int:
     points, repeats, shapes = args.points, args.repeats, None
     if args.quick:
@@ -181,6 +195,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
         repeats=repeats,
         progress=_progress(args.quiet),
         correction=args.correction,
+        channel_multiple=args.channel_multiple,
     )
     table.save(args.out)
     ops = sum(len(f.ms) for f in table.families.values())
@@ -189,6 +204,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {ops} operator measurements in {families} families, {table.build_seconds:.0f} s"
     )
     print(f"  on          {table.environment.describe()}")
+    _say_multiple(table)
     c = table.correction
     print(f"  correction  {c.describe()} ({len(c.calibration)} networks)")
     return 0
@@ -200,6 +216,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
     info = {
         "environment": table.environment.to_dict(),
         "resolution": table.resolution,
+        "channel_multiple": table.channel_multiple,
         "versions": table.versions,
         "families": len(table.families),
         "operators": sum(len(f.ms) for f in table.families.values()),
@@ -213,6 +230,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         f"{args.table}: {info['operators']} operators in {info['families']} families at {table.resolution}px"
     )
     print(f"  on          {table.environment.describe()}")
+    _say_multiple(table)
     print(f"  correction  {c.describe()}")
     print_table(
         ["calibration network", "summed ms", "measured ms", "predicted ms"],
