@@ -569,10 +569,15 @@ def fit_budget(
                 f"(97% of the budget); {why}"
             )
         limit = budget.latency_limit or 0.0
+        ms = f"{LOWER_FRACTION * limit:.2f} ms"
+        window = (
+            f"97% of the binding budget ({budget.lower:,} MACs or {ms})"
+            if budget.macs is not None
+            else f"97% of the latency budget ({ms})"
+        )
         raise InfeasibleError(
             f"the widest fitting network has {best.macs:,} MACs and {latency:.2f} ms predicted, "
-            f"under 97% of the binding budget ({budget.lower:,} MACs or {LOWER_FRACTION * limit:.2f} ms); "
-            "the params budget or rounding steps bind first"
+            f"under {window}; the params budget or rounding steps bind first"
         )
     return best_cfg, best, lo
 

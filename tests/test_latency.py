@@ -511,3 +511,21 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="damaged latency table"):
         load_table(path)
+
+
+def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(table, space):
+    # widths on multiples of 64 step the tiny space's prediction far more than the 3% window
+    reference = predict_latency(_shapes(space, 1)[1], table)
+    failures = []
+    for budget_ms in (reference * f for f in (1.3, 1.7, 2.2, 2.9)):
+        budget = Budget(latency_ms=budget_ms, latency_table=table, resolution=RES, channel_multiple=64)
+        for seed in range(3):
+            values = space.suggest(_RandomTrial(random.Random(seed)))
+            try:
+                space.decode(values, budget)
+            except UserError as exc:
+                failures.append(str(exc))
+    assert failures
+    for message in failures:
+        assert "MACs or" not in message and "0 MACs" not in message
+    assert any("under 97% of the latency budget (" in m for m in failures)
