@@ -582,8 +582,12 @@ def _grid(low: int, high: int, points: int, multiple: int | None = None) -> tupl
     if not multiple or multiple == 1:
         return grid
     m = multiple
+    top = max(m, -(-b // m) * m)
     inner = {max(m, round(v / m) * m) for v in grid[1:-1]}
-    return tuple(sorted(inner | {max(m, a // m * m), max(m, -(-b // m) * m)}))
+    aligned = inner | {max(m, a // m * m), top}
+    if len(aligned) == 1:  # two points at least, so that wider widths interpolate upwards
+        aligned.add(top + m)
+    return tuple(sorted(aligned))
 
 
 def _monotone(axes: Sequence[Sequence[int]], ms: list[float]) -> list[float]:
@@ -809,19 +813,20 @@ class LatencyTable:
             )
 
     def check_channel_multiple(self, multiple: int | None, source: str = "the latency table") -> None:
-        """Refuse a search whose widths are not on the multiple this table's grid was built on.
+        """Refuse a search whose widths are not on the multiple this table's grid was built on
+        (a multiple of it, e.g. 16 for a table on 8, is on it).
 
         Such a table times only aligned kernels, which ONNX Runtime runs much faster than
         unaligned ones: it would predict unaligned widths too fast. A table built without a
         multiple serves any search.
         """
         have = self.channel_multiple
-        if have and (multiple or 1) != have:
-            given = f"--channel-multiple {multiple}" if multiple and multiple > 1 else "no --channel-multiple"
+        if have and (multiple or 1) % have:
+            given = f"--channel-multiple {multiple}" if multiple else "no --channel-multiple"
             raise LatencyTableError(
                 f"{source} was built for widths on multiples of {have} (latency-table build "
                 f"--channel-multiple {have}) and the search has {given}: pass --channel-multiple "
-                f"{have}, or use a table built without --channel-multiple"
+                f"{have} (or a multiple of it), or use a table built without --channel-multiple"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -992,8 +997,9 @@ def _families(
         axes = tuple(
             (lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points, multiple) for lo, hi in r
         )
-        if op == "se":  # an SE needs at least one channel in its bottleneck
-            axes = (tuple(sorted({max(c, key[0]) for c in axes[0]})),)
+        if op == "se":  # an SE needs at least one channel in its bottleneck (on the multiple)
+            floor = -(-key[0] // multiple) * multiple if multiple else key[0]
+            axes = (tuple(sorted({max(c, floor) for c in axes[0]})),)
         out.append((op, key, axes))
     return out
 
@@ -1045,6 +1051,11 @@ def build_table(
             calibration = calibration_networks(resolution=resolution, channel_multiple=channel_multiple)
         shapes = calibration_shapes() + list(calibration)
     shapes = list(shapes)
+    if calibration is None and channel_multiple:
+        # the correction is fitted on networks like the ones it will predict: on the multiple
+        count = min(CALIBRATION_NETWORKS, len(shapes))
+        calibration = calibration_networks(count, resolution, channel_multiple=channel_multiple)
+        shapes += calibration
     if calibration is None:
         step = max(1, len(shapes) // CALIBRATION_NETWORKS)
         calibration = shapes[::step][:CALIBRATION_NETWORKS]

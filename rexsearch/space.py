@@ -570,14 +570,20 @@ def fit_budget(
             )
         limit = budget.latency_limit or 0.0
         ms = f"{LOWER_FRACTION * limit:.2f} ms"
+        latency_window = "latency budget less the margin" if budget.latency_margin else "latency budget"
         window = (
             f"97% of the binding budget ({budget.lower:,} MACs or {ms})"
             if budget.macs is not None
-            else f"97% of the latency budget ({ms})"
+            else f"97% of the {latency_window} ({ms})"
+        )
+        why = (
+            "the params budget or rounding steps bind first"
+            if budget.params
+            else "rounding steps are too coarse"
         )
         raise InfeasibleError(
             f"the widest fitting network has {best.macs:,} MACs and {latency:.2f} ms predicted, "
-            f"under {window}; the params budget or rounding steps bind first"
+            f"under {window}; {why}"
         )
     return best_cfg, best, lo
 

@@ -455,7 +455,7 @@ def test_grid_on_a_channel_multiple_covers_the_range_with_aligned_points():
         assert all(c % multiple == 0 for c in grid) and list(grid) == sorted(set(grid))
         assert grid[0] <= plain[0] and grid[-1] >= plain[-1]
         assert len(grid) >= 5
-    assert _grid(3, 5, 6, 8) == (8,)
+    assert _grid(3, 5, 6, 8) == (8, 16)  # two points at least
     assert _grid(27, 1280, 6, 1) == plain
 
 
@@ -486,7 +486,8 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
     again = load_table(path)
     assert again == table and again.channel_multiple == 8
     table.check_channel_multiple(8)
-    for other in (None, 1, 4, 16):
+    table.check_channel_multiple(16)  # multiples of 16 are on the grid of 8
+    for other in (None, 1, 4, 12):
         with pytest.raises(UserError, match="built for widths on multiples of 8"):
             table.check_channel_multiple(other)
     # a table without a multiple serves any search
@@ -527,5 +528,26 @@ def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_win
                 failures.append(str(exc))
     assert failures
     for message in failures:
-        assert "MACs or" not in message and "0 MACs" not in message
-    assert any("under 97% of the latency budget (" in m for m in failures)
+        assert "MACs or" not in message and "(0 MACs" not in message
+    steps = [m for m in failures if "under 97% of the latency budget (" in m]
+    assert steps and all(m.endswith("rounding steps are too coarse") for m in steps)
+
+
+def test_table_on_a_multiple_fits_its_correction_on_networks_on_it(space, monkeypatch):
+    import rexsearch.latency as latency
+
+    monkeypatch.setattr(latency, "CALIBRATION_NETWORKS", 2)
+    shapes = [space.build(space.suggest(_RandomTrial(random.Random(s))), 1.3) for s in (0, 1)]
+    assert any(w % 8 for c in shapes for w in c.out_channels)  # the given shapes are not aligned
+    table = build_table(
+        threads=1, resolution=RES, shapes=shapes, points=2, warmup=1, repeats=1, channel_multiple=8
+    )
+    rows = table.correction.calibration
+    assert len(rows) == 2
+    for row in rows:
+        config = ReXNetConfig.from_dict(row["config"])
+        widths = [config.stem_channels, config.penultimate_channels, *config.out_channels]
+        assert all(w % 8 == 0 for w in widths), widths
+    for (op, _), family in table.families.items():
+        if op == "se":
+            assert all(c % 8 == 0 for c in family.axes[0])
