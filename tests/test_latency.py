@@ -17,6 +17,7 @@ from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.latency import (
+    ACT_CONTEXTS,
     KINDS,
     MIN_KIND_CALIBRATION,
     Correction,
@@ -24,15 +25,22 @@ from rexsearch.latency import (
     Family,
     LatencyTableError,
     _grid,
+    _in_context_ms,
+    _InContext,
     _monotone,
+    _node_times,
     build_table,
     calibration_networks,
     check_drift,
     config_ops,
     environment,
     fit_kind_correction,
+    fit_table_correction,
+    fit_weights_line,
+    fold_batchnorm,
     load_table,
     measure_latency,
+    op_weights,
     parse_latency_budget,
     predict_latency,
     steady_allocator,
@@ -85,6 +93,12 @@ def _shapes(space, n=4, seed=0):
         values = space.suggest(_RandomTrial(rng))
         out += [space.build(values, w) for w in (0.25, 1.0, 3.0)]
     return out
+
+
+def _tiny_table(shapes, **options):
+    """A coarse table of ``shapes`` at RES (the first two its calibration networks)."""
+    settings = {"threads": 1, "resolution": RES, "calibration": shapes[:2], "warmup": 1, "repeats": 1}
+    return build_table(shapes=shapes, **{**settings, **options})
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +205,12 @@ def test_components_are_the_operator_sum_by_kind(table, space):
     for config in _shapes(space, 2, seed=9):
         ops = config_ops(config, RES)
         parts = table.components(config)
-        assert parts[-1] == len(ops)
+        assert parts[len(KINDS)] == len(ops)
+        assert parts[len(KINDS) + 1] == pytest.approx(sum(op_weights(op) for op in ops) / 1e6)
         for i, kind in enumerate(KINDS):
             assert parts[i] == pytest.approx(sum(table.op_ms(op) for op in ops if op[0] == kind), rel=1e-12)
         assert table.components(config) == parts  # from the segment cache
-        assert table.summed_ms(config) == pytest.approx(sum(parts[:-1]), rel=1e-12)
+        assert table.summed_ms(config) == pytest.approx(sum(parts[: len(KINDS)]), rel=1e-12)
 
 
 def test_kind_correction_recovers_per_kind_costs():
@@ -466,17 +481,7 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
             [space.suggest(_RandomTrial(random.Random(s))) for s in range(3)], (0.5, 1.0, 2.0), strict=True
         )
     ]
-    table = build_table(
-        threads=1,
-        resolution=RES,
-        shapes=shapes,
-        calibration=shapes[:2],
-        points=3,
-        warmup=1,
-        repeats=1,
-        activations=("silu", "relu6", "relu"),
-        channel_multiple=8,
-    )
+    table = _tiny_table(shapes, points=3, activations=("silu", "relu6", "relu"), channel_multiple=8)
     assert table.channel_multiple == 8
     for (op, key), family in table.families.items():
         for axis in family.axes:
@@ -551,3 +556,125 @@ def test_table_on_a_multiple_fits_its_correction_on_networks_on_it(space, monkey
     for (op, _), family in table.families.items():
         if op == "se":
             assert all(c % 8 == 0 for c in family.axes[0])
+
+
+def test_activation_after_the_se_gate_is_its_own_context(space):
+    config = next(c for c in _shapes(space, 2, seed=4) if any(b.se for b in c.blocks))
+    ops = config_ops(config, RES)
+    acts = [op for op in ops if op[0] == "act"]
+    assert {op[1][2] for op in acts} == set(ACT_CONTEXTS)
+    for i, op in enumerate(ops):  # "se" exactly where the activation follows the SE block
+        if op[0] == "act":
+            assert (op[1][2] == "se") == (ops[i - 1][0] == "se")
+
+
+def test_torch_table_times_an_activation_once_for_both_contexts(table):
+    acts = {key: f.ms for (op, key), f in table.families.items() if op == "act"}
+    assert acts
+    for (name, hw, _), ms in acts.items():
+        assert acts[(name, hw, "conv")] == acts[(name, hw, "se")] == ms
+
+
+def test_format_1_table_loads_with_one_activation_time_for_both_contexts(table, space, tmp_path):
+    data = table.to_dict()
+    data["format"] = "rexsearch.latency-table/1"
+    data["families"] = [
+        {**f, "key": f["key"][:2]} if f["op"] == "act" else f
+        for f in data["families"]
+        if not (f["op"] == "act" and f["key"][2] == "se")
+    ]
+    path = tmp_path / "format1.json"
+    path.write_text(json.dumps(data))
+    old = load_table(path)
+    assert old.families == table.families
+    for config in _shapes(space, 2, seed=6):
+        assert predict_latency(config, old) == pytest.approx(predict_latency(config, table), rel=1e-12)
+    data["format"] = "rexsearch.latency-table/9"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match="is not a latency table"):
+        load_table(path)
+
+
+def test_onnxruntime_fuses_what_the_table_times_in_context():
+    """The facts the ONNX Runtime table relies on: the profiler reports every node; a ReLU
+    after a convolution is fused into it (no node of its own), an ELU is not."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    from torch import nn
+
+    env = environment("cpu", "onnxruntime", 1)
+    x = (torch.randn(1, 16, 8, 8),)
+    kinds = {
+        name: [k for k, _ in _node_times(_InContext(16, act), x, env, 1, 2)]
+        for name, act in (("alone", None), ("relu", nn.ReLU()), ("elu", nn.ELU()))
+    }
+    assert sorted(kinds["relu"]) == sorted(kinds["alone"])
+    assert "Elu" in kinds["elu"] and "Elu" not in kinds["alone"]
+    assert all(ms >= 0 for _, ms in _node_times(_InContext(16, None), x, env, 1, 2))
+
+
+def test_onnxruntime_table_round_trips_and_predicts(space, tmp_path):
+    pytest.importorskip("onnxruntime")
+    values = [space.suggest(_RandomTrial(random.Random(s))) for s in range(2)]
+    shapes = [space.build(v, w, channel_multiple=8) for v in values for w in (0.5, 1.5)]
+    # on a channel multiple: the operators are timed in context
+    table = _tiny_table(
+        shapes, runtime="onnxruntime", channel_multiple=8, points=2, activations=("silu", "relu6")
+    )
+    assert table.environment.runtime == "onnxruntime"
+    for (op, _), family in table.families.items():
+        assert min(family.ms) >= 0
+        if op != "conv" or family.axes[0] != (3,):
+            assert all(c % 8 == 0 for axis in family.axes for c in axis)
+    path = tmp_path / "ort.json"
+    table.save(path)
+    again = load_table(path, expect=table.environment)
+    for config in shapes:
+        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
+        assert predict_latency(config, again) > 0
+
+
+def test_operator_in_context_is_read_off_one_profile():
+    conversions = [("ReorderInput", 0.3), ("Conv", 2.0), ("ReorderOutput", 0.2), ("Elu", 0.5)]
+    nodes = [*conversions, ("ReorderInput", 0.25), ("Conv", 1.9), ("ReorderOutput", 0.3)]
+    # between the convolutions: the ELU and the conversions it needs; plus first less last
+    assert _in_context_ms(nodes) == pytest.approx(0.2 + 0.5 + 0.25 + 0.1)
+    assert _in_context_ms([("FusedConv", 2.1), ("Conv", 2.0)]) == pytest.approx(0.1)  # fused
+    assert _in_context_ms([("Conv", 1.9), ("Conv", 2.0)]) == 0.0  # never negative
+    se = [("Conv", 1.0), ("GlobalAveragePool", 0.1), ("FusedConv", 0.05), ("Conv", 0.04), ("Mul", 0.2)]
+    assert _in_context_ms([*se, ("Conv", 1.0)]) == pytest.approx(0.39)  # the SE's own convs count
+    with pytest.raises(LatencyTableError, match="1 convolution nodes"):
+        _in_context_ms([("ReorderInput", 0.1), ("Conv", 1.0), ("Relu", 0.1)])
+
+
+def test_operator_weights_are_the_folded_networks_parameters(space):
+    from rexsearch.model import build_model
+
+    for config in _shapes(space, 2, seed=8):
+        folded = fold_batchnorm(build_model(config))
+        assert sum(op_weights(op) for op in config_ops(config, RES)) == sum(
+            p.numel() for p in folded.parameters()
+        )
+
+
+def test_weights_line_recovers_a_cost_per_weight_and_stays_monotone():
+    rng = random.Random(4)
+    summed = [rng.uniform(2, 40) for _ in range(36)]
+    weights = [rng.uniform(0.5, 12) for _ in range(36)]
+    measured = [0.6 + 0.9 * s + 0.45 * w for s, w in zip(summed, weights, strict=True)]
+    intercept, slope, per_mweight = fit_weights_line(summed, weights, measured)
+    assert (intercept, slope, per_mweight) == pytest.approx((0.6, 0.9, 0.45), abs=1e-6)
+    # weights that make a network faster are not fitted: every coefficient stays >= 0
+    falling = [0.6 + 0.9 * s - 0.3 * w + 5 for s, w in zip(summed, weights, strict=True)]
+    fit = fit_weights_line(summed, weights, falling)
+    assert min(fit) >= 0 and fit[1] > 0
+    rows = [
+        {"summed_ms": s, "measured_ms": m, "components": [s, 0, 0, 0, 0, 0, 10, w]}
+        for s, w, m in zip(summed, weights, measured, strict=True)
+    ]
+    c = fit_table_correction(rows)
+    assert c.per_mweight_ms == pytest.approx(0.45, abs=1e-6) and "M weights" in c.describe()
+    assert c.apply(rows[0]["components"]) == pytest.approx(measured[0])
+    assert Correction.from_dict(c.to_dict()) == c
+    old = fit_table_correction([{**r, "components": r["components"][:7]} for r in rows])
+    assert old.per_mweight_ms == 0.0  # rows of an older table: the plain line

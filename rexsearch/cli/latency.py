@@ -233,12 +233,13 @@ def cmd_table_show(args: argparse.Namespace) -> int:
     _say_multiple(table)
     print(f"  correction  {c.describe()}")
     print_table(
-        ["calibration network", "summed ms", "measured ms", "predicted ms"],
+        ["calibration network", "summed ms", "fastest ms", "median ms", "predicted ms"],
         [
             [
                 r["name"],
                 f"{r['summed_ms']:.3f}",
                 f"{r['measured_ms']:.3f}",
+                f"{r['median_ms']:.3f}" if "median_ms" in r else "-",
                 f"{c.apply(r.get('components', r['summed_ms'])):.3f}",
             ]
             for r in c.calibration
