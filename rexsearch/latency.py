@@ -76,6 +76,8 @@ CALIBRATION_WIDTHS = (0.25, 0.5, 1.0, 2.0, 3.0)
 #: (:func:`fit_kind_correction`); with fewer, one line through (summed, measured) is fitted.
 CALIBRATION_NETWORKS = 36
 MIN_KIND_CALIBRATION = 16
+#: The fewest calibration networks the weights term is fitted on (:func:`fit_weights_line`).
+MIN_WEIGHTS_CALIBRATION = 8
 #: The MACs range (at 224x224, scaled by the resolution's area) of the calibration networks,
 #: which are decoded from the shipped spaces as a search draws its candidates.
 CALIBRATION_MACS = (100e6, 1.2e9)
@@ -840,13 +842,14 @@ def fit_weights_line(
 ) -> tuple[float, float, float]:
     """``(intercept, slope, per_mweight)`` of ``measured = a + b · summed + c · weights``, all
     non-negative and the slope positive, by least squares weighted by ``1 / measured`` (relative
-    error, which the predictor is judged by). When no such fit has a positive slope, the line
-    of :func:`fit_correction` without the weights term."""
+    error, which the predictor is judged by). With fewer than ``MIN_WEIGHTS_CALIBRATION`` rows
+    (three coefficients from a handful of noisy rows fit the noise), or when no such fit has a
+    positive slope, the line of :func:`fit_correction` without the weights term."""
     import numpy as np
     from scipy.optimize import nnls
 
     y = np.array(measured, dtype=float)
-    if len(y) >= 3:
+    if len(y) >= MIN_WEIGHTS_CALIBRATION:
         a = np.array([[1.0, x, m] for x, m in zip(summed, weights, strict=True)]) / y[:, None]
         coef, _ = nnls(a, np.ones_like(y))
         if coef[1] > 0:

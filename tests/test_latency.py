@@ -678,3 +678,4 @@ def test_weights_line_recovers_a_cost_per_weight_and_stays_monotone():
     assert Correction.from_dict(c.to_dict()) == c
     old = fit_table_correction([{**r, "components": r["components"][:7]} for r in rows])
     assert old.per_mweight_ms == 0.0  # rows of an older table: the plain line
+    assert fit_table_correction(rows[:5]).per_mweight_ms == 0.0  # too few rows for three terms
