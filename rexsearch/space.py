@@ -454,7 +454,8 @@ class Space:
         """Solve the width for ``values`` so the candidate fits ``budget`` (widths rounded to
         ``channel_multiple``, else the budget's, else the space's)."""
         multiple = channel_multiple if channel_multiple is not None else budget.channel_multiple
-        config, cost, width = fit_budget(lambda w: self.build(values, w, multiple), budget)
+        step = multiple if multiple is not None else int({**self.defaults(), **values}["channel_multiple"])
+        config, cost, width = fit_budget(lambda w: self.build(values, w, multiple), budget, step=step)
         return Candidate(config, cost, dict(values), width, budget.predict_ms(config))
 
     def sample(self, budget: Budget, n: int, seed: int = 0, max_tries: int | None = None) -> list[Candidate]:
@@ -491,17 +492,77 @@ WIDTH_ITERATIONS = 18
 LATENCY_WIDTH_ITERATIONS = 12
 
 
+#: Sweeps of :func:`fill_window` over the network's widths at most.
+FILL_SWEEPS = 8
+
+
+def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1) -> tuple[ReXNetConfig, Cost]:
+    """Raise single widths by ``step`` until ``config`` meets the budget's window, if it can.
+
+    A width multiplier moves every channel count at once, and on multiples of 8 one step
+    of it can raise an early, high-resolution block from 16 to 24 channels: more than the
+    3% window. This pass sweeps from the network's end to its start (the penultimate conv,
+    then the blocks from the last), raising one width by ``step`` at a time where the
+    result stays within every budget and a block stays no wider than the next; it stops as
+    soon as the window is met. Late widths move MACs, params and latency in the smallest
+    steps, so the filled network keeps the solved width's shape up to a few multiples in its
+    last blocks. Returns the input when no raise fits (the caller then refuses it).
+    """
+
+    def with_widths(widths: list[int], penultimate: int) -> ReXNetConfig | None:
+        blocks, previous = [], config.stem_channels
+        for block, width in zip(config.blocks, widths, strict=True):
+            blocks.append(replace(block, in_channels=previous, out_channels=width))
+            previous = width
+        try:
+            return replace(config, blocks=tuple(blocks), penultimate_channels=penultimate)
+        except ConfigError:
+            return None
+
+    widths = [b.out_channels for b in config.blocks]
+    penultimate = config.penultimate_channels
+    for _ in range(FILL_SWEEPS):
+        raised = False
+        for i in range(len(widths), -1, -1):  # len(widths): the penultimate conv
+            trial_widths, trial_pen = list(widths), penultimate
+            if i == len(widths):
+                trial_pen += step
+            else:
+                if i + 1 < len(widths) and widths[i] + step > widths[i + 1]:
+                    continue
+                trial_widths[i] += step
+            cfg = with_widths(trial_widths, trial_pen)
+            if cfg is None:
+                continue
+            c = count_cost(cfg, budget.resolution)
+            if not budget.within(c, 0.0):
+                continue
+            latency = budget.predict_ms(cfg)
+            if budget.latency_ms is not None and not budget.within(c, latency):
+                continue
+            widths, penultimate, config, cost, raised = trial_widths, trial_pen, cfg, c, True
+            if budget.tight(cost, latency):
+                return config, cost
+        if not raised:
+            break
+    return config, cost
+
+
 def fit_budget(
-    build: Callable[[float], ReXNetConfig], budget: Budget, iterations: int | None = None
+    build: Callable[[float], ReXNetConfig],
+    budget: Budget,
+    iterations: int | None = None,
+    step: int = 1,
 ) -> tuple[ReXNetConfig, Cost, float]:
     """Largest width (bisection in log space, then nearby round numbers) whose config fits the budget.
 
     MACs and params never decrease with the width (every channel count is a rounded,
     non-decreasing function of it), and neither does the predicted latency (the table is
-    monotone in every channel count), so bisection finds the boundary. Raises
-    :class:`InfeasibleError` when even the smallest width is over budget, or when the
-    largest fitting width stays under the window's lower edge (rounding steps or another
-    budget bind first).
+    monotone in every channel count), so bisection finds the boundary. Where one rounding
+    step of the width jumps over the window, :func:`fill_window` raises single widths by
+    ``step`` (the channel multiple) into it. Raises :class:`InfeasibleError` when even the
+    smallest width is over budget, or when the network still stays under the window's
+    lower edge (rounding steps or another budget bind first).
     """
     lo, hi = WIDTH_RANGE
     if iterations is None:
@@ -557,6 +618,9 @@ def fit_budget(
             if found is not None and ok(found) and found[1].macs > best.macs:
                 (best_cfg, best), lo = found, w
     latency = budget.predict_ms(best_cfg)
+    if not budget.tight(best, latency):
+        best_cfg, best = fill_window(best_cfg, best, budget, step)
+        latency = budget.predict_ms(best_cfg)
     if not budget.tight(best, latency):
         if budget.latency_ms is None:
             why = (
@@ -702,7 +766,7 @@ def baseline_candidate(name: str, budget: Budget, num_classes: int = 1000) -> Ca
 
     else:
         raise UserError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
-    config, cost, width = fit_budget(build, budget)
+    config, cost, width = fit_budget(build, budget, step=multiple)
     return Candidate(config, cost, {"width": round(width, 4)}, width, budget.predict_ms(config))
 
 

@@ -45,7 +45,7 @@ from rexsearch.latency import (
     predict_latency,
     steady_allocator,
 )
-from rexsearch.space import Budget, _RandomTrial, check_feasible, load_space, parse_space
+from rexsearch.space import Budget, Candidate, _RandomTrial, check_feasible, load_space, parse_space
 
 RES = 32
 TINY_SPACE = """
@@ -341,6 +341,20 @@ def test_channel_multiple_with_macs_budget_on_shipped_spaces(name):
         assert count_cost(c.config) == c.cost
 
 
+@pytest.mark.parametrize("name", ["rexnet", "mobilenetv2", "piecewise"])
+def test_every_draw_on_multiples_of_8_decodes_into_the_macs_window(name):
+    # one width step moved early blocks from 16 to 24 channels, over the 3% window, for about
+    # a fifth of these draws; the fill pass raises late widths one multiple at a time instead
+    space, budget = load_space(name), Budget(400_000_000, channel_multiple=8)
+    rng = random.Random(7)
+    for _ in range(40):
+        c = space.decode(space.suggest(_RandomTrial(rng)), budget)
+        widths = c.config.out_channels
+        assert budget.lower <= c.cost.macs <= budget.macs and count_cost(c.config) == c.cost
+        assert all(w % 8 == 0 for w in [*widths, c.config.penultimate_channels])
+        assert widths == sorted(widths)
+
+
 def test_channel_multiple_in_the_space_file():
     text = TINY_SPACE.replace("  stem: 8\n", "  stem: 8\n  channel_multiple: 4\n")
     space = parse_space(text, "tiny4.yaml")
@@ -519,8 +533,47 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
         load_table(path)
 
 
-def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(table, space):
+def _coarse_decodes(table, space, multiple: int) -> tuple[list[tuple[Budget, Candidate]], list[str]]:
+    reference = predict_latency(_shapes(space, 1)[1], table)
+    decoded, failures = [], []
+    for budget_ms in (reference * f for f in (1.3, 1.7, 2.2, 2.9)):
+        budget = Budget(latency_ms=budget_ms, latency_table=table, resolution=RES, channel_multiple=multiple)
+        for seed in range(3):
+            values = space.suggest(_RandomTrial(random.Random(seed)))
+            try:
+                decoded.append((budget, space.decode(values, budget)))
+            except UserError as exc:
+                failures.append(str(exc))
+    return decoded, failures
+
+
+def test_fill_pass_brings_coarse_rounding_into_the_latency_window(table, space, monkeypatch):
+    import rexsearch.space as space_module
+
     # widths on multiples of 64 step the tiny space's prediction far more than the 3% window
+    monkeypatch.setattr(space_module, "FILL_SWEEPS", 0)
+    before, unfilled = _coarse_decodes(table, space, 64)
+    coarse = [m for m in unfilled if m.endswith("rounding steps are too coarse")]
+    assert coarse
+    monkeypatch.undo()
+    decoded, failures = _coarse_decodes(table, space, 64)
+    # only the budgets under even the narrowest network stay refused
+    assert all(m.startswith("even the narrowest network") for m in failures)
+    assert len(decoded) == len(before) + len(coarse)
+    for budget, cand in decoded:
+        widths = [b.out_channels for b in cand.config.blocks] + [cand.config.penultimate_channels]
+        assert all(w % 64 == 0 for w in widths) and widths[:-1] == sorted(widths[:-1])
+        assert 0.97 * budget.latency_ms <= cand.latency_ms <= budget.latency_ms
+        assert cand.latency_ms == pytest.approx(predict_latency(cand.config, table, RES))
+
+
+def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(
+    table, space, monkeypatch
+):
+    import rexsearch.space as space_module
+
+    # without the fill pass, multiples of 64 leave draws under the window: the message
+    monkeypatch.setattr(space_module, "FILL_SWEEPS", 0)
     reference = predict_latency(_shapes(space, 1)[1], table)
     failures = []
     for budget_ms in (reference * f for f in (1.3, 1.7, 2.2, 2.9)):
