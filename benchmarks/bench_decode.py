@@ -51,7 +51,8 @@ def main() -> int:
         draws = [space.suggest(_RandomTrial(rng)) for _ in range(args.draws)]
         for text in args.budgets.split(","):
             for multiple in (int(m) for m in args.multiples.split(",")):
-                budget = Budget(parse_budget(text, "--budgets"), channel_multiple=multiple if multiple > 1 else None)
+                macs = parse_budget(text, "--budgets")
+                budget = Budget(macs, channel_multiple=multiple if multiple > 1 else None)
                 space_module.FILL_SWEEPS = 0
                 plain, plain_s = _decode_all(space, budget, draws)
                 space_module.FILL_SWEEPS = sweeps
@@ -80,10 +81,14 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("space                  budget  multiple  decoded (no fill)  decoded  ms/draw  filled  raised  max raise")
+    print(
+        "space                  budget  multiple  decoded (no fill)  decoded  ms/draw  filled  raised"
+        "  max raise"
+    )
     for r in rows:
         print(
-            f"{r['space']:<22} {r['budget']:>6}  {r['multiple']:>8}  {r['decoded_without_fill']:>7}/{r['draws']:<9}"
+            f"{r['space']:<22} {r['budget']:>6}  {r['multiple']:>8}  "
+            f"{r['decoded_without_fill']:>7}/{r['draws']:<9}"
             f"  {r['decoded']:>3}/{r['draws']:<3}  {r['ms_per_draw']:>7.2f}  {r['filled']:>6}  "
             f"{r['raised_widths_median']:>6}  {r['largest_raise']:>8.0%}"
         )

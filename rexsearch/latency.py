@@ -13,8 +13,8 @@
   It fits a correction for what the sum misses (framework overhead between operators,
   weights evicted from the cache) on ``CALIBRATION_NETWORKS``
   end-to-end calibration networks, decoded from the shipped spaces at random MACs budgets
-  as a search draws them: ``median = a + b · summed + c · weights`` (non-negative, ``b >
-  0``, :func:`fit_weights_line`), or with ``correction="kinds"`` ``a + Σ b_k · summed_k +
+  as a search draws them: ``median = a + b · summed + c · weights + d · operators``
+  (non-negative, ``b > 0``, :func:`fit_line`), or with ``correction="kinds"`` ``a + Σ b_k · summed_k +
   c · operators + d · weights`` over the operator kinds :data:`KINDS`, non-negative, fitted
   for relative error (:func:`fit_kind_correction`).
 * :func:`predict_latency` sums the table's operators of each kind for a config and applies
@@ -87,6 +87,11 @@ CALIBRATION_MACS = (100e6, 1.2e9)
 #: a shortcut appears, so a width search misses its 3% window more often);
 #: ``kinds``: :func:`fit_kind_correction`.
 CORRECTIONS = ("line", "kinds")
+#: The share of a table's calibration networks ``--latency-margin auto`` keeps within a budget.
+AUTO_MARGIN_SHARE = 0.95
+#: Calibration networks ``--latency-margin auto`` needs at least: the rank it reads,
+#: ceil((n + 1) * AUTO_MARGIN_SHARE), is within n only from 19 on.
+MIN_AUTO_MARGIN_CALIBRATION = 19
 
 Progress = Callable[[str, int, int], None]
 
@@ -726,12 +731,13 @@ def op_weights(op: Op) -> int:
 class Correction:
     """What the sum of the table's operators misses, fitted on end-to-end calibration networks.
 
-    ``measured = intercept_ms + slope · summed + per_mweight_ms · weights`` (weights in
-    millions), or with ``kind_slopes`` ``intercept_ms + Σ kind_slopes[k] · summed[k] +
-    per_op_ms · operators + per_mweight_ms · weights``. The weights term is the time to
-    stream a network's weights from memory: an operator timed alone, over and over, finds its
-    weights in the cache; in a network they have been evicted by the rest of it. A table of an
-    older rexsearch has no weights term (``per_mweight_ms`` 0).
+    ``measured = intercept_ms + slope · summed + per_op_ms · operators + per_mweight_ms ·
+    weights`` (weights in millions), or with ``kind_slopes`` the sum per kind weighted by
+    them instead of ``slope · summed``. The weights term is the time to stream a network's
+    weights from memory: an operator timed alone, over and over, finds its weights in the
+    cache; in a network they have been evicted by the rest of it. The operator term is what
+    a network pays per operator beyond the operators' own timed costs. A table of an older
+    rexsearch has neither (0).
     """
 
     intercept_ms: float
@@ -748,15 +754,16 @@ class Correction:
         kinds, count = components[: len(KINDS)], components[_COUNT]
         weights = components[_WEIGHTS] if len(components) > _WEIGHTS else 0.0
         if self.kind_slopes:
-            body = sum(w * k for w, k in zip(self.kind_slopes, kinds, strict=True)) + self.per_op_ms * count
+            body = sum(w * k for w, k in zip(self.kind_slopes, kinds, strict=True))
         else:
             body = self.slope * sum(kinds)
-        return self.intercept_ms + body + self.per_mweight_ms * weights
+        return self.intercept_ms + body + self.per_op_ms * count + self.per_mweight_ms * weights
 
     def describe(self) -> str:
         weights = f" + {self.per_mweight_ms:.3f} ms x M weights" if self.per_mweight_ms else ""
         if not self.kind_slopes:
-            return f"measured = {self.intercept_ms:.3f} ms + {self.slope:.3f} x summed{weights}"
+            ops = f" + {self.per_op_ms * 1e3:.1f} us x operators" if self.per_op_ms else ""
+            return f"measured = {self.intercept_ms:.3f} ms + {self.slope:.3f} x summed{ops}{weights}"
         kinds = " + ".join(f"{w:.3f} x {k}" for w, k in zip(self.kind_slopes, KINDS, strict=True))
         return (
             f"measured = {self.intercept_ms:.3f} ms + {kinds} + {self.per_op_ms * 1e3:.1f} us x operators"
@@ -768,10 +775,11 @@ class Correction:
             "intercept_ms": self.intercept_ms,
             "slope": self.slope,
             "per_mweight_ms": self.per_mweight_ms,
+            "per_op_ms": self.per_op_ms,
             "calibration": list(self.calibration),
         }
         if self.kind_slopes:
-            out.update(kinds=list(KINDS), kind_slopes=list(self.kind_slopes), per_op_ms=self.per_op_ms)
+            out.update(kinds=list(KINDS), kind_slopes=list(self.kind_slopes))
         return out
 
     @classmethod
@@ -837,24 +845,39 @@ def fit_kind_correction(
     )
 
 
-def fit_weights_line(
-    summed: Sequence[float], weights: Sequence[float], measured: Sequence[float]
-) -> tuple[float, float, float]:
-    """``(intercept, slope, per_mweight)`` of ``measured = a + b · summed + c · weights``, all
-    non-negative and the slope positive, by least squares weighted by ``1 / measured`` (relative
-    error, which the predictor is judged by). With fewer than ``MIN_WEIGHTS_CALIBRATION`` rows
-    (three coefficients from a handful of noisy rows fit the noise), or when no such fit has a
-    positive slope, the line of :func:`fit_correction` without the weights term."""
+def fit_line(
+    summed: Sequence[float],
+    weights: Sequence[float],
+    operators: Sequence[float],
+    measured: Sequence[float],
+) -> tuple[float, float, float, float]:
+    """``(intercept, slope, per_mweight, per_op)`` of ``measured = a + b · summed + c · weights +
+    d · operators``, all non-negative and the slope positive, by least squares weighted by
+    ``1 / measured`` (relative error, which the predictor is judged by).
+
+    The operator term is what a network pays per operator beyond the operator's own timed
+    cost (on eager torch, the dispatch between modules). With fewer than
+    ``MIN_WEIGHTS_CALIBRATION`` rows (several coefficients from a handful of noisy rows fit the
+    noise), or when no such fit has a positive slope, the line of :func:`fit_correction` alone.
+    """
     import numpy as np
     from scipy.optimize import nnls
 
     y = np.array(measured, dtype=float)
     if len(y) >= MIN_WEIGHTS_CALIBRATION:
-        a = np.array([[1.0, x, m] for x, m in zip(summed, weights, strict=True)]) / y[:, None]
+        rows = zip(summed, weights, operators, strict=True)
+        a = np.array([[1.0, x, m, n] for x, m, n in rows]) / y[:, None]
         coef, _ = nnls(a, np.ones_like(y))
         if coef[1] > 0:
-            return float(coef[0]), float(coef[1]), float(coef[2])
-    return (*fit_correction(summed, measured), 0.0)
+            return float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3])
+    return (*fit_correction(summed, measured), 0.0, 0.0)
+
+
+def fit_weights_line(
+    summed: Sequence[float], weights: Sequence[float], measured: Sequence[float]
+) -> tuple[float, float, float]:
+    """``(intercept, slope, per_mweight)``: :func:`fit_line` without the operator term."""
+    return fit_line(summed, weights, [0.0] * len(summed), measured)[:3]
 
 
 def fit_table_correction(calibration: Sequence[dict[str, Any]], kind: str = "line") -> Correction:
@@ -873,8 +896,9 @@ def fit_table_correction(calibration: Sequence[dict[str, Any]], kind: str = "lin
     summed = [r["summed_ms"] for r in calibration]
     if calibration and all(len(r.get("components", ())) > _WEIGHTS for r in calibration):
         weights = [r["components"][_WEIGHTS] for r in calibration]
-        intercept, slope, per_mweight = fit_weights_line(summed, weights, measured)
-        return Correction(intercept, slope, tuple(calibration), per_mweight_ms=per_mweight)
+        operators = [r["components"][_COUNT] for r in calibration]
+        intercept, slope, per_mweight, per_op = fit_line(summed, weights, operators, measured)
+        return Correction(intercept, slope, tuple(calibration), per_op_ms=per_op, per_mweight_ms=per_mweight)
     intercept, slope = fit_correction(summed, measured)
     return Correction(intercept, slope, tuple(calibration))
 
@@ -1039,6 +1063,42 @@ def _multiple(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 128:
         raise ValueError(f"channel_multiple must be null or an integer in 2..128, got {value!r}")
     return value
+
+
+def held_out_ratios(table: LatencyTable) -> list[float]:
+    """Measured / predicted for each calibration network, each predicted by the table's kind
+    of correction refitted without it (leave-one-out: an in-sample residual flatters the fit)."""
+    rows = list(table.correction.calibration)
+    kind = "kinds" if table.correction.kind_slopes else "line"
+    ratios = []
+    for i, row in enumerate(rows):
+        correction = fit_table_correction(rows[:i] + rows[i + 1 :], kind)
+        predicted = correction.apply(row.get("components", row["summed_ms"]))
+        ratios.append(row.get("median_ms", row["measured_ms"]) / predicted)
+    return ratios
+
+
+def auto_margin(table: LatencyTable, share: float = AUTO_MARGIN_SHARE) -> float:
+    """The latency margin under which ``share`` of the table's calibration networks, each
+    predicted without itself (:func:`held_out_ratios`), measured within the budget.
+
+    A candidate solved to ``budget * (1 - margin)`` and measured at ``ratio`` times its
+    prediction stays within ``budget`` when ``ratio <= 1 / (1 - margin)``. The margin is set by
+    the ``ceil((n + 1) * share)``-th smallest of the n ratios, the rank at which conformal
+    prediction bounds the ratio of one more network drawn like them (0 when that ratio is
+    under 1). It holds for new networks only as far as they are drawn like the calibration
+    networks and the machine runs as fast as at the build (``latency-table check``).
+    """
+    rows = table.correction.calibration
+    if len(rows) < MIN_AUTO_MARGIN_CALIBRATION:
+        raise LatencyTableError(
+            f"--latency-margin auto needs a table with {MIN_AUTO_MARGIN_CALIBRATION} or more calibration "
+            f"networks, this one has {len(rows)} (built with --quick?): give a margin such as 0.1, or build "
+            "the table without --quick"
+        )
+    ratios = sorted(held_out_ratios(table))
+    ratio = ratios[min(len(ratios), math.ceil((len(ratios) + 1) * share)) - 1]
+    return max(0.0, 1.0 - 1.0 / ratio)
 
 
 def predict_latency(config: ReXNetConfig, table: LatencyTable, resolution: int | None = None) -> float:

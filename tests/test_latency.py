@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import random
 
 import pytest
@@ -29,15 +30,18 @@ from rexsearch.latency import (
     _InContext,
     _monotone,
     _node_times,
+    auto_margin,
     build_table,
     calibration_networks,
     check_drift,
     config_ops,
     environment,
     fit_kind_correction,
+    fit_line,
     fit_table_correction,
     fit_weights_line,
     fold_batchnorm,
+    held_out_ratios,
     load_table,
     measure_latency,
     op_weights,
@@ -732,3 +736,86 @@ def test_weights_line_recovers_a_cost_per_weight_and_stays_monotone():
     old = fit_table_correction([{**r, "components": r["components"][:7]} for r in rows])
     assert old.per_mweight_ms == 0.0  # rows of an older table: the plain line
     assert fit_table_correction(rows[:5]).per_mweight_ms == 0.0  # too few rows for three terms
+
+
+def test_line_recovers_a_cost_per_operator_and_predicts_with_it():
+    # eager torch pays per operator beyond the operators' own timings: a network of many small
+    # operators is slower than its sum says, one of few large operators less so
+    rng = random.Random(5)
+    rows = []
+    for _ in range(36):
+        summed, weights, operators = rng.uniform(2, 40), rng.uniform(0.5, 12), rng.randint(20, 200)
+        median = 0.3 + 1.05 * summed + 0.2 * weights + 0.05 * operators
+        rows.append(
+            {
+                "summed_ms": summed,
+                "measured_ms": median,
+                "median_ms": median,
+                "components": [summed, 0, 0, 0, 0, 0, operators, weights],
+            }
+        )
+    c = fit_table_correction(rows)
+    assert (c.intercept_ms, c.slope, c.per_mweight_ms, c.per_op_ms) == pytest.approx(
+        (0.3, 1.05, 0.2, 0.05), abs=1e-6
+    )
+    assert "us x operators" in c.describe() and Correction.from_dict(c.to_dict()) == c
+    few = [1.0, 0, 0, 0, 0, 0, 20, 1.0]
+    assert c.apply([1.0, 0, 0, 0, 0, 0, 180, 1.0]) - c.apply(few) == pytest.approx(0.05 * 160)
+    _, slope, per_mweight, per_op = fit_line(
+        [r["summed_ms"] for r in rows], [0.0] * 36, [0.0] * 36, [r["median_ms"] for r in rows]
+    )
+    assert per_mweight == per_op == 0.0 and slope > 0  # zero columns: no term
+
+
+def _with_calibration(table, n: int, spread: float):
+    """``table`` with ``n`` plain calibration rows on 0.5 + 1.2 x summed, each off it by up to
+    ``spread`` (deterministic, evenly spread)."""
+    rows = []
+    for k in range(n):
+        summed = 1.0 + 0.25 * k
+        off = spread * (((7 * k) % n) / (n - 1) - 0.5) * 2 if n > 1 else 0.0
+        median = (0.5 + 1.2 * summed) * (1.0 + off)
+        rows.append({"name": f"cal-{k}", "summed_ms": summed, "measured_ms": median, "median_ms": median})
+    return dataclasses.replace(table, correction=fit_table_correction(rows), _cache={}, _segments={})
+
+
+def test_auto_margin_keeps_95_percent_of_held_out_calibration_networks_within_the_budget(table):
+    noisy = _with_calibration(table, 24, 0.1)
+    margin = auto_margin(noisy)
+    ratios = held_out_ratios(noisy)
+    assert 0.05 < margin < 0.2 and max(ratios) > 1.05
+    within = sum(r <= 1 / (1 - margin) + 1e-12 for r in ratios)
+    assert within == math.ceil(25 * 0.95) == 24  # the conformal rank: here the worst of 24
+    many = _with_calibration(table, 60, 0.1)
+    wide = auto_margin(many)
+    assert sum(r <= 1 / (1 - wide) + 1e-12 for r in held_out_ratios(many)) == math.ceil(61 * 0.95) == 58
+    assert auto_margin(_with_calibration(table, 24, 0.0)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(LatencyTableError, match="19 or more calibration networks, this one has 18"):
+        auto_margin(_with_calibration(table, 18, 0.1))
+
+
+def test_latency_margin_auto_on_the_command_line(table, space, tmp_path, capsys):
+    noisy = _with_calibration(table, 24, 0.1)
+    path = tmp_path / "table.json"
+    noisy.save(path)
+    margin = auto_margin(load_table(path))
+    space_path = tmp_path / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    budget = predict_latency(_shapes(space, 1)[1], noisy) * 1.5
+    argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
+    argv += ["--resolution", "32", "--sample", "3", "--json"]
+    assert main([*argv, "--latency-margin", "auto"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert all(0.97 * budget * (1 - margin) <= r["latency_ms"] <= budget * (1 - margin) for r in rows)
+    for bad in ("lots", "1.5", "nan"):
+        assert main([*argv, "--latency-margin", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--latency-margin" in err
+    assert main(["latency-table", "show", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["auto_margin"] == pytest.approx(margin)
+    table.save(path)  # 3 calibration networks: too few for auto, and show says nothing of it
+    assert main([*argv, "--latency-margin", "auto"]) == 2
+    assert "19 or more calibration networks" in capsys.readouterr().err
+    assert main(["latency-table", "show", str(path)]) == 0
+    assert "latency-margin auto" not in capsys.readouterr().out

@@ -71,10 +71,10 @@ def add_budget_flags(p: argparse.ArgumentParser, flops_required: bool = False) -
     )
     p.add_argument(
         "--latency-margin",
-        type=float,
-        default=0.0,
+        default="0",
         metavar="F",
-        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0)",
+        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0), or 'auto': "
+        "the margin that kept 95%% of the table's calibration networks within it",
     )
     p.add_argument(
         "--channel-multiple",
@@ -110,6 +110,23 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
         )
     if table is not None:
         table.check_channel_multiple(args.channel_multiple, f"the latency table {args.latency_table}")
-    if not 0.0 <= args.latency_margin < 1.0:
-        raise UserError(f"--latency-margin must be in [0, 1), got {args.latency_margin}")
-    return Budget(macs, params, args.resolution, latency, table, args.latency_margin, args.channel_multiple)
+    margin = latency_margin_from_arg(args.latency_margin, table)
+    return Budget(macs, params, args.resolution, latency, table, margin, args.channel_multiple)
+
+
+def latency_margin_from_arg(text: str | float, table: Any = None) -> float:
+    """``--latency-margin``: a fraction in [0, 1), or ``auto`` (:func:`rexsearch.latency.auto_margin`
+    of the table; 0 without a latency budget, where no margin applies)."""
+    if str(text).strip().lower() == "auto":
+        if table is None:
+            return 0.0
+        from rexsearch.latency import auto_margin
+
+        return auto_margin(table)
+    try:
+        margin = float(text)
+    except ValueError:
+        raise UserError(f"--latency-margin must be a fraction in [0, 1) or auto, got {text!r}") from None
+    if not 0.0 <= margin < 1.0:  # also refuses nan
+        raise UserError(f"--latency-margin must be in [0, 1), got {text}")
+    return margin

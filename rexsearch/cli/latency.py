@@ -22,11 +22,14 @@ from rexsearch.cli.common import (
 )
 from rexsearch.errors import UserError
 from rexsearch.latency import (
+    AUTO_MARGIN_SHARE,
     CORRECTIONS,
     DEVICES,
     DRIFT_NETWORKS,
     RUNTIMES,
     LatencyTable,
+    LatencyTableError,
+    auto_margin,
     build_table,
     calibration_shapes,
     check_drift,
@@ -222,6 +225,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         "operators": sum(len(f.ms) for f in table.families.values()),
         "build_seconds": table.build_seconds,
         "correction": c.to_dict(),
+        "auto_margin": _auto_margin(table),
     }
     if args.json:
         print_json(info)
@@ -232,6 +236,12 @@ def cmd_table_show(args: argparse.Namespace) -> int:
     print(f"  on          {table.environment.describe()}")
     _say_multiple(table)
     print(f"  correction  {c.describe()}")
+    if info["auto_margin"] is not None:
+        print(
+            f"  margin      {info['auto_margin']:.1%} with --latency-margin auto (under it "
+            f"{AUTO_MARGIN_SHARE:.0%} of the calibration networks, each predicted by a line fitted "
+            "without it, measured within the budget)"
+        )
     print_table(
         ["calibration network", "summed ms", "fastest ms", "median ms", "predicted ms"],
         [
@@ -246,6 +256,14 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         ],
     )
     return 0
+
+
+def _auto_margin(table: LatencyTable) -> float | None:
+    """The table's ``--latency-margin auto`` (None when it has too few calibration networks)."""
+    try:
+        return auto_margin(table)
+    except LatencyTableError:
+        return None
 
 
 def cmd_table_check(args: argparse.Namespace) -> int:
