@@ -505,8 +505,10 @@ def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1)
     then the blocks from the last), raising one width by ``step`` at a time where the
     result stays within every budget and a block stays no wider than the next; it stops as
     soon as the window is met. Late widths move MACs, params and latency in the smallest
-    steps, so the filled network keeps the solved width's shape up to a few multiples in its
-    last blocks. Returns the input when no raise fits (the caller then refuses it).
+    steps, so the filled network is mostly the solved width's with a few of its last widths
+    one multiple wider; where the solve stalled on a narrow network, the tail can grow by
+    several multiples. Returns the widest network reached when the window cannot be met
+    (the caller then refuses it).
     """
 
     def with_widths(widths: list[int], penultimate: int) -> ReXNetConfig | None:

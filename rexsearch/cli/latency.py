@@ -239,8 +239,8 @@ def cmd_table_show(args: argparse.Namespace) -> int:
     if info["auto_margin"] is not None:
         print(
             f"  margin      {info['auto_margin']:.1%} with --latency-margin auto (under it "
-            f"{AUTO_MARGIN_SHARE:.0%} of the calibration networks, each predicted by a line fitted "
-            "without it, measured within the budget)"
+            f"{AUTO_MARGIN_SHARE:.0%} of the calibration networks, each predicted by the correction "
+            "fitted without it, measured within the budget)"
         )
     print_table(
         ["calibration network", "summed ms", "fastest ms", "median ms", "predicted ms"],
