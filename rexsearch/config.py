@@ -103,6 +103,23 @@ class BlockConfig:
         return self.expansion != 1
 
     def validate(self, where: str) -> None:
+        if (  # the common case, checked without building a message: every field as it must be
+            type(self.in_channels) is int
+            and type(self.out_channels) is int
+            and type(self.expansion) is int
+            and type(self.kernel) is int
+            and type(self.stride) is int
+            and type(self.se) is bool
+            and 1 <= self.in_channels <= MAX_INT
+            and 1 <= self.out_channels <= MAX_INT
+            and 1 <= self.expansion <= MAX_INT
+            and self.kernel % 2 == 1
+            and self.kernel >= 1
+            and self.stride in (1, 2)
+            and (self.activation is None or self.activation in ACTIVATIONS)
+            and (self.dw_activation is None or self.dw_activation in ACTIVATIONS)
+        ):
+            return
         _check_positive_int(f"{where}.in_channels", self.in_channels)
         _check_positive_int(f"{where}.out_channels", self.out_channels)
         _check_positive_int(f"{where}.expansion", self.expansion)

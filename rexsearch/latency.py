@@ -919,6 +919,7 @@ class LatencyTable:
     _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _parts: dict[Op, tuple[int, float, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def op_ms(self, op: Op) -> float:
         """Predicted time of one operator (cached)."""
@@ -959,14 +960,19 @@ class LatencyTable:
         search predicts thousands of networks that share most of their blocks' shapes.
         """
         total = [0.0] * (len(KINDS) + 2)
+        parts = self._parts
         for key, segment in config_segments(config, resolution or self.resolution):
             vec = self._segments.get(key)
             if vec is None:
                 acc = [0.0] * (len(KINDS) + 2)
-                for op in segment():
-                    acc[_KIND_INDEX[op[0]]] += self.op_ms(op)
-                    acc[_COUNT] += 1
-                    acc[_WEIGHTS] += op_weights(op) / 1e6
+                ops = segment()
+                for op in ops:
+                    part = parts.get(op)
+                    if part is None:  # (kind, ms, millions of weights), once per operator shape
+                        part = parts[op] = (_KIND_INDEX[op[0]], self.op_ms(op), op_weights(op) / 1e6)
+                    acc[part[0]] += part[1]
+                    acc[_WEIGHTS] += part[2]
+                acc[_COUNT] = float(len(ops))
                 vec = self._segments[key] = tuple(acc)
             for i, v in enumerate(vec):
                 total[i] += v

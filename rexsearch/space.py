@@ -569,19 +569,28 @@ def fit_budget(
     lo, hi = WIDTH_RANGE
     if iterations is None:
         iterations = WIDTH_ITERATIONS if budget.latency_ms is None else LATENCY_WIDTH_ITERATIONS
+    # Under a latency budget alone the bisection needs no MACs count: only the one found does.
+    need_cost = budget.macs is not None or budget.params is not None
 
-    def cost_at(w: float) -> tuple[ReXNetConfig, Cost] | None:
+    def cost_at(w: float) -> tuple[ReXNetConfig, Cost | None] | None:
         try:
             cfg = build(w)
         except ConfigError:  # too narrow to be valid (e.g. no SE channels left)
             return None
-        return cfg, count_cost(cfg, budget.resolution)
+        return cfg, count_cost(cfg, budget.resolution) if need_cost else None
 
-    def ok(found: tuple[ReXNetConfig, Cost]) -> bool:
+    def cost_of(found: tuple[ReXNetConfig, Cost | None]) -> Cost:
+        return found[1] if found[1] is not None else count_cost(found[0], budget.resolution)
+
+    def ok(found: tuple[ReXNetConfig, Cost | None]) -> bool:
         cfg, c = found
-        if not budget.within(c, 0.0):  # MACs and params first: they cost no prediction
+        if c is not None and not budget.within(c, 0.0):  # MACs and params first: no prediction
             return False
-        return budget.latency_ms is None or budget.within(c, budget.predict_ms(cfg))
+        limit = budget.latency_limit
+        if limit is None:
+            return True
+        latency = budget.predict_ms(cfg)
+        return latency is not None and latency <= limit
 
     narrowest = cost_at(lo)
     while narrowest is None and lo < hi:
@@ -591,11 +600,11 @@ def fit_budget(
         raise InfeasibleError("no width gives a valid network of this shape")
     best_cfg, best = narrowest
     if not ok(narrowest):
+        c = cost_of(narrowest)
         latency = budget.predict_ms(best_cfg)
         predicted = f" and {latency:.2f} ms predicted" if latency is not None else ""
         raise InfeasibleError(
-            f"even the narrowest network of this shape needs {best.macs:,} MACs, {best.params:,} params"
-            f"{predicted}"
+            f"even the narrowest network of this shape needs {c.macs:,} MACs, {c.params:,} params{predicted}"
         )
     widest = cost_at(hi)
     if widest is not None and ok(widest):
@@ -617,8 +626,12 @@ def fit_budget(
         for digits in (1, 2, 3):
             w = round(math.exp(lhi), digits)
             found = cost_at(w) if lo < w else None
-            if found is not None and ok(found) and found[1].macs > best.macs:
-                (best_cfg, best), lo = found, w
+            if found is not None and ok(found):
+                found = (found[0], cost_of(found))
+                best = cost_of((best_cfg, best))
+                if found[1].macs > best.macs:
+                    (best_cfg, best), lo = found, w
+    best = cost_of((best_cfg, best))
     latency = budget.predict_ms(best_cfg)
     if not budget.tight(best, latency):
         best_cfg, best = fill_window(best_cfg, best, budget, step)

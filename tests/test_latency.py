@@ -277,6 +277,11 @@ def test_latency_budget_alone_keeps_candidates_inside(table, space):
         assert c.latency_ms == pytest.approx(predict_latency(c.config, table))
         assert 0.97 * reference <= c.latency_ms <= reference
         assert c.to_dict()["latency_ms"] == c.latency_ms
+        assert c.cost == count_cost(c.config, RES)  # counted once, for the candidate found
+    # the solve skips MACs counting under a latency budget alone: with a params budget that
+    # never binds (which counts every width tried) it must find the same candidates
+    counted = Budget(params=10**12, latency_ms=reference, latency_table=table, resolution=RES)
+    assert [c.config for c in space.sample(counted, 10, seed=2)] == [c.config for c in candidates]
 
 
 def test_latency_and_macs_budgets_together(table, space):
