@@ -6,7 +6,10 @@ For each runtime (torch and ONNX Runtime on the CPU, and CUDA when a GPU is pres
 2. predicted vs measured end-to-end latency on the presets and random configs of every
    shipped space (50 each): median and 90th-percentile relative error, Kendall's tau; the
    same relative to rexnet-1.0 measured just before each network (the machine's drift
-   cancelled), and the calibration networks measured again after the evaluation (the drift);
+   cancelled), the calibration networks measured again after the evaluation (the drift), and
+   every evaluation network measured again in a second pass (the measurement's own
+   repeatability: with independent noise in the passes, an exact predictor misses one
+   pass by about 1/sqrt(2) of what the passes miss each other by);
 3. decoding candidates of ``rexnet.yaml`` under a latency budget (rexnet-1.0's predicted
    latency): time, share within the predicted budget, share within it when measured on a
    sample (with no margin, a 5% margin and ``--latency-margin auto``'s);
@@ -130,6 +133,12 @@ def main() -> int:
         type=positive_int,
         help="decoded candidates measured under each margin (default 20; 5 with --quick)",
     )
+    ap.add_argument(
+        "--no-retest",
+        dest="retest",
+        action="store_false",
+        help="skip the second pass over the evaluation networks (the measurement's own repeatability)",
+    )
     args = ap.parse_args()
     quick = args.quick
     multiple = args.channel_multiple if args.channel_multiple and args.channel_multiple > 1 else None
@@ -214,6 +223,15 @@ def main() -> int:
             )
             if (i + 1) % 10 == 0:
                 log(f"  measured {i + 1}/{len(configs)}")
+        # The measurement against itself: every network timed again, in a second pass, the same
+        # way. With independent noise in the passes, an exact predictor misses one pass by about
+        # 1/sqrt(2) of what the passes miss each other by, and ranks it no better than they agree.
+        if args.retest:
+            for i, ((_, cfg), row) in enumerate(zip(configs, rows, strict=True)):
+                lat = measure_latency(cfg, env=env, warmup=warmup, repeats=repeats)
+                row["retest_ms"], row["retest_fastest_ms"] = lat.median_ms, lat.min_ms
+                if (i + 1) % 10 == 0:
+                    log(f"  measured again {i + 1}/{len(configs)}")
         # The machine against itself: calibration networks measured again after the evaluation,
         # against their times at the table's build (drift of the device, not the predictor's error).
         drift = []
@@ -278,6 +296,47 @@ def main() -> int:
             "rows": rows,
             "drift": drift,
         }
+        if args.retest:
+            first = [r["measured_ms"] for r in rows]
+            again = [r["retest_ms"] for r in rows]
+            floor = [abs(a / m - 1) for a, m in zip(again, first, strict=True)]
+            floor_fast = [abs(r["retest_fastest_ms"] / r["fastest_ms"] - 1) for r in rows]
+            # against both passes' geometric mean: half the measurement noise of either
+            both = [math.sqrt(a * m) for a, m in zip(again, first, strict=True)]
+            errors_both = [abs(r["predicted_ms"] / b - 1) for r, b in zip(rows, both, strict=True)]
+            errors_again = [abs(r["predicted_ms"] / a - 1) for r, a in zip(rows, again, strict=True)]
+            out["retest"] = {
+                "median_rel_error": statistics.median(floor),
+                "p90_rel_error": quantile(floor, 0.9),
+                "kendall_tau": kendalltau(first, again).statistic,
+                "fastest_median_rel_error": statistics.median(floor_fast),
+                "fastest_kendall_tau": kendalltau(
+                    [r["fastest_ms"] for r in rows], [r["retest_fastest_ms"] for r in rows]
+                ).statistic,
+                "second_over_first_median": statistics.median(
+                    a / m for a, m in zip(again, first, strict=True)
+                ),
+                "predictor_vs_second": {
+                    "median_rel_error": statistics.median(errors_again),
+                    "kendall_tau": kendalltau(predicted, again).statistic,
+                },
+                "predictor_vs_both": {
+                    "median_rel_error": statistics.median(errors_both),
+                    "p90_rel_error": quantile(errors_both, 0.9),
+                    "kendall_tau": kendalltau(predicted, both).statistic,
+                },
+            }
+            rt = out["retest"]
+            log(
+                f"  the measurement against itself (a second pass): median {rt['median_rel_error']:.1%}, "
+                f"p90 {rt['p90_rel_error']:.1%}, tau {rt['kendall_tau']:.3f} (fastest runs: "
+                f"{rt['fastest_median_rel_error']:.1%}, tau {rt['fastest_kendall_tau']:.3f}; second / first "
+                f"{rt['second_over_first_median']:.3f}); the predictor against the second pass: median "
+                f"{rt['predictor_vs_second']['median_rel_error']:.1%}, tau "
+                f"{rt['predictor_vs_second']['kendall_tau']:.3f}; against both passes: median "
+                f"{rt['predictor_vs_both']['median_rel_error']:.1%}, tau "
+                f"{rt['predictor_vs_both']['kendall_tau']:.3f}"
+            )
         # --latency-margin auto against the evaluation networks: the share whose measured median
         # stays within their prediction scaled up by the margin (a candidate solved to the budget
         # less the margin is then within the budget).
