@@ -627,10 +627,9 @@ def fit_budget(
             w = round(math.exp(lhi), digits)
             found = cost_at(w) if lo < w else None
             if found is not None and ok(found):
-                found = (found[0], cost_of(found))
-                best = cost_of((best_cfg, best))
-                if found[1].macs > best.macs:
-                    (best_cfg, best), lo = found, w
+                best, cost = cost_of((best_cfg, best)), cost_of(found)
+                if cost.macs > best.macs:
+                    (best_cfg, best), lo = (found[0], cost), w
     best = cost_of((best_cfg, best))
     latency = budget.predict_ms(best_cfg)
     if not budget.tight(best, latency):
