@@ -959,10 +959,10 @@ class LatencyTable:
         Each segment (stem, block, head) is looked up once under its key and cached: a width
         search predicts thousands of networks that share most of their blocks' shapes.
         """
-        total = [0.0] * (len(KINDS) + 2)
-        parts = self._parts
+        parts, segments = self._parts, self._segments
+        vecs = []
         for key, segment in config_segments(config, resolution or self.resolution):
-            vec = self._segments.get(key)
+            vec = segments.get(key)
             if vec is None:
                 acc = [0.0] * (len(KINDS) + 2)
                 ops = segment()
@@ -973,10 +973,10 @@ class LatencyTable:
                     acc[part[0]] += part[1]
                     acc[_WEIGHTS] += part[2]
                 acc[_COUNT] = float(len(ops))
-                vec = self._segments[key] = tuple(acc)
-            for i, v in enumerate(vec):
-                total[i] += v
-        return tuple(total)
+                vec = segments[key] = tuple(acc)
+            vecs.append(vec)
+        # column sums, each in segment order (as a running total would add them)
+        return tuple(sum(column, 0.0) for column in zip(*vecs, strict=True))
 
     def summed_ms(self, config: ReXNetConfig, resolution: int | None = None) -> float:
         """Sum of the operators' times, before the correction."""
