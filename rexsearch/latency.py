@@ -60,6 +60,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from rexsearch.allocator import steady_allocator
 from rexsearch.config import ACTIVATIONS, BlockConfig, ReXNetConfig
 from rexsearch.errors import BudgetError, UserError
+from rexsearch.files import write_text_atomic
 from rexsearch.model import ConvBNAct, SqueezeExcite, build_model, make_activation
 
 TABLE_FORMAT = "rexsearch.latency-table/2"
@@ -1026,11 +1027,9 @@ class LatencyTable:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON file atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
+        """Write the JSON file atomically (temporary file, then rename; an earlier file is
+        left as it was if writing fails)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<table>") -> LatencyTable:

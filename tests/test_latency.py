@@ -20,7 +20,9 @@ from rexsearch.errors import BudgetError, UserError
 from rexsearch.latency import (
     ACT_CONTEXTS,
     KINDS,
+    MIN_AUTO_MARGIN_CALIBRATION,
     MIN_KIND_CALIBRATION,
+    MIN_WEIGHTS_CALIBRATION,
     Correction,
     Environment,
     Family,
@@ -824,3 +826,42 @@ def test_latency_margin_auto_on_the_command_line(table, space, tmp_path, capsys)
     assert "19 or more calibration networks" in capsys.readouterr().err
     assert main(["latency-table", "show", str(path)]) == 0
     assert "latency-margin auto" not in capsys.readouterr().out
+
+
+def test_table_build_refuses_an_unwritable_out_before_measuring(tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("measured before checking --out")
+
+    monkeypatch.setattr("rexsearch.cli.latency.build_table", never)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("kept\n")
+    for out, why in [
+        (tmp_path / "missing" / "t.json", "does not exist"),
+        (tmp_path, "is a directory"),
+        (a_file / "t.json", "is a file"),
+    ]:
+        assert main(["latency-table", "build", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1 and "Traceback" not in err
+    assert a_file.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_quick_table_build_has_too_few_calibration_networks_for_an_auto_margin(
+    table, tmp_path, monkeypatch, capsys
+):
+    seen = {}
+
+    def fake_build(*args, **kwargs):
+        seen.update(kwargs)
+        return table
+
+    monkeypatch.setattr("rexsearch.cli.latency.build_table", fake_build)
+    out = tmp_path / "quick.json"
+    assert main(["latency-table", "build", "--quick", "--channel-multiple", "8", "--out", str(out)]) == 0
+    calibration = seen["calibration"]
+    assert MIN_WEIGHTS_CALIBRATION <= len(calibration) < MIN_AUTO_MARGIN_CALIBRATION
+    assert all(w % 8 == 0 for c in calibration for w in c.out_channels)  # decoded on the multiple
+    assert seen["points"] <= 4 and load_table(out) == table
+    seen.clear()
+    assert main(["latency-table", "build", "--out", str(tmp_path / "full.json")]) == 0
+    assert seen["calibration"] is None  # the default: CALIBRATION_NETWORKS of them

@@ -6,7 +6,9 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rexsearch.config import ReXNetConfig
@@ -36,6 +38,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work is done, an output file that could not be written: a directory,
+    a missing folder, or one this process cannot create files in (tried with a probe file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: the folder {folder} {what}; create it or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {path}: cannot create files in {folder} ({exc.strerror or exc}); "
+            "choose a folder you can write"
+        ) from None
+    return path
 
 
 def print_json(obj: Any) -> None:

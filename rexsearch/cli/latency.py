@@ -15,6 +15,7 @@ from rexsearch.cli import command_help
 from rexsearch.cli.common import (
     add_budget_flags,
     add_config_source,
+    check_out_file,
     load_config_source,
     positive_int,
     print_json,
@@ -26,11 +27,13 @@ from rexsearch.latency import (
     CORRECTIONS,
     DEVICES,
     DRIFT_NETWORKS,
+    MIN_WEIGHTS_CALIBRATION,
     RUNTIMES,
     LatencyTable,
     LatencyTableError,
     auto_margin,
     build_table,
+    calibration_networks,
     calibration_shapes,
     check_drift,
     environment,
@@ -95,7 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the calibration networks decoded with it (such a table serves only those searches)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="a coarse table in well under a minute (tests, a look)"
+        "--quick",
+        action="store_true",
+        help="a coarse grid and 8 calibration networks, in about a minute (a look, not a search: "
+        "too few networks for --latency-margin auto)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(handler=cmd_table_build)
@@ -184,9 +190,13 @@ def _say_multiple(table: LatencyTable) -> None:
 
 
 def cmd_table_build(args: argparse.Namespace) -> int:
-    points, repeats, shapes = args.points, args.repeats, None
-    if args.quick:
+    check_out_file(args.out)  # before minutes of measuring, not after
+    points, repeats, shapes, calibration = args.points, args.repeats, None, None
+    if args.quick:  # a coarse grid and few calibration networks: too few for --latency-margin auto
         points, repeats, shapes = min(points, 4), min(repeats, 3), calibration_shapes(per_space=2)
+        calibration = calibration_networks(
+            MIN_WEIGHTS_CALIBRATION, args.resolution, channel_multiple=args.channel_multiple
+        )
     table = build_table(
         args.device,
         args.runtime,
@@ -194,6 +204,7 @@ def cmd_table_build(args: argparse.Namespace) -> int:
         args.resolution,
         args.batch,
         shapes=shapes,
+        calibration=calibration,
         points=points,
         repeats=repeats,
         progress=_progress(args.quiet),
