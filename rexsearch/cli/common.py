@@ -14,6 +14,7 @@ from typing import Any
 from rexsearch.config import ReXNetConfig
 from rexsearch.cost import parse_budget
 from rexsearch.errors import UserError
+from rexsearch.files import os_error_message
 from rexsearch.principles import get_preset
 from rexsearch.space import Budget
 
@@ -54,10 +55,7 @@ def check_out_file(path: str | Path, flag: str = "--out") -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        raise UserError(
-            f"{flag} {path}: cannot create files in {folder} ({exc.strerror or exc}); "
-            "choose a folder you can write"
-        ) from None
+        raise UserError(f"{flag} {path}: {os_error_message(exc, folder, 'create files there')}") from None
     return path
 
 
