@@ -267,6 +267,27 @@ def _ort_session(
 
 #: ONNX Runtime's layout conversions to and from its blocked NCHWc layout (x86).
 _REORDERS = ("ReorderInput", "ReorderOutput")
+#: The last element of the key of a family measured on input channels on the runtime's
+#: blocked alignment (:func:`_families`), and the operators that have such families.
+BLOCKED = "blocked"
+_SPLIT = ("conv", "dw")
+
+
+def _blocked_alignment(env: Environment) -> int | None:
+    """The channel multiple at which ONNX Runtime on this CPU runs a depthwise convolution in its
+    blocked layout (it pads output channels up to its block, but needs input channels on a
+    multiple): the smallest of 2, 4, 8, 16 and 32 whose odd multiple ``3 * a`` is run blocked,
+    read off the profile (a blocked graph has layout conversions). None where none is: another
+    runtime, CUDA, or a CPU without the blocked kernels."""
+    if env.runtime != "onnxruntime" or env.device != "cpu":
+        return None
+    for a in (2, 4, 8, 16, 32):
+        c = 3 * a
+        conv = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        nodes = _node_times(conv, (torch.zeros(1, c, 8, 8),), env, warmup=1, repeats=1)
+        if any(kind in _REORDERS for kind, _ in nodes):
+            return a
+    return None
 
 
 def _node_times(
@@ -661,11 +682,15 @@ def _interp1(axis: Sequence[int], values: Sequence[float], x: float) -> float:
     return values[i] + (values[i + 1] - values[i]) * t
 
 
-def _grid(low: int, high: int, points: int, multiple: int | None = None) -> tuple[int, ...]:
+def _grid(
+    low: int, high: int, points: int, multiple: int | None = None, avoid: int | None = None
+) -> tuple[int, ...]:
     """About ``points`` geometrically spaced integers covering [low/1.25, high*1.25].
 
     With ``multiple``, every point is a multiple of it (the ends rounded outwards), so that
-    the table times the aligned kernels that widths on that multiple run.
+    the table times the aligned kernels that widths on that multiple run. With ``avoid``, no
+    point is a multiple of it (each moved one channel, the ends outwards): the grid of the
+    unblocked kernels, whose times a blocked point would pull down (:func:`_monotone`).
     """
     a, b = max(1, math.floor(low / 1.25)), max(2, math.ceil(high * 1.25))
     if a >= b or points < 2:
@@ -673,6 +698,9 @@ def _grid(low: int, high: int, points: int, multiple: int | None = None) -> tupl
     else:
         ratio = (b / a) ** (1 / (points - 1))
         grid = tuple(sorted({max(1, round(a * ratio**i)) for i in range(points)} | {a, b}))
+    if avoid and avoid > 1:
+        moved = {v if v % avoid else (v - 1 if i == 0 and v > 1 else v + 1) for i, v in enumerate(grid)}
+        return tuple(sorted(moved))
     if not multiple or multiple == 1:
         return grid
     m = multiple
@@ -916,6 +944,9 @@ class LatencyTable:
     build_seconds: float = 0.0
     #: The multiple every channel grid point is on (``latency-table build --channel-multiple``).
     channel_multiple: int | None = None
+    #: The input-channel multiple on which the runtime runs convolutions blocked; convolution
+    #: and depthwise families are then measured off it and on it (:data:`BLOCKED`).
+    blocked_alignment: int | None = None
     _cache: dict[Op, float] = field(default_factory=dict, compare=False, repr=False)
     _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
         default_factory=dict, compare=False, repr=False
@@ -928,7 +959,10 @@ class LatencyTable:
         if cached is not None:
             return cached
         name, key, coords = op
-        family = self.families.get((name, key))
+        family = None
+        if self.blocked_alignment and name in _SPLIT and coords[0] % self.blocked_alignment == 0:
+            family = self.families.get((name, (*key, BLOCKED)))
+        family = family or self.families.get((name, key))
         if family is None:
             family = self._nearest_se(key) if name == "se" else None
             if family is None:
@@ -1020,6 +1054,7 @@ class LatencyTable:
             "environment": self.environment.to_dict(),
             "resolution": self.resolution,
             "channel_multiple": self.channel_multiple,
+            "blocked_alignment": self.blocked_alignment,
             "versions": dict(self.versions),
             "build_seconds": self.build_seconds,
             "correction": self.correction.to_dict(),
@@ -1047,6 +1082,7 @@ class LatencyTable:
                 dict(data.get("versions", {})),
                 float(data.get("build_seconds", 0.0)),
                 _multiple(data.get("channel_multiple")),
+                _multiple(data.get("blocked_alignment"), "blocked_alignment"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LatencyTableError(
@@ -1061,12 +1097,13 @@ def _format1(family: Family) -> list[Family]:
     return [dataclasses.replace(family, key=(*family.key, after)) for after in ACT_CONTEXTS]
 
 
-def _multiple(value: Any) -> int | None:
-    """A table file's ``channel_multiple``: absent or null, else an integer in 2..128."""
+def _multiple(value: Any, field: str = "channel_multiple") -> int | None:
+    """A table file's ``channel_multiple`` (or ``blocked_alignment``): absent or null, else an
+    integer in 2..128."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 128:
-        raise ValueError(f"channel_multiple must be null or an integer in 2..128, got {value!r}")
+        raise ValueError(f"{field} must be null or an integer in 2..128, got {value!r}")
     return value
 
 
@@ -1192,9 +1229,15 @@ def _families(
     se_ratios: Sequence[int],
     kernels: Sequence[int],
     multiple: int | None = None,
+    blocked: int | None = None,
 ) -> list[tuple[str, tuple[Any, ...], tuple[tuple[int, ...], ...]]]:
     """Operator families with their grids, from the ranges the configs use (channel points on
-    ``multiple`` when given; the stem's 3 input channels stay 3)."""
+    ``multiple`` when given; the stem's 3 input channels stay 3).
+
+    With ``blocked`` (the alignment at which the runtime runs a convolution in a blocked
+    layout, :func:`_blocked_alignment`), each convolution and depthwise family is measured
+    twice: on input channels off that multiple, and (its key ending in :data:`BLOCKED`) on it.
+    """
     ranges: dict[tuple[str, tuple[Any, ...]], list[list[int]]] = {}
     for cfg in configs:
         for op, key, coords in config_ops(cfg, resolution):
@@ -1223,8 +1266,14 @@ def _families(
                 merge("dw", (k, key[1], key[2]), r)
     out = []
     for (op, key), r in ranges.items():
+        stem = op == "conv" and r[0][0] == r[0][1] == 3
+        if blocked and op in _SPLIT and not stem:
+            (lo, hi), rest = r[0], tuple(_grid(a, b, points) for a, b in r[1:])
+            out.append((op, key, (_grid(lo, hi, points, avoid=blocked), *rest)))
+            out.append((op, (*key, BLOCKED), (_grid(lo, hi, points, blocked), *rest)))
+            continue
         axes = tuple(
-            (lo,) if op == "conv" and lo == hi == 3 else _grid(lo, hi, points, multiple) for lo, hi in r
+            (lo,) if stem and i == 0 else _grid(lo, hi, points, multiple) for i, (lo, hi) in enumerate(r)
         )
         if op == "se":  # an SE needs at least one channel in its bottleneck (on the multiple)
             floor = -(-key[0] // multiple) * multiple if multiple else key[0]
@@ -1268,10 +1317,17 @@ class _OperatorTimer:
         self._shared: dict[tuple[Any, ...], float] = {}  # an activation timed alone, either context
 
     def __call__(self, op: str, key: tuple[Any, ...], coords: tuple[int, ...]) -> float:
+        blocked = op in _SPLIT and key[-1] == BLOCKED
+        if blocked:  # the same operator, its channels on the alignment
+            key = key[:-1]
         shared = (op, key[:2], coords) if op == "act" and not self.profiled else None
         if shared in self._shared:
             return self._shared[shared]
         module, inputs = _op_module(op, key, coords, self.env.batch, self.multiple)
+        if blocked:
+            # its kernel alone: a graph of one blocked operator converts its input into the
+            # blocked layout and back, which a run of blocked operators in a network does not
+            return self._kernels(module, inputs)
         if not self.profiled:
             t = min(_samples(_runner(module, inputs, self.env), self.warmup, self.repeats)) * 1e3
             t = max(0.0, t - self.per_run_ms)
@@ -1369,7 +1425,10 @@ def build_table(
     if calibration is None:
         step = max(1, len(shapes) // CALIBRATION_NETWORKS)
         calibration = shapes[::step][:CALIBRATION_NETWORKS]
-    specs = _families(shapes, resolution, points, activations, se_ratios, kernels, channel_multiple)
+    # a table on a multiple times aligned kernels only; otherwise a channel count on the runtime's
+    # blocked alignment runs another kernel, several times faster (measured off and on it)
+    blocked = None if channel_multiple else _blocked_alignment(env)
+    specs = _families(shapes, resolution, points, activations, se_ratios, kernels, channel_multiple, blocked)
     total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
     families: dict[tuple[str, tuple[Any, ...]], Family] = {}
     done = 0
@@ -1384,7 +1443,7 @@ def build_table(
                 if progress:
                     progress("operators", done, total)
             families[(op, key)] = Family(op, key, axes, tuple(_monotone(axes, ms)))
-    raw = LatencyTable(env, resolution, families, Correction(0.0, 1.0))
+    raw = LatencyTable(env, resolution, families, Correction(0.0, 1.0), blocked_alignment=blocked)
     rows = []
     cal_warmup, cal_repeats = max(3, warmup), max(10, repeats)
     for i, cfg in enumerate(calibration):
@@ -1416,6 +1475,7 @@ def build_table(
         versions,
         time.perf_counter() - start,
         channel_multiple,
+        blocked,
     )
 
 

@@ -19,6 +19,7 @@ from rexsearch.cost import count_cost
 from rexsearch.errors import BudgetError, UserError
 from rexsearch.latency import (
     ACT_CONTEXTS,
+    BLOCKED,
     KINDS,
     MIN_AUTO_MARGIN_CALIBRATION,
     MIN_KIND_CALIBRATION,
@@ -26,7 +27,10 @@ from rexsearch.latency import (
     Correction,
     Environment,
     Family,
+    LatencyTable,
     LatencyTableError,
+    _blocked_alignment,
+    _families,
     _grid,
     _in_context_ms,
     _InContext,
@@ -865,3 +869,71 @@ def test_quick_table_build_has_too_few_calibration_networks_for_an_auto_margin(
     seen.clear()
     assert main(["latency-table", "build", "--out", str(tmp_path / "full.json")]) == 0
     assert seen["calibration"] is None  # the default: CALIBRATION_NETWORKS of them
+
+
+def test_grid_off_a_multiple_covers_the_range_with_no_point_on_it():
+    plain = _grid(27, 1280, 6)
+    for avoid in (4, 8):
+        grid = _grid(27, 1280, 6, avoid=avoid)
+        assert all(c % avoid for c in grid) and list(grid) == sorted(set(grid))
+        assert grid[0] <= plain[0] and grid[-1] >= plain[-1] and len(grid) == len(plain)
+    assert _grid(4, 5, 6, avoid=4)[0] == 3  # the low end moves down, so the range stays covered
+
+
+def test_families_on_the_blocked_alignment_are_measured_apart(space):
+    shapes = _shapes(space, 2)
+    plain = {(op, key): axes for op, key, axes in _families(shapes, RES, 4, ("silu",), (4,), (3,))}
+    split = {(op, key): axes for op, key, axes in _families(shapes, RES, 4, ("silu",), (4,), (3,), None, 4)}
+    assert not any(key[-1] == BLOCKED for _, key in plain)
+    for (op, key), axes in plain.items():
+        if op not in ("conv", "dw") or axes[0] == (3,):  # the stem's 3 input channels: one family
+            assert split[(op, key)] == axes and (op, (*key, BLOCKED)) not in split
+            continue
+        off, on = split[(op, key)], split[(op, (*key, BLOCKED))]
+        assert all(c % 4 for c in off[0]) and all(c % 4 == 0 for c in on[0])
+        assert off[1:] == on[1:] == axes[1:]  # only the input channels are split
+        assert min(on[0]) <= max(min(axes[0]), 4) and max(on[0]) >= max(axes[0])
+
+
+def test_channels_on_the_blocked_alignment_are_predicted_by_their_own_family(tmp_path):
+    env = Environment("cpu", "AMD EPYC", "onnxruntime", "1.32.0", 1, 1)
+    key = (3, 1, 8)
+    families = {
+        ("dw", key): Family("dw", key, ((5, 9, 13),), (1.0, 2.0, 3.0)),
+        ("dw", (*key, BLOCKED)): Family("dw", (*key, BLOCKED), ((4, 8, 12),), (0.1, 0.2, 0.3)),
+    }
+    table = LatencyTable(env, 8, families, Correction(0.0, 1.0), blocked_alignment=4)
+    assert table.op_ms(("dw", key, (8,))) == pytest.approx(0.2)  # blocked: several times faster
+    assert table.op_ms(("dw", key, (9,))) == pytest.approx(2.0)
+    assert table.op_ms(("dw", key, (11,))) == pytest.approx(2.5)
+    unsplit = LatencyTable(env, 8, families, Correction(0.0, 1.0))
+    assert unsplit.op_ms(("dw", key, (8,))) == pytest.approx(1.75)  # a table without the split
+    path = tmp_path / "t.json"
+    table.save(path)
+    again = load_table(path)
+    assert again.blocked_alignment == 4 and again.op_ms(("dw", key, (8,))) == pytest.approx(0.2)
+    data = json.loads(path.read_text())
+    data["blocked_alignment"] = "four"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match=r"damaged latency table.*blocked_alignment"):
+        load_table(path)
+
+
+def test_onnxruntime_blocked_alignment_is_read_off_the_profile():
+    """The fact the split relies on: a depthwise convolution over channels on the alignment runs
+    blocked (layout conversions around it), one off it does not."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    from torch import nn
+
+    env = environment("cpu", "onnxruntime", 1)
+    align = _blocked_alignment(env)
+    if align is None:
+        pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
+
+    def kinds(c):
+        conv = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        return {k for k, _ in _node_times(conv, (torch.zeros(1, c, 8, 8),), env, 1, 1)}
+
+    assert "ReorderInput" in kinds(3 * align) and "ReorderInput" not in kinds(3 * align + 1)
+    assert _blocked_alignment(environment("cpu", "torch", 1)) is None
