@@ -560,7 +560,10 @@ def fit_budget(
 
     MACs and params never decrease with the width (every channel count is a rounded,
     non-decreasing function of it), and neither does the predicted latency (the table is
-    monotone in every channel count), so bisection finds the boundary. Where one rounding
+    monotone in every channel count), so bisection finds the boundary. An ONNX Runtime table
+    with a blocked alignment predicts a width on it faster than one just below it, as the
+    runtime runs it; bisection then finds a boundary, and every width it keeps was checked
+    within the budget. Where one rounding
     step of the width jumps over the window, :func:`fill_window` raises single widths by
     ``step`` (the channel multiple) into it. Raises :class:`InfeasibleError` when even the
     smallest width is over budget, or when the network still stays under the window's

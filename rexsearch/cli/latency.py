@@ -187,6 +187,9 @@ def _say_multiple(table: LatencyTable) -> None:
     m = table.channel_multiple
     if m:
         print(f"  widths      multiples of {m} (serves searches with --channel-multiple {m})")
+    if table.blocked_alignment:
+        a = table.blocked_alignment
+        print(f"  layout      convolutions measured apart on and off input channels on multiples of {a}")
 
 
 def cmd_table_build(args: argparse.Namespace) -> int:
@@ -231,6 +234,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         "environment": table.environment.to_dict(),
         "resolution": table.resolution,
         "channel_multiple": table.channel_multiple,
+        "blocked_alignment": table.blocked_alignment,
         "versions": table.versions,
         "families": len(table.families),
         "operators": sum(len(f.ms) for f in table.families.values()),
