@@ -937,3 +937,22 @@ def test_onnxruntime_blocked_alignment_is_read_off_the_profile():
 
     assert "ReorderInput" in kinds(3 * align) and "ReorderInput" not in kinds(3 * align + 1)
     assert _blocked_alignment(environment("cpu", "torch", 1)) is None
+
+
+def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, tmp_path):
+    pytest.importorskip("onnxruntime")
+    align = _blocked_alignment(environment("cpu", "onnxruntime", 1))
+    if align is None:
+        pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
+    table = _tiny_table(_shapes(space, 1), runtime="onnxruntime", points=2, activations=("silu", "relu6"))
+    assert table.blocked_alignment == align
+    blocked = [f for (op, key), f in table.families.items() if key[-1] == BLOCKED]
+    assert blocked and {f.op for f in blocked} == {"conv", "dw"}
+    assert all(c % align == 0 for f in blocked for c in f.axes[0]) and all(min(f.ms) >= 0 for f in blocked)
+    path = tmp_path / "ort.json"
+    table.save(path)
+    again = load_table(path, expect=table.environment)
+    assert again.blocked_alignment == align
+    for config in _shapes(space, 1):
+        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
+        assert predict_latency(config, again) > 0
