@@ -9,7 +9,9 @@
   made of — dense convs (stem, expand, projection, head), depthwise convs, activations, SE,
   the (partial) residual add and the classifier — on a grid of channel counts per operator
   family (same kernel, stride, spatial size); on ONNX Runtime with a channel multiple, read
-  from its profiler with fusions and layout conversions in context (:class:`_OperatorTimer`).
+  from its profiler with fusions and layout conversions in context (:class:`_OperatorTimer`);
+  on ONNX Runtime without one, convolutions measured apart on and off the input channels the
+  runtime runs blocked (:func:`_blocked_alignment`, :data:`BLOCKED`).
   It fits a correction for what the sum misses (framework overhead between operators,
   weights evicted from the cache) on ``CALIBRATION_NETWORKS``
   end-to-end calibration networks, decoded from the shipped spaces at random MACs budgets
@@ -1300,7 +1302,8 @@ class _OperatorTimer:
     activation after the SE gate, which runs on its own, is its kernel. Otherwise (no
     multiple, or CUDA) the ONNX Runtime graph of one operator is timed end to end, less the
     fixed cost of one
-    ``session.run``.
+    ``session.run``; there a family on the runtime's blocked alignment (:data:`BLOCKED`) is its
+    kernel alone, read off the profile.
     """
 
     def __init__(self, env: Environment, warmup: int, repeats: int, multiple: int = 1) -> None:
