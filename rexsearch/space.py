@@ -523,6 +523,9 @@ def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1)
 
     widths = [b.out_channels for b in config.blocks]
     penultimate = config.penultimate_channels
+    # Under a latency budget alone no raise needs a MACs count: only the network returned does.
+    need_cost = budget.macs is not None or budget.params is not None or budget.latency_ms is None
+    counted: Cost | None = cost
     for _ in range(FILL_SWEEPS):
         raised = False
         for i in range(len(widths), -1, -1):  # len(widths): the penultimate conv
@@ -536,18 +539,18 @@ def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1)
             cfg = with_widths(trial_widths, trial_pen)
             if cfg is None:
                 continue
-            c = count_cost(cfg, budget.resolution)
-            if not budget.within(c, 0.0):
+            c = count_cost(cfg, budget.resolution) if need_cost else None
+            if c is not None and not budget.within(c, 0.0):
                 continue
             latency = budget.predict_ms(cfg)
-            if budget.latency_ms is not None and not budget.within(c, latency):
+            if latency is not None and latency > (budget.latency_limit or 0.0):
                 continue
-            widths, penultimate, config, cost, raised = trial_widths, trial_pen, cfg, c, True
-            if budget.tight(cost, latency):
-                return config, cost
+            widths, penultimate, config, counted, raised = trial_widths, trial_pen, cfg, c, True
+            if budget.tight(counted or cost, latency):  # ``cost`` unread without a MACs budget
+                return config, counted or count_cost(config, budget.resolution)
         if not raised:
             break
-    return config, cost
+    return config, counted or count_cost(config, budget.resolution)
 
 
 def fit_budget(

@@ -580,6 +580,8 @@ def test_fill_pass_brings_coarse_rounding_into_the_latency_window(table, space, 
         assert all(w % 64 == 0 for w in widths) and widths[:-1] == sorted(widths[:-1])
         assert 0.97 * budget.latency_ms <= cand.latency_ms <= budget.latency_ms
         assert cand.latency_ms == pytest.approx(predict_latency(cand.config, table, RES))
+        # the pass counts MACs only for the network it returns: its cost is that network's
+        assert cand.cost == count_cost(cand.config, RES)
 
 
 def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(
