@@ -584,6 +584,80 @@ def test_fill_pass_brings_coarse_rounding_into_the_latency_window(table, space, 
         assert cand.cost == count_cost(cand.config, RES)
 
 
+class _WidthTable:
+    """A stand-in latency table whose "configs" are widths: it predicts ``ms(width)``."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def predict(self, width, resolution=None):
+        return self.ms(width)
+
+
+def _search(ms, limit, iterations=12):
+    """The latency width search on ``ms``: the widths it tried, the kept width, its bracket."""
+    import rexsearch.space as space_module
+
+    budget = Budget(latency_ms=limit, latency_table=_WidthTable(ms), resolution=RES)
+    tried = []
+
+    def cost_at(w):
+        tried.append(w)
+        return w, None
+
+    lo, hi = space_module.WIDTH_RANGE
+    (kept, _), a, b = space_module._interpolation_search(
+        cost_at, budget, (lo, None), (hi, None), lo, hi, iterations
+    )
+    return tried, kept, a, b
+
+
+@pytest.mark.parametrize("limit", [0.5, 3.0, 40.0, 900.0])
+def test_width_search_interpolates_to_a_smooth_latency_in_fewer_steps_than_bisection(limit):
+    import rexsearch.space as space_module
+
+    def ms(w):  # a fixed cost plus a power of the width, as a network's latency grows
+        return 0.2 + 3.0 * w**1.7
+
+    tried, kept, a, b = _search(ms, limit)
+    # within 0.2% under the limit (or resolved to bisection's bracket) with fewer evaluations
+    # than bisection's 12; every width kept was checked within the budget
+    assert ms(kept) <= limit
+    assert ms(kept) >= (1 - space_module.CLOSE_ENOUGH) * limit or b - a <= math.log(800) / 2**12
+    assert len(tried) <= 8, tried
+    assert kept in tried
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_width_search_on_a_jumpy_latency_keeps_only_checked_widths_within_bisections_steps(seed):
+    rng = random.Random(seed)
+    jumps = {round(rng.uniform(0.1, 8.0), 3): rng.uniform(-0.2, 0.2) for _ in range(40)}
+
+    def ms(w):  # rising in steps (rounded channels), some of them down (blocked kernels)
+        w = math.floor(w * 8) / 8
+        return (1.0 + 2.0 * w**1.5) * (1.0 + sum(d for x, d in jumps.items() if x <= w) / 10)
+
+    # a limit inside a step at width 2: no width comes within 0.2% of it, so the search
+    # narrows its bracket onto the step as bisection would
+    limit = (ms(1.99) + ms(2.0)) / 2
+    assert ms(1.99) < 0.99 * limit < limit < ms(2.0)
+    tried, kept, a, b = _search(ms, limit)
+    assert ms(kept) <= limit and math.exp(a) == pytest.approx(kept)
+    assert ms(math.exp(b)) > limit
+    assert b - a <= math.log(800) / 2**12 * (1 + 1e-9)
+    assert len(tried) <= 13  # the ITP bound: bisection's 12 steps and one
+    assert all(ms(w) > limit for w in tried if w > kept)  # it keeps the widest fitting width tried
+
+
+def test_width_search_on_a_flat_staircase_ends_within_bisections_steps():
+    def ms(w):  # flat steps: interpolation has no slope inside a step
+        return float(math.floor(w * 4) + 1)
+
+    tried, kept, _, b = _search(ms, 5.0)
+    assert ms(kept) <= 5.0 and len(tried) <= 13
+    assert kept < 1.25 <= math.exp(b) * (1 + 1e-9)  # the step at 1.25 is bracketed
+
+
 def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(
     table, space, monkeypatch
 ):
