@@ -513,7 +513,30 @@ def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1)
     one multiple wider; where the solve stalled on a narrow network, the tail can grow by
     several multiples. Returns the widest network reached when the window cannot be met
     (the caller then refuses it).
+
+    On a latency table with a blocked alignment (ONNX Runtime without a channel multiple),
+    a block's input channels on the alignment run faster, so one channel more can cost
+    more than the budget leaves while a few more, onto the alignment, cost less: where a
+    raise by ``step`` does not fit, the raise to the width's next multiple of the alignment
+    is tried; and where the sweeps still miss the window, they run once more from the
+    start with the aligned raise tried first.
     """
+    table = budget.latency_table if budget.latency_ms is not None else None
+    align = getattr(table, "blocked_alignment", None) or 0
+    align = align if align > step else 0
+    filled, counted, tight = _fill(config, cost, budget, step, align, aligned_first=False)
+    if not tight and align:
+        again, again_counted, again_tight = _fill(config, cost, budget, step, align, aligned_first=True)
+        if again_tight:
+            filled, counted = again, again_counted
+    return filled, counted or count_cost(filled, budget.resolution)
+
+
+def _fill(
+    config: ReXNetConfig, cost: Cost, budget: Budget, step: int, align: int, aligned_first: bool
+) -> tuple[ReXNetConfig, Cost | None, bool]:
+    """The sweeps of :func:`fill_window`: the network reached, its cost where counted, and
+    whether it meets the window."""
 
     def with_widths(widths: list[int], penultimate: int) -> ReXNetConfig | None:
         blocks, previous = [], config.stem_channels
@@ -533,28 +556,34 @@ def fill_window(config: ReXNetConfig, cost: Cost, budget: Budget, step: int = 1)
     for _ in range(FILL_SWEEPS):
         raised = False
         for i in range(len(widths), -1, -1):  # len(widths): the penultimate conv
-            trial_widths, trial_pen = list(widths), penultimate
-            if i == len(widths):
-                trial_pen += step
-            else:
-                if i + 1 < len(widths) and widths[i] + step > widths[i + 1]:
+            raises = [step]
+            if align and i < len(widths) and align - widths[i] % align != step:
+                aligned = align - widths[i] % align  # onto the next multiple of the alignment
+                raises = [aligned, step] if aligned_first else [step, aligned]
+            for by in raises:
+                trial_widths, trial_pen = list(widths), penultimate
+                if i == len(widths):
+                    trial_pen += by
+                else:
+                    if i + 1 < len(widths) and widths[i] + by > widths[i + 1]:
+                        continue
+                    trial_widths[i] += by
+                cfg = with_widths(trial_widths, trial_pen)
+                if cfg is None:
                     continue
-                trial_widths[i] += step
-            cfg = with_widths(trial_widths, trial_pen)
-            if cfg is None:
-                continue
-            c = count_cost(cfg, budget.resolution) if need_cost else None
-            if c is not None and not budget.within(c, 0.0):
-                continue
-            latency = budget.predict_ms(cfg)
-            if latency is not None and latency > (budget.latency_limit or 0.0):
-                continue
-            widths, penultimate, config, counted, raised = trial_widths, trial_pen, cfg, c, True
-            if budget.tight(counted or cost, latency):  # ``cost`` unread without a MACs budget
-                return config, counted or count_cost(config, budget.resolution)
+                c = count_cost(cfg, budget.resolution) if need_cost else None
+                if c is not None and not budget.within(c, 0.0):
+                    continue
+                latency = budget.predict_ms(cfg)
+                if latency is not None and latency > (budget.latency_limit or 0.0):
+                    continue
+                widths, penultimate, config, counted, raised = trial_widths, trial_pen, cfg, c, True
+                if budget.tight(counted or cost, latency):  # ``cost`` unread without a MACs budget
+                    return config, counted, True
+                break
         if not raised:
             break
-    return config, counted or count_cost(config, budget.resolution)
+    return config, counted, False
 
 
 def fit_budget(

@@ -658,6 +658,71 @@ def test_width_search_on_a_flat_staircase_ends_within_bisections_steps():
     assert kept < 1.25 <= math.exp(b) * (1 + 1e-9)  # the step at 1.25 is bracketed
 
 
+class _BlockedStandIn:
+    """Predicts a block four times faster when its input channels are on a multiple of 4 (as
+    ONNX Runtime runs blocked kernels), without telling the solver about it."""
+
+    def predict(self, config, resolution=None):
+        ms, hw = 0.0, RES
+        for b in config.blocks:
+            hw //= b.stride
+            work = (b.in_channels + b.out_channels) * b.dw_channels * hw * hw * 1e-6
+            ms += work * (0.25 if b.in_channels % 4 == 0 else 1.0)
+        return ms + config.penultimate_channels * 1e-3
+
+
+class _BlockedTable(_BlockedStandIn):
+    """The same predictions, with the table's ``blocked_alignment`` that the fill pass reads."""
+
+    blocked_alignment = 4
+
+
+def test_fill_pass_raises_widths_onto_a_tables_blocked_alignment(space, monkeypatch):
+    import rexsearch.space as space_module
+
+    sweeps = []  # (aligned raise first, window met) of every run of the sweeps
+    fill = space_module._fill
+
+    def recorded(*args, **kwargs):
+        out = fill(*args, **kwargs)
+        sweeps.append((kwargs["aligned_first"], out[2]))
+        return out
+
+    monkeypatch.setattr(space_module, "_fill", recorded)
+
+    def decode_all(table):
+        decoded, refused = [], 0
+        for limit in (0.5, 1.0, 2.0, 4.0, 8.0):
+            budget = Budget(latency_ms=limit, latency_table=table, resolution=RES)
+            for seed in range(40):
+                try:
+                    decoded.append(
+                        (limit, space.decode(space.suggest(_RandomTrial(random.Random(seed))), budget))
+                    )
+                except UserError:
+                    refused += 1
+        return decoded, refused
+
+    plain, plain_refused = decode_all(_BlockedStandIn())
+    assert all(not first for first, _ in sweeps)  # no alignment known: one run, one raise
+    sweeps.clear()
+    aligned, aligned_refused = decode_all(_BlockedTable())
+    # one channel more can cost more than the budget leaves where a few more, onto the
+    # alignment, cost less: knowing the alignment, the pass brings more draws into the window
+    assert plain_refused > 0 and aligned_refused < plain_refused
+    # the sweeps rerun with the aligned raise first only where the first run missed the
+    # window, and that rerun brings some draws in
+    for (first, met), (again, _) in itertools.pairwise(sweeps):
+        if again:
+            assert not first and not met
+    assert any(first and met for first, met in sweeps)
+    for limit, cand in plain + aligned:
+        assert 0.97 * limit <= cand.latency_ms <= limit
+        assert cand.cost == count_cost(cand.config, RES)
+        widths = cand.config.out_channels
+        assert widths == sorted(widths)
+
+
 def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(
     table, space, monkeypatch
 ):
