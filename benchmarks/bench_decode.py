@@ -5,6 +5,14 @@ without and with the fill pass (``rexsearch.space.fill_window``), the decode tim
 the fill moved the widths it raised (how many widths, the largest relative raise).
 
     python benchmarks/bench_decode.py [--draws 300] [--budgets 100M,400M,1G] [--multiples 1,8,16]
+
+With ``--latency-table FILE``, under latency budgets instead: multiples of rexnet-1.0's
+predicted latency (on the table's channel multiple, where it has one), each timed on a freshly
+loaded table (its caches cold, as in a new search): seconds for the draws, how many decoded,
+predictions per draw, how many the fill pass raised, and where the candidates sit in the budget.
+
+    python benchmarks/bench_decode.py --latency-table FILE [--draws 1000] [--spaces rexnet]
+        [--latency-budgets 0.5,1,2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -13,11 +21,14 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 
 import rexsearch.space as space_module
 from rexsearch.cli.common import positive_int
 from rexsearch.cost import parse_budget
+from rexsearch.latency import load_table
+from rexsearch.principles import get_preset, linear_schedule
 from rexsearch.space import SPACES_DIR, Budget, InfeasibleError, _RandomTrial, load_space
 
 
@@ -32,6 +43,84 @@ def _decode_all(space, budget: Budget, draws: list[dict]) -> tuple[list, float]:
     return out, time.perf_counter() - start
 
 
+class _Counted:
+    """A latency table that counts its predictions (and the fill passes of a decode)."""
+
+    def __init__(self, table) -> None:
+        self.table, self.predictions, self.fills = table, 0, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.table, name)
+
+    def predict(self, config, resolution=None) -> float:
+        self.predictions += 1
+        return self.table.predict(config, resolution)
+
+    def count_fills(self, fill):
+        def counted(*args, **kwargs):
+            self.fills += 1
+            return fill(*args, **kwargs)
+
+        return counted
+
+
+def _latency_rows(args: argparse.Namespace) -> list[dict]:
+    """Decoding under latency budgets, each (space, budget, repeat) on a freshly loaded table."""
+    probe = load_table(args.latency_table)
+    multiple = probe.channel_multiple
+    reference = linear_schedule(1.0, ch_div=multiple) if multiple else get_preset("rexnet-1.0")
+    reference_ms = probe.predict(reference)
+    names = args.spaces.split(",") if args.spaces else sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    rows = []
+    for name in names:
+        space = load_space(name)
+        rng = random.Random(7)
+        draws = [space.suggest(_RandomTrial(rng)) for _ in range(args.draws)]
+        for factor in (float(f) for f in args.latency_budgets.split(",")):
+            for repeat in range(args.repeat):
+                table = _Counted(load_table(args.latency_table))  # cold caches, as a new search
+                fill = space_module.fill_window
+                space_module.fill_window = table.count_fills(fill)
+                budget = Budget(
+                    latency_ms=factor * reference_ms,
+                    latency_table=table,  # type: ignore[arg-type]
+                    channel_multiple=multiple,
+                )
+                try:
+                    out, seconds = _decode_all(space, budget, draws)
+                finally:
+                    space_module.fill_window = fill
+                shares = sorted(c.latency_ms / budget.latency_ms for c in out if c is not None)
+                rows.append(
+                    {
+                        "space": space.name,
+                        "budget_ms": budget.latency_ms,
+                        "budget_factor": factor,
+                        "repeat": repeat,
+                        "draws": len(draws),
+                        "decoded": len(shares),
+                        "seconds": seconds,
+                        "predictions_per_draw": table.predictions / len(draws),
+                        "filled": table.fills,
+                        "within_predicted": all(s <= 1.0 for s in shares),
+                        "median_of_budget": statistics.median(shares) if shares else None,
+                    }
+                )
+    return rows
+
+
+def _print_latency(rows: list[dict]) -> None:
+    print("space                  budget ms  decoded     seconds  predictions/draw  filled  median of budget")
+    for r in rows:
+        median = "" if r["median_of_budget"] is None else f"{r['median_of_budget']:.4f}"
+        print(
+            f"{r['space']:<22} {r['budget_ms']:>9.2f}  {r['decoded']:>5}/{r['draws']:<5}"
+            f"  {r['seconds']:>6.2f}"
+            f"  {r['predictions_per_draw']:>16.1f}  {r['filled']:>6}  {median:>16}"
+            + ("" if r["within_predicted"] else "  OVER THE BUDGET")
+        )
+
+
 def _widths(config) -> list[int]:
     return [*config.out_channels, config.penultimate_channels]
 
@@ -42,7 +131,26 @@ def main() -> int:
     ap.add_argument("--budgets", default="100M,400M,1G", help="MACs budgets (default 100M,400M,1G)")
     ap.add_argument("--multiples", default="1,8,16", help="channel multiples (default 1,8,16)")
     ap.add_argument("--json", action="store_true", help="print every number as JSON")
+    ap.add_argument("--latency-table", metavar="FILE", help="decode under latency budgets on this table")
+    ap.add_argument(
+        "--latency-budgets",
+        default="1",
+        help="with --latency-table: budgets as multiples of rexnet-1.0's predicted latency (default 1)",
+    )
+    ap.add_argument("--spaces", help="with --latency-table: comma-separated space names (default: all)")
+    ap.add_argument(
+        "--repeat", type=positive_int, default=1, help="with --latency-table: timings of each (default 1)"
+    )
     args = ap.parse_args()
+    if args.latency_table:
+        if "--draws" not in sys.argv:
+            args.draws = 1000
+        rows = _latency_rows(args)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            _print_latency(rows)
+        return 0
     rows = []
     sweeps = space_module.FILL_SWEEPS
     for path in sorted(SPACES_DIR.glob("*.yaml")):
