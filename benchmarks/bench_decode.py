@@ -9,7 +9,8 @@ the fill moved the widths it raised (how many widths, the largest relative raise
 With ``--latency-table FILE``, under latency budgets instead: multiples of rexnet-1.0's
 predicted latency (on the table's channel multiple, where it has one), each timed on a freshly
 loaded table (its caches cold, as in a new search): seconds for the draws, how many decoded,
-predictions per draw, how many the fill pass raised, and where the candidates sit in the budget.
+predictions per draw, how many draws went to the fill pass, and where the candidates sit in
+the budget.
 
     python benchmarks/bench_decode.py --latency-table FILE [--draws 1000] [--spaces rexnet]
         [--latency-budgets 0.5,1,2] [--repeat 3]
