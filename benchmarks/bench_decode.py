@@ -22,7 +22,6 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 
 import rexsearch.space as space_module
@@ -128,7 +127,9 @@ def _widths(config) -> list[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--draws", type=positive_int, default=300, help="seeded draws per space (default 300)")
+    ap.add_argument(
+        "--draws", type=positive_int, help="seeded draws per space (default 300; 1000 with --latency-table)"
+    )
     ap.add_argument("--budgets", default="100M,400M,1G", help="MACs budgets (default 100M,400M,1G)")
     ap.add_argument("--multiples", default="1,8,16", help="channel multiples (default 1,8,16)")
     ap.add_argument("--json", action="store_true", help="print every number as JSON")
@@ -144,14 +145,14 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.latency_table:
-        if "--draws" not in sys.argv:
-            args.draws = 1000
+        args.draws = args.draws or 1000
         rows = _latency_rows(args)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
             _print_latency(rows)
         return 0
+    args.draws = args.draws or 300
     rows = []
     sweeps = space_module.FILL_SWEEPS
     for path in sorted(SPACES_DIR.glob("*.yaml")):

@@ -758,6 +758,8 @@ def _interpolation_search(
     tried and the final bracket (log widths).
     """
     a, b = math.log(lo), math.log(hi)
+    if b <= a:  # no bracket to search (the narrowest valid width is the widest tried)
+        return narrowest, a, b
     eps = (b - a) / 2 ** (iterations + 1)  # stop when b - a <= 2 eps, as bisection would
     n_max = iterations + 1
     kappa1 = 0.2 / (b - a)

@@ -661,6 +661,17 @@ def test_width_search_on_a_flat_staircase_ends_within_bisections_steps():
     assert b - a <= math.log(800) / 2**12 * (1 + 1e-9)
 
 
+def test_width_search_without_a_bracket_returns_the_narrowest():
+    import rexsearch.space as space_module
+
+    budget = Budget(latency_ms=1.0, latency_table=_WidthTable(lambda w: w), resolution=RES)
+    tried = []
+    kept, a, b = space_module._interpolation_search(
+        lambda w: tried.append(w) or (w, None), budget, (2.0, None), (2.0, None), 2.0, 2.0, 12
+    )
+    assert kept == (2.0, None) and a == b == math.log(2.0) and not tried
+
+
 class _BlockedStandIn:
     """Predicts a block four times faster when its input channels are on a multiple of 4 (as
     ONNX Runtime runs blocked kernels), without telling the solver about it."""
