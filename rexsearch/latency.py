@@ -949,11 +949,15 @@ class LatencyTable:
     #: The input-channel multiple on which the runtime runs convolutions blocked; convolution
     #: and depthwise families are then measured off it and on it (:data:`BLOCKED`).
     blocked_alignment: int | None = None
-    _cache: dict[Op, float] = field(default_factory=dict, compare=False, repr=False)
+    # Caches of what the fields above determine. Not constructor arguments, so that a copy
+    # made by ``dataclasses.replace`` (another alignment, other families) starts with its own.
+    _cache: dict[Op, float] = field(default_factory=dict, init=False, compare=False, repr=False)
     _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
-    _parts: dict[Op, tuple[int, float, float]] = field(default_factory=dict, compare=False, repr=False)
+    _parts: dict[Op, tuple[int, float, float]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def op_ms(self, op: Op) -> float:
         """Predicted time of one operator (cached)."""

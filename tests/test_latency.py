@@ -162,6 +162,17 @@ def test_table_round_trips_through_its_file(table, space, tmp_path):
         assert predict_latency(config, table) > 0
 
 
+def test_a_copy_of_a_table_predicts_from_its_own_times(table, space):
+    """``dataclasses.replace`` (as ``bench_latency_ab.py score --unblocked`` makes a copy) must
+    not hand the copy the original's cached operator and block times, nor take the copy's."""
+    configs = _shapes(space, 2, seed=7)
+    before = [table.summed_ms(c) for c in configs]  # fills the caches
+    doubled = {k: dataclasses.replace(f, ms=tuple(2 * v for v in f.ms)) for k, f in table.families.items()}
+    copy = dataclasses.replace(table, families=doubled)
+    assert [copy.summed_ms(c) for c in configs] == pytest.approx([2 * b for b in before], rel=1e-12)
+    assert [table.summed_ms(c) for c in configs] == before
+
+
 def test_prediction_is_monotone_in_width(table, space):
     rng = random.Random(3)
     for _ in range(4):
@@ -991,7 +1002,7 @@ def _with_calibration(table, n: int, spread: float):
         off = spread * (((7 * k) % n) / (n - 1) - 0.5) * 2 if n > 1 else 0.0
         median = (0.5 + 1.2 * summed) * (1.0 + off)
         rows.append({"name": f"cal-{k}", "summed_ms": summed, "measured_ms": median, "median_ms": median})
-    return dataclasses.replace(table, correction=fit_table_correction(rows), _cache={}, _segments={})
+    return dataclasses.replace(table, correction=fit_table_correction(rows))
 
 
 def test_auto_margin_keeps_95_percent_of_held_out_calibration_networks_within_the_budget(table):
@@ -1112,6 +1123,10 @@ def test_channels_on_the_blocked_alignment_are_predicted_by_their_own_family(tmp
     assert table.op_ms(("dw", key, (11,))) == pytest.approx(2.5)
     unsplit = LatencyTable(env, 8, families, Correction(0.0, 1.0))
     assert unsplit.op_ms(("dw", key, (8,))) == pytest.approx(1.75)  # a table without the split
+    # a copy without the split predicts as one; it does not read the original's cached times
+    copy = dataclasses.replace(table, blocked_alignment=None)
+    assert copy.op_ms(("dw", key, (8,))) == pytest.approx(1.75)
+    assert table.op_ms(("dw", key, (8,))) == pytest.approx(0.2)
     path = tmp_path / "t.json"
     table.save(path)
     again = load_table(path)
