@@ -18,6 +18,17 @@ predicted / measured) and that level by space; first, the second pass against th
 has blocked families with them ignored and its correction refitted on its own calibration
 networks (what the split on the runtime's blocked alignment buys). A table built on
 another device or runtime than the set is refused.
+
+    python benchmarks/bench_latency_ab.py profile set.json TABLE
+
+``profile`` (ONNX Runtime on the CPU) runs every network of the set once more under the
+runtime's profiler and splits the miss of a table into its parts: the summed in-network
+kernel times (each node its fastest run) against the measured medians (how close a
+predictor that knew every operator's time inside the network would come), the share of
+the layout conversions the runtime inserts between its blocked and plain operators
+(``ReorderInput``/``ReorderOutput``, which a table of single operators does not see), and
+the table's summed operators against the kernels of the same network (conversions left
+out), with how much of the table's miss they explain.
 """
 
 from __future__ import annotations
@@ -40,16 +51,20 @@ from rexsearch.cli.common import positive_int
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import UserError
 from rexsearch.latency import (
+    _REORDERS,
     KINDS,
     RUNTIMES,
     Correction,
     Environment,
     LatencyTable,
+    _node_times,
     environment,
     fit_table_correction,
+    fold_batchnorm,
     load_table,
     measure_latency,
 )
+from rexsearch.model import build_model
 
 FORMAT = "rexsearch.latency-ab-set/1"
 
@@ -106,15 +121,9 @@ def _space(name: str) -> str:
 
 
 def score(args: argparse.Namespace) -> int:
-    data = json.loads(Path(args.set).read_text())
-    if data.get("format") != FORMAT:
-        raise UserError(f"{args.set} is not a set written by `bench_latency_ab.py measure`")
-    env = Environment.from_dict(data["environment"])
+    data, env, configs, first, both = _load_set(args.set)
     rows = data["rows"]
-    configs = [ReXNetConfig.from_dict(r["config"]) for r in rows]
-    first = [r["median_ms"][0] for r in rows]
     second = [r["median_ms"][1] for r in rows]
-    both = [math.sqrt(a * b) for a, b in zip(first, second, strict=True)]
     print(f"{args.set}: {len(rows)} networks on {env.describe()}, measured {data['measured_at']}")
     print(f"  the second pass against the first (the floor): {_errors(second, first)}")
     tables: list[tuple[str, LatencyTable]] = []
@@ -141,6 +150,69 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_set(path: str) -> tuple[dict, Environment, list[ReXNetConfig], list[float], list[float]]:
+    """A measured set: its data, environment, configs, first-pass medians and both passes' geometric mean."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a set written by `bench_latency_ab.py measure`")
+    rows = data["rows"]
+    first = [r["median_ms"][0] for r in rows]
+    both = [math.sqrt(r["median_ms"][0] * r["median_ms"][1]) for r in rows]
+    configs = [ReXNetConfig.from_dict(r["config"]) for r in rows]
+    return data, Environment.from_dict(data["environment"]), configs, first, both
+
+
+def _spread(values: list[float]) -> str:
+    low, high = quantile(values, 0.1), quantile(values, 0.9)
+    return f"median {statistics.median(values):.3f} (p10-p90 {low:.3f}-{high:.3f})"
+
+
+def profile(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    data, env, configs, _, both = _load_set(args.set)
+    if env.runtime != "onnxruntime" or env.device != "cpu":
+        raise UserError(
+            f"profile reads ONNX Runtime's CPU profiler; {args.set} was measured on {env.describe()}"
+        )
+    table = load_table(args.table)
+    table.check_environment(env, f"the table {args.table}")
+    names = [r["name"] for r in data["rows"]]
+    kernels, reorders, summed, predicted = [], [], [], []
+    start = time.perf_counter()
+    for config in configs:
+        torch.manual_seed(0)
+        model = fold_batchnorm(build_model(config))
+        x = torch.randn(env.batch, 3, data["resolution"], data["resolution"])
+        nodes = _node_times(model, (x,), env, args.warmup, args.repeats)
+        reorders.append(sum(ms for kind, ms in nodes if kind in _REORDERS))
+        kernels.append(sum(ms for kind, ms in nodes if kind not in _REORDERS))
+        summed.append(table.summed_ms(config, data["resolution"]))
+        predicted.append(table.predict(config, data["resolution"]))
+    seconds = time.perf_counter() - start
+    print(f"{args.set}: {len(names)} networks profiled in {seconds:.0f} s; table {args.table}")
+    profiled = [k + r for k, r in zip(kernels, reorders, strict=True)]
+    level = statistics.median(p / m for p, m in zip(profiled, both, strict=True))
+    print(f"  summed in-network nodes against both passes: {_errors(profiled, both)}; level {level:.3f}")
+    print(f"  the same with its level divided out: {_errors([p / level for p in profiled], both)}")
+    share = [r / p for r, p in zip(reorders, profiled, strict=True)]
+    print(f"  layout conversions, share of the network: {_spread(share)}")
+    by_space: dict[str, list[float]] = {}
+    for name, v in zip(names, share, strict=True):
+        by_space.setdefault(_space(name), []).append(v)
+    spaces = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in sorted(by_space.items()))
+    print(f"    by space: {spaces}")
+    ratio = [s / k for s, k in zip(summed, kernels, strict=True)]
+    print(f"  the table's summed operators / in-network kernels: {_spread(ratio)}")
+    miss = np.log(np.array(predicted) / np.array(both))
+    for label, v in (("log(the table / the kernels)", np.log(ratio)), ("the conversions' share", share)):
+        r = float(np.corrcoef(v, miss)[0, 1])
+        print(f"  correlation of log(predicted / measured) with {label}: {r:+.2f}")
+    print(f"  the table against both passes: {_errors(predicted, both)}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -157,9 +229,16 @@ def main() -> int:
     s.add_argument("set", help="a file written by `measure`")
     s.add_argument("tables", nargs="+", help="latency table files")
     s.add_argument("--unblocked", action="store_true", help="also score tables with blocked families ignored")
+    f = sub.add_parser(
+        "profile", help="split a table's miss into kernels and layout conversions (ONNX Runtime)"
+    )
+    f.add_argument("set", help="a file written by `measure`")
+    f.add_argument("table", help="a latency table file")
+    f.add_argument("--warmup", type=positive_int, default=3)
+    f.add_argument("--repeats", type=positive_int, default=10)
     args = ap.parse_args()
     try:
-        return measure(args) if args.command == "measure" else score(args)
+        return {"measure": measure, "score": score, "profile": profile}[args.command](args)
     except (UserError, OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
