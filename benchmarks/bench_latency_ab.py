@@ -16,8 +16,10 @@ the first pass and against both passes (their geometric mean), the level (the me
 predicted / measured) and that level by space; first, the second pass against the first
 (the floor an exact predictor would approach). ``--unblocked`` also scores each table that
 has blocked families with them ignored and its correction refitted on its own calibration
-networks (what the split on the runtime's blocked alignment buys). A table built on
-another device or runtime than the set is refused.
+networks (what the split on the runtime's blocked alignment buys); ``--refit`` also
+scores each table with its calibration rows recomputed by this version of the predictor and
+its correction refitted on them (a table built by an older version, with the terms this one
+has). A table built on another device or runtime than the set is refused.
 
     python benchmarks/bench_latency_ab.py profile set.json TABLE
 
@@ -41,6 +43,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from scipy.stats import kendalltau
 
@@ -99,14 +102,21 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def unblocked(table: LatencyTable) -> LatencyTable:
-    """``table`` with its blocked families ignored, the correction refitted on its calibration rows."""
-    plain = replace(table, blocked_alignment=None, correction=Correction(0.0, 1.0))
+def refitted(table: LatencyTable, **changes: Any) -> LatencyTable:
+    """``table`` with ``changes``, the components of its calibration rows recomputed by this
+    version of the predictor and its correction (of the same kind) refitted on them."""
+    plain = replace(table, correction=Correction(0.0, 1.0), **changes)
     calibration = []
     for row in table.correction.calibration:
         c = plain.components(ReXNetConfig.from_dict(row["config"]))
         calibration.append({**row, "summed_ms": sum(c[: len(KINDS)]), "components": list(c)})
-    return replace(plain, correction=fit_table_correction(calibration))
+    kind = "kinds" if table.correction.kind_slopes else "line"
+    return replace(plain, correction=fit_table_correction(calibration, kind))
+
+
+def unblocked(table: LatencyTable) -> LatencyTable:
+    """``table`` with its blocked families (and the layout conversions) ignored, refitted."""
+    return refitted(table, blocked_alignment=None)
 
 
 def _errors(predicted: list[float], measured: list[float]) -> str:
@@ -131,6 +141,8 @@ def score(args: argparse.Namespace) -> int:
         table = load_table(path)
         table.check_environment(env, f"the table {path}")
         tables.append((path, table))
+        if args.refit:
+            tables.append((f"{path}, refitted by this version", refitted(table)))
         if args.unblocked and table.blocked_alignment:
             tables.append((f"{path}, blocked families ignored", unblocked(table)))
     for label, table in tables:
@@ -229,6 +241,11 @@ def main() -> int:
     s.add_argument("set", help="a file written by `measure`")
     s.add_argument("tables", nargs="+", help="latency table files")
     s.add_argument("--unblocked", action="store_true", help="also score tables with blocked families ignored")
+    s.add_argument(
+        "--refit",
+        action="store_true",
+        help="also score tables with their correction refitted by this version",
+    )
     f = sub.add_parser(
         "profile", help="split a table's miss into kernels and layout conversions (ONNX Runtime)"
     )

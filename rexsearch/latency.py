@@ -273,6 +273,68 @@ _REORDERS = ("ReorderInput", "ReorderOutput")
 #: blocked alignment (:func:`_families`), and the operators that have such families.
 BLOCKED = "blocked"
 _SPLIT = ("conv", "dw")
+#: Activations ONNX Runtime on the CPU runs only in the plain layout: a tensor in the blocked
+#: one is converted back before them (seen for ELU and softplus in the profiles of this
+#: project's VM; mish is softplus, tanh and a product). The others are fused into the
+#: convolution before them or run on blocked tensors.
+PLAIN_ACTIVATIONS = frozenset({"elu", "softplus", "mish"})
+#: A dense convolution with fewer input channels than this reads the plain layout and writes
+#: the blocked one (the runtime's channel block with AVX-512, as profiled on this VM).
+PLAIN_INPUT_BELOW = 16
+
+
+def segment_conversions(key: tuple[Any, ...], blocked: bool, alignment: int) -> tuple[float, bool]:
+    """Millions of tensor elements ONNX Runtime converts between its blocked and its plain
+    layout in one segment of :func:`config_segments` (by its key), given the layout of its
+    input, and whether the segment's output is blocked.
+
+    The rules, read off the runtime's profiles of whole networks on this project's VM
+    (onnxruntime 1.32): a depthwise convolution runs blocked when its channels are on the
+    blocked ``alignment``, a dense one also when it has fewer than ``PLAIN_INPUT_BELOW``
+    inputs (it then reads the plain layout); an SE block, a partial shortcut and the
+    activations of :data:`PLAIN_ACTIVATIONS` need the plain layout; everything else keeps the
+    layout it is given. Each change of layout converts the tensor at that point once. A
+    table of single operators does not see these conversions (a median of 5.5% of a
+    network's time, 1-13% from one network to the next); the correction weighs the count.
+    """
+    moved, plain, below = 0, PLAIN_ACTIVATIONS, PLAIN_INPUT_BELOW  # straight-line: a width search calls it
+    if key[0] == "block":
+        _, cin, cout, expansion, kernel, stride, se_ratio, hw, exp_act, dw_act, shortcut = key
+        dw, area = cin * expansion, hw * hw
+        if expansion != 1:  # the expand conv
+            runs_blocked = cin % alignment == 0 or cin < below
+            if runs_blocked and not blocked and cin >= below:
+                moved += cin * area
+            blocked = runs_blocked
+            if blocked and exp_act in plain:
+                moved, blocked = moved + dw * area, False
+        if (dw % alignment == 0) != blocked:  # the depthwise conv
+            moved, blocked = moved + dw * area, not blocked
+        out_hw = _out_hw(hw, kernel, stride)
+        out_area = out_hw * out_hw
+        if blocked and (se_ratio is not None or dw_act in plain):
+            moved, blocked = moved + dw * out_area, False
+        runs_blocked = dw % alignment == 0 or dw < below  # the projection
+        if runs_blocked and not blocked and dw >= below:
+            moved += dw * out_area
+        blocked = runs_blocked
+        if blocked and shortcut and cin != cout:  # a partial shortcut
+            moved, blocked = moved + cout * out_area, False
+    elif key[0] == "stem":
+        _, resolution, stride, channels, activation = key
+        hw = _out_hw(resolution, 3, stride)
+        blocked = True  # three input channels: it reads the plain image and writes blocked
+        if activation in plain:
+            moved, blocked = channels * hw * hw, False
+    else:  # the head
+        _, hw, last, pen, activation, _ = key
+        runs_blocked = last % alignment == 0 or last < below
+        if runs_blocked and not blocked and last >= below:
+            moved += last * hw * hw
+        blocked = runs_blocked
+        if blocked and activation in plain:
+            moved, blocked = moved + pen * hw * hw, False
+    return moved / 1e6, blocked
 
 
 def _blocked_alignment(env: Environment) -> int | None:
@@ -739,7 +801,7 @@ def _monotone(axes: Sequence[Sequence[int]], ms: list[float]) -> list[float]:
 #: (which then gives the operator count and the millions of weights).
 KINDS = ("conv", "dw", "act", "se", "add", "classifier")
 _KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
-_COUNT, _WEIGHTS = len(KINDS), len(KINDS) + 1
+_COUNT, _WEIGHTS, _CONVERSIONS = len(KINDS), len(KINDS) + 1, len(KINDS) + 2
 
 
 def op_weights(op: Op) -> int:
@@ -763,12 +825,14 @@ class Correction:
     """What the sum of the table's operators misses, fitted on end-to-end calibration networks.
 
     ``measured = intercept_ms + slope · summed + per_op_ms · operators + per_mweight_ms ·
-    weights`` (weights in millions), or with ``kind_slopes`` the sum per kind weighted by
-    them instead of ``slope · summed``. The weights term is the time to stream a network's
-    weights from memory: an operator timed alone, over and over, finds its weights in the
-    cache; in a network they have been evicted by the rest of it. The operator term is what
-    a network pays per operator beyond the operators' own timed costs. A table of an older
-    rexsearch has neither (0).
+    weights + per_mconversion_ms · conversions`` (weights and converted elements in
+    millions), or with ``kind_slopes`` the sum per kind weighted by them instead of ``slope ·
+    summed``. The weights term is the time to stream a network's weights from memory: an
+    operator timed alone, over and over, finds its weights in the cache; in a network they
+    have been evicted by the rest of it. The operator term is what a network pays per
+    operator beyond the operators' own timed costs. The conversion term is ONNX Runtime's
+    layout conversions between operators (:func:`segment_conversions`; tables with a
+    blocked alignment). A table of an older rexsearch lacks the later terms (0).
     """
 
     intercept_ms: float
@@ -777,6 +841,7 @@ class Correction:
     kind_slopes: tuple[float, ...] = ()
     per_op_ms: float = 0.0
     per_mweight_ms: float = 0.0
+    per_mconversion_ms: float = 0.0
 
     def apply(self, components: float | Sequence[float]) -> float:
         """The corrected time of a network from its :meth:`LatencyTable.components` (or a plain sum)."""
@@ -784,14 +849,23 @@ class Correction:
             return self.intercept_ms + self.slope * components
         kinds, count = components[: len(KINDS)], components[_COUNT]
         weights = components[_WEIGHTS] if len(components) > _WEIGHTS else 0.0
+        moved = components[_CONVERSIONS] if len(components) > _CONVERSIONS else 0.0
         if self.kind_slopes:
             body = sum(w * k for w, k in zip(self.kind_slopes, kinds, strict=True))
         else:
             body = self.slope * sum(kinds)
-        return self.intercept_ms + body + self.per_op_ms * count + self.per_mweight_ms * weights
+        return (
+            self.intercept_ms
+            + body
+            + self.per_op_ms * count
+            + self.per_mweight_ms * weights
+            + self.per_mconversion_ms * moved
+        )
 
     def describe(self) -> str:
         weights = f" + {self.per_mweight_ms:.3f} ms x M weights" if self.per_mweight_ms else ""
+        if self.per_mconversion_ms:
+            weights += f" + {self.per_mconversion_ms:.3f} ms x M converted"
         if not self.kind_slopes:
             ops = f" + {self.per_op_ms * 1e3:.1f} us x operators" if self.per_op_ms else ""
             return f"measured = {self.intercept_ms:.3f} ms + {self.slope:.3f} x summed{ops}{weights}"
@@ -807,6 +881,7 @@ class Correction:
             "slope": self.slope,
             "per_mweight_ms": self.per_mweight_ms,
             "per_op_ms": self.per_op_ms,
+            "per_mconversion_ms": self.per_mconversion_ms,
             "calibration": list(self.calibration),
         }
         if self.kind_slopes:
@@ -825,6 +900,7 @@ class Correction:
             slopes,
             float(data.get("per_op_ms", 0.0)),
             float(data.get("per_mweight_ms", 0.0)),
+            float(data.get("per_mconversion_ms", 0.0)),
         )
 
 
@@ -854,7 +930,8 @@ def fit_kind_correction(
     calibration: Sequence[dict[str, Any]] = (),
 ) -> Correction:
     """Non-negative least squares of ``measured`` on [1, summed time per kind, operator count,
-    millions of weights] (rows of an older table have no weights column).
+    millions of weights, millions of converted elements] (rows of an older table lack the
+    last columns).
 
     Rows are weighted by ``1 / measured``, so the fit minimises relative error, which is
     what the predictor is judged by. Coefficients are non-negative, so the prediction
@@ -870,9 +947,16 @@ def fit_kind_correction(
     coef, _ = nnls(a * w[:, None], y * w)
     intercept, *slopes = (float(v) for v in coef)
     per_op, per_mweight = slopes[_COUNT], slopes[_WEIGHTS] if len(slopes) > _WEIGHTS else 0.0
+    per_mconversion = slopes[_CONVERSIONS] if len(slopes) > _CONVERSIONS else 0.0
     _, line_slope = fit_correction([sum(c[: len(KINDS)]) for c in components], list(measured))
     return Correction(
-        intercept, line_slope, tuple(calibration), tuple(slopes[: len(KINDS)]), per_op, per_mweight
+        intercept,
+        line_slope,
+        tuple(calibration),
+        tuple(slopes[: len(KINDS)]),
+        per_op,
+        per_mweight,
+        per_mconversion,
     )
 
 
@@ -891,17 +975,25 @@ def fit_line(
     ``MIN_WEIGHTS_CALIBRATION`` rows (several coefficients from a handful of noisy rows fit the
     noise), or when no such fit has a positive slope, the line of :func:`fit_correction` alone.
     """
+    intercept, slope, (per_mweight, per_op) = fit_terms(summed, [weights, operators], measured)
+    return intercept, slope, per_mweight, per_op
+
+
+def fit_terms(
+    summed: Sequence[float], terms: Sequence[Sequence[float]], measured: Sequence[float]
+) -> tuple[float, float, tuple[float, ...]]:
+    """``(intercept, slope, coefficients)`` of ``measured = a + b · summed + Σ c_j · terms[j]``
+    under the rules of :func:`fit_line`, for any number of extra terms (columns of the rows)."""
     import numpy as np
     from scipy.optimize import nnls
 
     y = np.array(measured, dtype=float)
     if len(y) >= MIN_WEIGHTS_CALIBRATION:
-        rows = zip(summed, weights, operators, strict=True)
-        a = np.array([[1.0, x, m, n] for x, m, n in rows]) / y[:, None]
-        coef, _ = nnls(a, np.ones_like(y))
+        a = np.column_stack([np.ones_like(y), np.array(summed, dtype=float), *map(np.array, terms)])
+        coef, _ = nnls(a / y[:, None], np.ones_like(y))
         if coef[1] > 0:
-            return float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3])
-    return (*fit_correction(summed, measured), 0.0, 0.0)
+            return float(coef[0]), float(coef[1]), tuple(float(v) for v in coef[2:])
+    return (*fit_correction(summed, measured), (0.0,) * len(terms))
 
 
 def fit_weights_line(
@@ -926,10 +1018,18 @@ def fit_table_correction(calibration: Sequence[dict[str, Any]], kind: str = "lin
         return fit_kind_correction([r["components"] for r in calibration], measured, calibration)
     summed = [r["summed_ms"] for r in calibration]
     if calibration and all(len(r.get("components", ())) > _WEIGHTS for r in calibration):
-        weights = [r["components"][_WEIGHTS] for r in calibration]
-        operators = [r["components"][_COUNT] for r in calibration]
-        intercept, slope, per_mweight, per_op = fit_line(summed, weights, operators, measured)
-        return Correction(intercept, slope, tuple(calibration), per_op_ms=per_op, per_mweight_ms=per_mweight)
+        columns = [[r["components"][i] for r in calibration] for i in (_WEIGHTS, _COUNT)]
+        if all(len(r["components"]) > _CONVERSIONS for r in calibration):
+            columns.append([r["components"][_CONVERSIONS] for r in calibration])
+        intercept, slope, (per_mweight, per_op, *per_mconversion) = fit_terms(summed, columns, measured)
+        return Correction(
+            intercept,
+            slope,
+            tuple(calibration),
+            per_op_ms=per_op,
+            per_mweight_ms=per_mweight,
+            per_mconversion_ms=per_mconversion[0] if per_mconversion else 0.0,
+        )
     intercept, slope = fit_correction(summed, measured)
     return Correction(intercept, slope, tuple(calibration))
 
@@ -953,6 +1053,9 @@ class LatencyTable:
     # made by ``dataclasses.replace`` (another alignment, other families) starts with its own.
     _cache: dict[Op, float] = field(default_factory=dict, init=False, compare=False, repr=False)
     _segments: dict[tuple[Any, ...], tuple[float, ...]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    _layouts: dict[tuple[Any, ...], tuple[tuple[float, bool], ...]] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
     _parts: dict[Op, tuple[int, float, float]] = field(
@@ -995,14 +1098,17 @@ class LatencyTable:
 
     def components(self, config: ReXNetConfig, resolution: int | None = None) -> tuple[float, ...]:
         """The table's summed time of each operator kind (:data:`KINDS` order), then the operator
-        count and the millions of weights (:func:`op_weights`).
+        count, the millions of weights (:func:`op_weights`) and, on a table with a blocked
+        alignment, the millions of elements the runtime converts between its layouts
+        (:func:`segment_conversions`; 0 otherwise).
 
         Each segment (stem, block, head) is looked up once under its key and cached: a width
         search predicts thousands of networks that share most of their blocks' shapes.
         """
-        parts, segments = self._parts, self._segments
-        vecs = []
+        parts, segments, layouts = self._parts, self._segments, self._layouts
+        align, vecs, keys = self.blocked_alignment, [], []
         for key, segment in config_segments(config, resolution or self.resolution):
+            keys.append(key)
             vec = segments.get(key)
             if vec is None:
                 acc = [0.0] * (len(KINDS) + 2)
@@ -1015,9 +1121,17 @@ class LatencyTable:
                     acc[_WEIGHTS] += part[2]
                 acc[_COUNT] = float(len(ops))
                 vec = segments[key] = tuple(acc)
+                if align:  # its conversions from either layout of its input
+                    layouts[key] = tuple(segment_conversions(key, b, align) for b in (False, True))
             vecs.append(vec)
         # column sums, each in segment order (as a running total would add them)
-        return tuple(sum(column, 0.0) for column in zip(*vecs, strict=True))
+        sums = tuple(sum(column, 0.0) for column in zip(*vecs, strict=True))
+        moved, blocked = 0.0, False  # the input image is in the plain layout
+        if align:
+            for key in keys:
+                step, blocked = layouts[key][blocked]
+                moved += step
+        return (*sums, moved)
 
     def summed_ms(self, config: ReXNetConfig, resolution: int | None = None) -> float:
         """Sum of the operators' times, before the correction."""

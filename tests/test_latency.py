@@ -41,6 +41,7 @@ from rexsearch.latency import (
     calibration_networks,
     check_drift,
     config_ops,
+    config_segments,
     environment,
     fit_kind_correction,
     fit_line,
@@ -53,6 +54,7 @@ from rexsearch.latency import (
     op_weights,
     parse_latency_budget,
     predict_latency,
+    segment_conversions,
     steady_allocator,
 )
 from rexsearch.principles import get_preset
@@ -991,6 +993,88 @@ def test_line_recovers_a_cost_per_operator_and_predicts_with_it():
         [r["summed_ms"] for r in rows], [0.0] * 36, [0.0] * 36, [r["median_ms"] for r in rows]
     )
     assert per_mweight == per_op == 0.0 and slope > 0  # zero columns: no term
+
+
+def test_line_recovers_a_cost_per_converted_element_and_older_rows_fit_without_it():
+    rng = random.Random(6)
+    rows = []
+    for _ in range(36):
+        summed, weights, moved = rng.uniform(2, 40), rng.uniform(0.5, 12), rng.uniform(0.0, 6.0)
+        operators = rng.randint(20, 200)
+        median = 0.2 + 1.0 * summed + 0.1 * weights + 0.6 * moved
+        rows.append(
+            {
+                "summed_ms": summed,
+                "measured_ms": median,
+                "median_ms": median,
+                "components": [summed, 0, 0, 0, 0, 0, operators, weights, moved],
+            }
+        )
+    c = fit_table_correction(rows)
+    assert (c.intercept_ms, c.slope, c.per_mweight_ms, c.per_mconversion_ms) == pytest.approx(
+        (0.2, 1.0, 0.1, 0.6), abs=1e-6
+    )
+    assert "M converted" in c.describe() and Correction.from_dict(c.to_dict()) == c
+    base = [10.0, 0, 0, 0, 0, 0, 50, 1.0, 0.0]
+    assert c.apply([*base[:8], 2.5]) - c.apply(base) == pytest.approx(0.6 * 2.5)
+    assert c.apply(base[:8]) == pytest.approx(c.apply(base))  # a row of an older table: none converted
+    old = fit_table_correction([{**r, "components": r["components"][:8]} for r in rows])
+    assert old.per_mconversion_ms == 0.0
+    kinds = fit_table_correction(rows, "kinds")
+    assert kinds.per_mconversion_ms == pytest.approx(0.6, abs=1e-3)
+
+
+def _block_key(cin, cout, expansion, hw=8, se=None, exp_act="silu", dw_act="relu6", shortcut=False):
+    return ("block", cin, cout, expansion, 3, 1, se, hw, exp_act, dw_act, shortcut)
+
+
+def test_segment_conversions_follow_onnx_runtimes_layout_rules():
+    hw2 = 8 * 8
+    # the stem reads the plain image and writes blocked; an ELU needs the plain layout back
+    assert segment_conversions(("stem", 32, 2, 16, "relu"), False, 4) == (0.0, True)
+    assert segment_conversions(("stem", 32, 2, 16, "elu"), False, 4) == pytest.approx((16 * 256 / 1e6, False))
+    # every width on the alignment, no SE, no partial shortcut: nothing converted
+    assert segment_conversions(_block_key(16, 16, 6), True, 4) == (0.0, True)
+    # widths off it run plain throughout: nothing converted either
+    assert segment_conversions(_block_key(18, 22, 3), False, 4) == (0.0, False)
+    # fewer than PLAIN_INPUT_BELOW inputs: the expand conv reads plain and writes blocked, so
+    # the unaligned depthwise conv (13 x 6 = 78 channels) converts its input back
+    assert segment_conversions(_block_key(13, 20, 6), False, 4) == pytest.approx((78 * hw2 / 1e6, False))
+    # SE needs the plain layout, the projection after it the blocked one again
+    moved, blocked = segment_conversions(_block_key(16, 16, 6, se=4), True, 4)
+    assert (moved, blocked) == pytest.approx((2 * 96 * hw2 / 1e6, True))
+    # a partial shortcut (input narrower than output) adds in the plain layout
+    assert segment_conversions(_block_key(16, 24, 6, shortcut=True), True, 4) == pytest.approx(
+        (24 * hw2 / 1e6, False)
+    )
+    # an identity shortcut keeps the blocked layout; so does an activation other than ELU,
+    # softplus or mish
+    assert segment_conversions(_block_key(16, 16, 6, shortcut=True, dw_act="hardswish"), True, 4) == (
+        0.0,
+        True,
+    )
+    assert segment_conversions(_block_key(16, 16, 6, dw_act="softplus"), True, 4)[0] > 0
+    # the layout a segment leaves is what the next one starts from
+    assert segment_conversions(_block_key(16, 16, 6), False, 4) == pytest.approx((16 * hw2 / 1e6, True))
+
+
+def test_only_a_table_with_a_blocked_alignment_counts_conversions(table, space):
+    config = _shapes(space, 1)[1]
+    assert table.blocked_alignment is None and table.components(config)[-1] == 0.0
+    blocked = dataclasses.replace(table, blocked_alignment=4)
+    moved = blocked.components(config)[-1]
+    steps, layout = [], False  # the input image is plain
+    for key, _ in config_segments(config, table.resolution):
+        step, layout = segment_conversions(key, layout, 4)
+        steps.append(step)
+    assert moved == pytest.approx(sum(steps)) and moved > 0
+    # a correction without the term (any older table's) predicts as before; with it, the
+    # conversions add their time
+    assert blocked.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
+    weighted = dataclasses.replace(
+        blocked, correction=dataclasses.replace(blocked.correction, per_mconversion_ms=0.5)
+    )
+    assert weighted.predict(config) == pytest.approx(blocked.predict(config) + 0.5 * moved)
 
 
 def _with_calibration(table, n: int, spread: float):
