@@ -18,7 +18,9 @@
   as a search draws them: ``median = a + b · summed + c · weights + d · operators``
   (non-negative, ``b > 0``, :func:`fit_line`), or with ``correction="kinds"`` ``a + Σ b_k · summed_k +
   c · operators + d · weights`` over the operator kinds :data:`KINDS`, non-negative, fitted
-  for relative error (:func:`fit_kind_correction`).
+  for relative error (:func:`fit_kind_correction`). A table with a blocked alignment adds
+  ``e · converted``, the tensor elements ONNX Runtime converts between its blocked and plain
+  layouts (:func:`segment_conversions`), which no operator timed alone shows.
 * :func:`predict_latency` sums the table's operators of each kind for a config and applies
   the correction; each segment (stem, block, head) is looked up once and cached. Channel
   counts between grid points are interpolated (bilinear for dense convs, whose time is
