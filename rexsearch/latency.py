@@ -281,25 +281,28 @@ _SPLIT = ("conv", "dw")
 #: convolution before them or run on blocked tensors.
 PLAIN_ACTIVATIONS = frozenset({"elu", "softplus", "mish"})
 #: A dense convolution with fewer input channels than this reads the plain layout and writes
-#: the blocked one (the runtime's channel block with AVX-512, as profiled on this VM).
+#: the blocked one: the runtime's channel block, 16 with AVX-512 (this project's VM). A table
+#: probes it on its machine (:func:`_plain_input_below`); this stands in where none was.
 PLAIN_INPUT_BELOW = 16
 
 
-def segment_conversions(key: tuple[Any, ...], blocked: bool, alignment: int) -> tuple[float, bool]:
+def segment_conversions(
+    key: tuple[Any, ...], blocked: bool, alignment: int, below: int = PLAIN_INPUT_BELOW
+) -> tuple[float, bool]:
     """Millions of tensor elements ONNX Runtime converts between its blocked and its plain
     layout in one segment of :func:`config_segments` (by its key), given the layout of its
     input, and whether the segment's output is blocked.
 
     The rules, read off the runtime's profiles of whole networks on this project's VM
     (onnxruntime 1.32): a depthwise convolution runs blocked when its channels are on the
-    blocked ``alignment``, a dense one also when it has fewer than ``PLAIN_INPUT_BELOW``
-    inputs (it then reads the plain layout); an SE block, a partial shortcut and the
+    blocked ``alignment``, a dense one also when it has fewer than ``below`` inputs (it then
+    reads the plain layout; :data:`PLAIN_INPUT_BELOW`); an SE block, a partial shortcut and the
     activations of :data:`PLAIN_ACTIVATIONS` need the plain layout; everything else keeps the
     layout it is given. Each change of layout converts the tensor at that point once. A
     table of single operators does not see these conversions (a median of 5.5% of a
     network's time, 1-13% from one network to the next); the correction weighs the count.
     """
-    moved, plain, below = 0, PLAIN_ACTIVATIONS, PLAIN_INPUT_BELOW  # straight-line: a width search calls it
+    moved, plain = 0, PLAIN_ACTIVATIONS  # straight-line code: a width search calls it often
     if key[0] == "block":
         _, cin, cout, expansion, kernel, stride, se_ratio, hw, exp_act, dw_act, shortcut = key
         dw, area = cin * expansion, hw * hw
@@ -325,8 +328,8 @@ def segment_conversions(key: tuple[Any, ...], blocked: bool, alignment: int) -> 
     elif key[0] == "stem":
         _, resolution, stride, channels, activation = key
         hw = _out_hw(resolution, 3, stride)
-        blocked = True  # three input channels: it reads the plain image and writes blocked
-        if activation in plain:
+        blocked = below > 3  # three input channels: it reads the plain image
+        if blocked and activation in plain:
             moved, blocked = channels * hw * hw, False
     else:  # the head
         _, hw, last, pen, activation, _ = key
@@ -354,6 +357,20 @@ def _blocked_alignment(env: Environment) -> int | None:
         if any(kind in _REORDERS for kind, _ in nodes):
             return a
     return None
+
+
+def _plain_input_below(env: Environment, alignment: int) -> int:
+    """The input-channel count below which ONNX Runtime on this CPU runs a dense convolution
+    blocked although its inputs are off the ``alignment`` (it reads the plain layout and writes
+    the blocked one; :func:`segment_conversions`): one more than the largest such odd count,
+    read off the profile of a 1x1 convolution (a blocked one converts its output back)."""
+    last = 1
+    for c in range(3, 65, 2):
+        nodes = _node_times(nn.Conv2d(c, 16, 1), (torch.zeros(1, c, 8, 8),), env, warmup=1, repeats=1)
+        if not any(kind in _REORDERS for kind, _ in nodes):
+            break
+        last = c
+    return last + 1
 
 
 def _node_times(
@@ -1051,6 +1068,9 @@ class LatencyTable:
     #: The input-channel multiple on which the runtime runs convolutions blocked; convolution
     #: and depthwise families are then measured off it and on it (:data:`BLOCKED`).
     blocked_alignment: int | None = None
+    #: With a blocked alignment: the input channels below which a dense convolution runs
+    #: blocked anyway (:func:`_plain_input_below`; None in a table that predates it).
+    plain_input_below: int | None = None
     # Caches of what the fields above determine. Not constructor arguments, so that a copy
     # made by ``dataclasses.replace`` (another alignment, other families) starts with its own.
     _cache: dict[Op, float] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -1108,7 +1128,8 @@ class LatencyTable:
         search predicts thousands of networks that share most of their blocks' shapes.
         """
         parts, segments, layouts = self._parts, self._segments, self._layouts
-        align, vecs, keys = self.blocked_alignment, [], []
+        align, below = self.blocked_alignment, self.plain_input_below or PLAIN_INPUT_BELOW
+        vecs, keys = [], []
         for key, segment in config_segments(config, resolution or self.resolution):
             keys.append(key)
             vec = segments.get(key)
@@ -1124,7 +1145,7 @@ class LatencyTable:
                 acc[_COUNT] = float(len(ops))
                 vec = segments[key] = tuple(acc)
                 if align:  # its conversions from either layout of its input
-                    layouts[key] = tuple(segment_conversions(key, b, align) for b in (False, True))
+                    layouts[key] = tuple(segment_conversions(key, b, align, below) for b in (False, True))
             vecs.append(vec)
         # column sums, each in segment order (as a running total would add them)
         sums = tuple(sum(column, 0.0) for column in zip(*vecs, strict=True))
@@ -1177,6 +1198,7 @@ class LatencyTable:
             "resolution": self.resolution,
             "channel_multiple": self.channel_multiple,
             "blocked_alignment": self.blocked_alignment,
+            "plain_input_below": self.plain_input_below,
             "versions": dict(self.versions),
             "build_seconds": self.build_seconds,
             "correction": self.correction.to_dict(),
@@ -1205,6 +1227,7 @@ class LatencyTable:
                 float(data.get("build_seconds", 0.0)),
                 _multiple(data.get("channel_multiple")),
                 _multiple(data.get("blocked_alignment"), "blocked_alignment"),
+                _multiple(data.get("plain_input_below"), "plain_input_below"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LatencyTableError(
@@ -1220,8 +1243,8 @@ def _format1(family: Family) -> list[Family]:
 
 
 def _multiple(value: Any, field: str = "channel_multiple") -> int | None:
-    """A table file's ``channel_multiple`` (or ``blocked_alignment``): absent or null, else an
-    integer in 2..128."""
+    """A table file's ``channel_multiple`` (or ``blocked_alignment``, ``plain_input_below``):
+    absent or null, else an integer in 2..128."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 128:
@@ -1551,6 +1574,7 @@ def build_table(
     # a table on a multiple times aligned kernels only; otherwise a channel count on the runtime's
     # blocked alignment runs another kernel, several times faster (measured off and on it)
     blocked = None if channel_multiple else _blocked_alignment(env)
+    below = _plain_input_below(env, blocked) if blocked else None
     specs = _families(shapes, resolution, points, activations, se_ratios, kernels, channel_multiple, blocked)
     total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
     families: dict[tuple[str, tuple[Any, ...]], Family] = {}
@@ -1566,7 +1590,9 @@ def build_table(
                 if progress:
                     progress("operators", done, total)
             families[(op, key)] = Family(op, key, axes, tuple(_monotone(axes, ms)))
-    raw = LatencyTable(env, resolution, families, Correction(0.0, 1.0), blocked_alignment=blocked)
+    raw = LatencyTable(
+        env, resolution, families, Correction(0.0, 1.0), blocked_alignment=blocked, plain_input_below=below
+    )
     rows = []
     cal_warmup, cal_repeats = max(3, warmup), max(10, repeats)
     for i, cfg in enumerate(calibration):
@@ -1599,6 +1625,7 @@ def build_table(
         time.perf_counter() - start,
         channel_multiple,
         blocked,
+        below,
     )
 
 

@@ -36,6 +36,7 @@ from rexsearch.latency import (
     _InContext,
     _monotone,
     _node_times,
+    _plain_input_below,
     auto_margin,
     build_table,
     calibration_networks,
@@ -1242,6 +1243,46 @@ def test_onnxruntime_blocked_alignment_is_read_off_the_profile():
     assert _blocked_alignment(environment("cpu", "torch", 1)) is None
 
 
+def test_onnxruntime_dense_convolutions_below_the_block_run_blocked():
+    """The fact the conversion count relies on: a dense convolution over fewer input channels
+    than the runtime's block runs blocked from the plain layout (its output converted back),
+    one over more, off the alignment, runs plain."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    from torch import nn
+
+    env = environment("cpu", "onnxruntime", 1)
+    align = _blocked_alignment(env)
+    if align is None:
+        pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
+    below = _plain_input_below(env, align)
+    assert below % 2 == 0 and 4 <= below <= 64
+
+    def converts(c):
+        nodes = _node_times(nn.Conv2d(c, 16, 1), (torch.zeros(1, c, 8, 8),), env, 1, 1)
+        return any(k in ("ReorderInput", "ReorderOutput") for k, _ in nodes)
+
+    assert converts(below - 1) and not converts(below + 1)
+
+
+def test_a_tables_plain_input_threshold_round_trips_and_sets_the_count(tmp_path):
+    env = Environment("cpu", "AMD EPYC", "onnxruntime", "1.32.0", 1, 1)
+    table = LatencyTable(env, 8, {}, Correction(0.0, 1.0), blocked_alignment=4, plain_input_below=8)
+    path = tmp_path / "t.json"
+    table.save(path)
+    assert load_table(path).plain_input_below == 8
+    # 13 inputs: under a block of 16 the expand conv runs blocked and the unaligned depthwise
+    # conv converts its input back; under a block of 8 both run plain
+    key = ("block", 13, 20, 6, 3, 1, None, 8, "silu", "relu6", False)
+    assert segment_conversions(key, False, 4, 16)[0] > 0
+    assert segment_conversions(key, False, 4, 8) == (0.0, False)
+    data = json.loads(path.read_text())
+    data["plain_input_below"] = "sixteen"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match=r"damaged latency table.*plain_input_below"):
+        load_table(path)
+
+
 def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, tmp_path):
     pytest.importorskip("onnxruntime")
     align = _blocked_alignment(environment("cpu", "onnxruntime", 1))
@@ -1256,6 +1297,10 @@ def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, t
     table.save(path)
     again = load_table(path, expect=table.environment)
     assert again.blocked_alignment == align
+    below = _plain_input_below(environment("cpu", "onnxruntime", 1), align)
+    assert table.plain_input_below == again.plain_input_below == below
+    # every calibration row records its conversions: the correction can weigh them
+    assert all(len(r["components"]) == len(KINDS) + 3 for r in table.correction.calibration)
     for config in _shapes(space, 1):
         assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
         assert predict_latency(config, again) > 0

@@ -190,6 +190,9 @@ def _say_multiple(table: LatencyTable) -> None:
     if table.blocked_alignment:
         a = table.blocked_alignment
         print(f"  layout      convolutions measured apart on and off input channels on multiples of {a}")
+        if table.plain_input_below:
+            below = table.plain_input_below
+            print(f"              dense ones under {below} inputs run blocked too; conversions counted")
 
 
 def cmd_table_build(args: argparse.Namespace) -> int:
@@ -235,6 +238,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         "resolution": table.resolution,
         "channel_multiple": table.channel_multiple,
         "blocked_alignment": table.blocked_alignment,
+        "plain_input_below": table.plain_input_below,
         "versions": table.versions,
         "families": len(table.families),
         "operators": sum(len(f.ms) for f in table.families.values()),
