@@ -286,6 +286,15 @@ PLAIN_ACTIVATIONS = frozenset({"elu", "softplus", "mish"})
 PLAIN_INPUT_BELOW = 16
 
 
+def _dense_conversions(cin: int, area: int, blocked: bool, alignment: int, below: int) -> tuple[int, bool]:
+    """(elements converted before a dense convolution over ``cin`` inputs of ``area`` pixels,
+    whether it writes the blocked layout). It runs blocked on inputs on the alignment, and on
+    fewer than ``below`` (which it reads in the plain layout); otherwise plain."""
+    runs_blocked = cin % alignment == 0 or cin < below
+    reads_blocked = runs_blocked and cin >= below
+    return (cin * area if reads_blocked != blocked else 0), runs_blocked
+
+
 def segment_conversions(
     key: tuple[Any, ...], blocked: bool, alignment: int, below: int = PLAIN_INPUT_BELOW
 ) -> tuple[float, bool]:
@@ -305,12 +314,10 @@ def segment_conversions(
     moved, plain = 0, PLAIN_ACTIVATIONS  # straight-line code: a width search calls it often
     if key[0] == "block":
         _, cin, cout, expansion, kernel, stride, se_ratio, hw, exp_act, dw_act, shortcut = key
-        dw, area = cin * expansion, hw * hw
+        dw, area, block_input = cin * expansion, hw * hw, blocked
         if expansion != 1:  # the expand conv
-            runs_blocked = cin % alignment == 0 or cin < below
-            if runs_blocked and not blocked and cin >= below:
-                moved += cin * area
-            blocked = runs_blocked
+            step, blocked = _dense_conversions(cin, area, blocked, alignment, below)
+            moved += step
             if blocked and exp_act in plain:
                 moved, blocked = moved + dw * area, False
         if (dw % alignment == 0) != blocked:  # the depthwise conv
@@ -319,11 +326,14 @@ def segment_conversions(
         out_area = out_hw * out_hw
         if blocked and (se_ratio is not None or dw_act in plain):
             moved, blocked = moved + dw * out_area, False
-        runs_blocked = dw % alignment == 0 or dw < below  # the projection
-        if runs_blocked and not blocked and dw >= below:
-            moved += dw * out_area
-        blocked = runs_blocked
-        if blocked and shortcut and cin != cout:  # a partial shortcut
+        step, blocked = _dense_conversions(dw, out_area, blocked, alignment, below)  # the projection
+        moved += step
+        if shortcut and cin != cout:  # a partial shortcut adds in the plain layout, both sides
+            if blocked:
+                moved, blocked = moved + cout * out_area, False
+            if block_input:
+                moved += cin * area
+        elif shortcut and blocked != block_input:  # an identity add of two layouts: plain
             moved, blocked = moved + cout * out_area, False
     elif key[0] == "stem":
         _, resolution, stride, channels, activation = key
@@ -333,10 +343,7 @@ def segment_conversions(
             moved, blocked = channels * hw * hw, False
     else:  # the head
         _, hw, last, pen, activation, _ = key
-        runs_blocked = last % alignment == 0 or last < below
-        if runs_blocked and not blocked and last >= below:
-            moved += last * hw * hw
-        blocked = runs_blocked
+        moved, blocked = _dense_conversions(last, hw * hw, blocked, alignment, below)
         if blocked and activation in plain:
             moved, blocked = moved + pen * hw * hw, False
     return moved / 1e6, blocked

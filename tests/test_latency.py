@@ -24,6 +24,7 @@ from rexsearch.latency import (
     MIN_AUTO_MARGIN_CALIBRATION,
     MIN_KIND_CALIBRATION,
     MIN_WEIGHTS_CALIBRATION,
+    PLAIN_INPUT_BELOW,
     Correction,
     Environment,
     Family,
@@ -1044,9 +1045,16 @@ def test_segment_conversions_follow_onnx_runtimes_layout_rules():
     # SE needs the plain layout, the projection after it the blocked one again
     moved, blocked = segment_conversions(_block_key(16, 16, 6, se=4), True, 4)
     assert (moved, blocked) == pytest.approx((2 * 96 * hw2 / 1e6, True))
-    # a partial shortcut (input narrower than output) adds in the plain layout
+    # a partial shortcut (input narrower than output) adds in the plain layout: the projection's
+    # output and the block's input (blocked here) are both converted
     assert segment_conversions(_block_key(16, 24, 6, shortcut=True), True, 4) == pytest.approx(
-        (24 * hw2 / 1e6, False)
+        ((24 + 16) * hw2 / 1e6, False)
+    )
+    # a blocked input into a dense convolution that runs plain is converted back
+    assert segment_conversions(_block_key(18, 22, 3), True, 4) == pytest.approx((18 * hw2 / 1e6, False))
+    # an identity add of a plain input and a blocked projection converts one side: plain after
+    assert segment_conversions(_block_key(16, 16, 6, shortcut=True), False, 4) == pytest.approx(
+        (2 * 16 * hw2 / 1e6, False)
     )
     # an identity shortcut keeps the blocked layout; so does an activation other than ELU,
     # softplus or mish
@@ -1243,6 +1251,20 @@ def test_onnxruntime_blocked_alignment_is_read_off_the_profile():
     assert _blocked_alignment(environment("cpu", "torch", 1)) is None
 
 
+def test_a_table_counts_conversions_with_its_own_plain_input_threshold(table, space):
+    configs = _shapes(space, 4)
+    counts = {
+        below: [
+            dataclasses.replace(table, blocked_alignment=4, plain_input_below=below).components(c)[-1]
+            for c in configs
+        ]
+        for below in (8, 16)
+    }
+    assert counts[8] != counts[16]
+    default = dataclasses.replace(table, blocked_alignment=4)  # a table that predates the probe
+    assert [default.components(c)[-1] for c in configs] == counts[PLAIN_INPUT_BELOW]
+
+
 def test_onnxruntime_dense_convolutions_below_the_block_run_blocked():
     """The fact the conversion count relies on: a dense convolution over fewer input channels
     than the runtime's block runs blocked from the plain layout (its output converted back),
@@ -1276,6 +1298,7 @@ def test_a_tables_plain_input_threshold_round_trips_and_sets_the_count(tmp_path)
     key = ("block", 13, 20, 6, 3, 1, None, 8, "silu", "relu6", False)
     assert segment_conversions(key, False, 4, 16)[0] > 0
     assert segment_conversions(key, False, 4, 8) == (0.0, False)
+
     data = json.loads(path.read_text())
     data["plain_input_below"] = "sixteen"
     path.write_text(json.dumps(data))
