@@ -107,6 +107,8 @@ def refitted(table: LatencyTable, **changes: Any) -> LatencyTable:
     version of the predictor and its correction (of the same kind) refitted on them."""
     plain = replace(table, correction=Correction(0.0, 1.0), **changes)
     calibration = []
+    if not all("config" in row for row in table.correction.calibration):
+        raise UserError("a table whose calibration rows keep no configs cannot be refitted: rebuild it")
     for row in table.correction.calibration:
         c = plain.components(ReXNetConfig.from_dict(row["config"]))
         calibration.append({**row, "summed_ms": sum(c[: len(KINDS)]), "components": list(c)})

@@ -366,10 +366,10 @@ def _blocked_alignment(env: Environment) -> int | None:
     return None
 
 
-def _plain_input_below(env: Environment, alignment: int) -> int:
+def _plain_input_below(env: Environment) -> int:
     """The input-channel count below which ONNX Runtime on this CPU runs a dense convolution
-    blocked although its inputs are off the ``alignment`` (it reads the plain layout and writes
-    the blocked one; :func:`segment_conversions`): one more than the largest such odd count,
+    blocked although its inputs are off the blocked alignment (it reads the plain layout and
+    writes the blocked one; :func:`segment_conversions`): one more than the largest such odd count,
     read off the profile of a 1x1 convolution (a blocked one converts its output back)."""
     last = 1
     for c in range(3, 65, 2):
@@ -1581,7 +1581,7 @@ def build_table(
     # a table on a multiple times aligned kernels only; otherwise a channel count on the runtime's
     # blocked alignment runs another kernel, several times faster (measured off and on it)
     blocked = None if channel_multiple else _blocked_alignment(env)
-    below = _plain_input_below(env, blocked) if blocked else None
+    below = _plain_input_below(env) if blocked else None
     specs = _families(shapes, resolution, points, activations, se_ratios, kernels, channel_multiple, blocked)
     total = sum(math.prod(len(a) for a in axes) for _, _, axes in specs)
     families: dict[tuple[str, tuple[Any, ...]], Family] = {}

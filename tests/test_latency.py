@@ -1277,7 +1277,7 @@ def test_onnxruntime_dense_convolutions_below_the_block_run_blocked():
     align = _blocked_alignment(env)
     if align is None:
         pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
-    below = _plain_input_below(env, align)
+    below = _plain_input_below(env)
     assert below % 2 == 0 and 4 <= below <= 64
 
     def converts(c):
@@ -1320,7 +1320,7 @@ def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, t
     table.save(path)
     again = load_table(path, expect=table.environment)
     assert again.blocked_alignment == align
-    below = _plain_input_below(environment("cpu", "onnxruntime", 1), align)
+    below = _plain_input_below(environment("cpu", "onnxruntime", 1))
     assert table.plain_input_below == again.plain_input_below == below
     # every calibration row records its conversions: the correction can weigh them
     assert all(len(r["components"]) == len(KINDS) + 3 for r in table.correction.calibration)
