@@ -305,9 +305,11 @@ def segment_conversions(
     The rules, read off the runtime's profiles of whole networks on this project's VM
     (onnxruntime 1.32): a depthwise convolution runs blocked when its channels are on the
     blocked ``alignment``, a dense one also when it has fewer than ``below`` inputs (it then
-    reads the plain layout; :data:`PLAIN_INPUT_BELOW`); an SE block, a partial shortcut and the
-    activations of :data:`PLAIN_ACTIVATIONS` need the plain layout; everything else keeps the
-    layout it is given. Each change of layout converts the tensor at that point once. A
+    reads the plain layout; :data:`PLAIN_INPUT_BELOW`), and a dense one that runs plain
+    converts a blocked input; an SE block and the activations of :data:`PLAIN_ACTIVATIONS`
+    need the plain layout; a partial shortcut adds in it (converting a blocked input and a
+    blocked projection), an identity add of two layouts converts one side; everything else
+    keeps the layout it is given. Each change of layout converts the tensor at that point once. A
     table of single operators does not see these conversions (a median of 5.5% of a
     network's time, 1-13% from one network to the next); the correction weighs the count.
     """
@@ -338,7 +340,8 @@ def segment_conversions(
     elif key[0] == "stem":
         _, resolution, stride, channels, activation = key
         hw = _out_hw(resolution, 3, stride)
-        blocked = below > 3  # three input channels: it reads the plain image
+        # a dense convolution over the three channels of the plain image
+        _, blocked = _dense_conversions(3, resolution * resolution, False, alignment, below)
         if blocked and activation in plain:
             moved, blocked = channels * hw * hw, False
     else:  # the head
@@ -1136,9 +1139,10 @@ class LatencyTable:
         """
         parts, segments, layouts = self._parts, self._segments, self._layouts
         align, below = self.blocked_alignment, self.plain_input_below or PLAIN_INPUT_BELOW
-        vecs, keys = [], []
+        vecs, keys = [], []  # keys: for the conversions, which thread the layout through segments
         for key, segment in config_segments(config, resolution or self.resolution):
-            keys.append(key)
+            if align:
+                keys.append(key)
             vec = segments.get(key)
             if vec is None:
                 acc = [0.0] * (len(KINDS) + 2)
