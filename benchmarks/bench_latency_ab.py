@@ -10,7 +10,9 @@ A/B of two ways of building a table compares the tables alone.
     python benchmarks/bench_latency_ab.py score set.json A.json B.json [--unblocked]
 
 ``measure`` writes each network's config and its median and fastest run in each pass (5
-warm-up and 15 timed runs by default, one thread). ``score`` prints, for each table, its
+warm-up and 15 timed runs by default, one thread); with ``--channel-multiple M``, the
+networks are ``bench_latency.py --channel-multiple M``'s (widths on M, no presets), and
+``score`` refuses a table built for another multiple. ``score`` prints, for each table, its
 correction, the median and 90th-percentile |predicted / measured - 1| and Kendall τ against
 the first pass and against both passes (their geometric mean), the level (the median of
 predicted / measured) and that level by space; first, the second pass against the first
@@ -74,7 +76,7 @@ FORMAT = "rexsearch.latency-ab-set/1"
 
 def measure(args: argparse.Namespace) -> int:
     env = environment("cpu", args.runtime, args.threads, 1)
-    configs = eval_configs(args.per_space, seed=args.seed)
+    configs = eval_configs(args.per_space, seed=args.seed, multiple=args.channel_multiple)
     rows = [
         {"name": name, "config": cfg.to_dict(), "median_ms": [], "fastest_ms": []} for name, cfg in configs
     ]
@@ -89,6 +91,7 @@ def measure(args: argparse.Namespace) -> int:
         "format": FORMAT,
         "environment": env.to_dict(),
         "resolution": args.resolution,
+        "channel_multiple": args.channel_multiple,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -142,6 +145,7 @@ def score(args: argparse.Namespace) -> int:
     for path in args.tables:
         table = load_table(path)
         table.check_environment(env, f"the table {path}")
+        table.check_channel_multiple(data.get("channel_multiple"), f"the table {path}")
         tables.append((path, table))
         if args.refit:
             tables.append((f"{path}, refitted by this version", refitted(table)))
@@ -236,6 +240,13 @@ def main() -> int:
     m.add_argument("--per-space", type=positive_int, default=10, help="random configs per shipped space")
     m.add_argument("--seed", type=int, default=0, help="the evaluation networks' seed (bench_latency's is 0)")
     m.add_argument("--resolution", type=positive_int, default=224)
+    m.add_argument(
+        "--channel-multiple",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="networks with widths on multiples of M (no presets), as bench_latency's --channel-multiple",
+    )
     m.add_argument("--warmup", type=positive_int, default=5)
     m.add_argument("--repeats", type=positive_int, default=15)
     m.add_argument("--out", required=True, help="the set's JSON file")
