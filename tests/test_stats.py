@@ -60,3 +60,25 @@ def test_quantile_groups():
     assert sorted(np.asarray(values)[g["top"]]) == [18, 19]
     assert sorted(np.asarray(values)[g["bottom"]]) == [0, 1]
     assert len(g["middle"]) == 2
+
+
+def test_share_interval_is_clopper_pearson():
+    # the all-successes and no-success bounds have closed forms: (tail)^(1/n) and 1 - (tail)^(1/n)
+    assert stats.share_interval(40, 40) == (pytest.approx(0.025 ** (1 / 40)), 1.0)
+    assert stats.share_interval(0, 10) == (0.0, pytest.approx(1 - 0.025 ** (1 / 10)))
+    low, high = stats.share_interval(37, 40)
+    ref = sps.binomtest(37, 40).proportion_ci(0.95, method="exact")
+    assert (low, high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert low < 37 / 40 < high
+    with pytest.raises(ValueError):
+        stats.share_interval(5, 4)
+
+
+def test_share_verdict_needs_enough_trials():
+    assert stats.share_verdict(40, 40, 0.95) == stats.GOAL_UNDECIDED  # lower bound 0.912
+    assert stats.share_verdict(37, 40, 0.95) == stats.GOAL_UNDECIDED
+    assert stats.share_verdict(20, 40, 0.95) == stats.GOAL_MISSED
+    # all of n within: the lower bound 0.025 ** (1 / n) reaches 0.95 at n = 72
+    n = math.ceil(math.log(0.025) / math.log(0.95))
+    assert stats.share_verdict(n, n, 0.95) == stats.GOAL_MET
+    assert stats.share_verdict(n - 1, n, 0.95) != stats.GOAL_MET
