@@ -1294,9 +1294,95 @@ def auto_margin(table: LatencyTable, share: float = AUTO_MARGIN_SHARE) -> float:
             f"networks, this one has {len(rows)} (built with --quick?): give a margin such as 0.1, or build "
             "the table without --quick"
         )
-    ratios = sorted(held_out_ratios(table))
-    ratio = ratios[min(len(ratios), math.ceil((len(ratios) + 1) * share)) - 1]
+    return conformal_margin(held_out_ratios(table), share)
+
+
+def conformal_margin(ratios: Sequence[float], share: float = AUTO_MARGIN_SHARE) -> float:
+    """The margin that keeps a network measured at up to the ``ceil((n + 1) * share)``-th
+    smallest of the n ``ratios`` (measured / predicted) within a budget: ``1 - 1 / ratio``,
+    0 when that ratio is under 1 (:func:`auto_margin`, :func:`measured_margin`)."""
+    ordered = sorted(ratios)
+    ratio = ordered[min(len(ordered), math.ceil((len(ordered) + 1) * share)) - 1]
     return max(0.0, 1.0 - 1.0 / ratio)
+
+
+#: Candidates ``--latency-margin measure`` times before a search (the fewest whose conformal
+#: rank at 95% is within them is 19).
+MEASURED_MARGIN_CANDIDATES = 20
+
+
+@dataclass(frozen=True)
+class MeasuredMargin:
+    """A latency margin read off the search's own candidates, timed here before it starts."""
+
+    margin: float
+    ratios: tuple[float, ...]  # measured median / predicted, one per candidate
+    space: str
+    budget_ms: float
+    seconds: float
+    share: float = AUTO_MARGIN_SHARE
+
+    def describe(self) -> str:
+        over = sum(r > 1.0 for r in self.ratios)
+        return (
+            f"latency margin {self.margin:.1%}: {len(self.ratios)} candidates of {self.space} decoded "
+            f"under {self.budget_ms:g} ms and timed here ran at {min(self.ratios):.2f}-"
+            f"{max(self.ratios):.2f}x their predictions (median {statistics.median(self.ratios):.2f}x, "
+            f"{over} over); the margin keeps {self.share:.0%} of such candidates within the budget "
+            f"({self.seconds:.0f} s)"
+        )
+
+
+def measured_margin(
+    space: Any,
+    budget: Any,
+    candidates: int = MEASURED_MARGIN_CANDIDATES,
+    seed: int = 0,
+    share: float = AUTO_MARGIN_SHARE,
+    warmup: int = 5,
+    repeats: int = 15,
+    progress: Progress | None = None,
+) -> MeasuredMargin:
+    """``--latency-margin measure``: decode ``candidates`` seeded draws of ``space`` under
+    ``budget`` with no margin, time each here (the median of ``repeats`` runs, as a trial
+    does), and take the conformal margin (:func:`conformal_margin`) of measured / predicted.
+
+    :func:`auto_margin` reads the table's calibration networks, drawn over a wide MACs range
+    of every shipped space. These are drawn as the search draws, at the edge of its budget,
+    on the machine as it runs now, so the margin holds for the search's candidates as far as
+    the machine keeps that speed. Refuses a table built elsewhere (this machine must be the
+    table's device, where trials measure their latency).
+    """
+    table = budget.latency_table
+    if table is None or budget.latency_ms is None:
+        raise UserError("--latency-margin measure needs --latency-budget and --latency-table")
+    if candidates < MIN_AUTO_MARGIN_CALIBRATION:
+        raise UserError(
+            f"a measured margin needs {MIN_AUTO_MARGIN_CALIBRATION} or more candidates, got {candidates}"
+        )
+    here = check_table_here(table)
+    start = time.perf_counter()
+    drawn = space.sample(dataclasses.replace(budget, latency_margin=0.0), candidates, seed=seed)
+    if len(drawn) < candidates:
+        raise UserError(
+            f"--latency-margin measure: only {len(drawn)} of the {candidates} candidates it times fit the "
+            f"budget of {budget.latency_ms:g} ms in the space {space.name!r}; raise the budget or give a "
+            "margin such as 0.1"
+        )
+    ratios = []
+    for i, cand in enumerate(drawn):
+        lat = measure_latency(cand.config, table.resolution, env=here, warmup=warmup, repeats=repeats)
+        ratios.append(lat.median_ms / cand.latency_ms)
+        if progress:
+            progress("margin", i + 1, len(drawn))
+    return MeasuredMargin(
+        conformal_margin(ratios, share),
+        tuple(ratios),
+        space.name,
+        budget.latency_ms,
+        time.perf_counter() - start,
+        share,
+    )
 
 
 def predict_latency(config: ReXNetConfig, table: LatencyTable, resolution: int | None = None) -> float:

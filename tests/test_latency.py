@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+import types
 
 import pytest
 
@@ -44,6 +45,7 @@ from rexsearch.latency import (
     check_drift,
     config_ops,
     config_segments,
+    conformal_margin,
     environment,
     fit_kind_correction,
     fit_line,
@@ -53,6 +55,7 @@ from rexsearch.latency import (
     held_out_ratios,
     load_table,
     measure_latency,
+    measured_margin,
     op_weights,
     parse_latency_budget,
     predict_latency,
@@ -1138,6 +1141,63 @@ def test_latency_margin_auto_on_the_command_line(table, space, tmp_path, capsys)
     assert "19 or more calibration networks" in capsys.readouterr().err
     assert main(["latency-table", "show", str(path)]) == 0
     assert "latency-margin auto" not in capsys.readouterr().out
+
+
+def test_measured_margin_times_the_spaces_candidates_at_the_budget(table, space, monkeypatch):
+    import rexsearch.latency as latency
+
+    budget = Budget(
+        resolution=RES,
+        latency_ms=predict_latency(_shapes(space, 1)[1], table) * 1.5,
+        latency_table=table,
+        latency_margin=0.3,  # ignored: the candidates are decoded at the budget itself
+    )
+    timed = []
+
+    def fake(config, resolution, env, warmup, repeats):  # slower than predicted, by 0.90-1.14x
+        timed.append(config)
+        factor = 0.9 + 0.24 * ((7 * len(timed)) % 20) / 19
+        return types.SimpleNamespace(median_ms=factor * table.predict(config, resolution))
+
+    monkeypatch.setattr(latency, "measure_latency", fake)
+    found = measured_margin(space, budget)
+    assert len(timed) == len(found.ratios) == 20
+    assert all(0.97 * budget.latency_ms <= table.predict(c, RES) <= budget.latency_ms for c in timed)
+    assert found.ratios == pytest.approx([0.9 + 0.24 * ((7 * k) % 20) / 19 for k in range(1, 21)])
+    # the conformal rank of 20 at 95% is the 20th: the slowest candidate, 1.14x, sets the margin
+    assert found.margin == pytest.approx(1 - 1 / 1.14) == pytest.approx(conformal_margin(found.ratios))
+    assert found.describe().startswith(f"latency margin {found.margin:.1%}: 20 candidates of tiny")
+    with pytest.raises(UserError, match="19 or more candidates"):
+        measured_margin(space, budget, candidates=18)
+    with pytest.raises(UserError, match="needs --latency-budget"):
+        measured_margin(space, Budget(macs=1_000_000, resolution=RES))
+    tight = dataclasses.replace(budget, latency_ms=budget.latency_ms / 1.5 * 0.2)
+    with pytest.raises(UserError, match="of the 20 candidates it times fit"):
+        measured_margin(space, tight)
+
+
+def test_conformal_margin_reads_the_conformal_rank():
+    ratios = [1.0 + k / 100 for k in range(40)]  # 1.00 ... 1.39
+    assert conformal_margin(ratios) == pytest.approx(1 - 1 / ratios[math.ceil(41 * 0.95) - 1])
+    assert conformal_margin([0.8, 0.9] * 10) == 0.0  # all faster than predicted: no margin
+
+
+def test_latency_margin_measure_on_the_command_line(table, space, tmp_path, capsys):
+    path = tmp_path / "table.json"
+    table.save(path)
+    space_path = tmp_path / "tiny.yaml"
+    space_path.write_text(TINY_SPACE)
+    budget = predict_latency(_shapes(space, 1)[1], table) * 1.5
+    argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
+    argv += ["--resolution", "32", "--sample", "3", "--json", "--latency-margin", "measure"]
+    assert main(argv) == 0  # really timed: 20 networks at 32x32
+    captured = capsys.readouterr()
+    said = captured.err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("latency margin ") and "candidates of tiny" in said[0]
+    margin = float(said[0].split()[2].rstrip("%:")) / 100
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 3
+    assert all(r["latency_ms"] <= budget * (1 - margin) * 1.001 for r in rows)
 
 
 def test_table_build_refuses_an_unwritable_out_before_measuring(tmp_path, monkeypatch, capsys):

@@ -106,6 +106,33 @@ def test_run_refuses_a_tiny_latency_budget_naming_the_smallest_reachable(
     assert not run_dir.exists()
 
 
+def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
+    table_file, budget_ms, tmp_path, capsys, monkeypatch, no_ray
+):
+    import rexsearch.cli.search as cli_search
+
+    seen = {}
+
+    def execute(settings, view, **kwargs):  # stands in for the search: what it would be given
+        seen["settings"] = settings
+        return 0
+
+    monkeypatch.setattr(cli_search, "_execute", execute)
+    budget = ["--latency-budget", f"{budget_ms}ms", "--latency-table", str(table_file), "--resolution", RES]
+    argv = ["run", *budget, "--latency-margin", "measure", "--objectives", "rank"]
+    assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("latency margin ")]
+    assert len(said) == 1 and "20 candidates of rexnet" in said[0]
+    margin = seen["settings"].latency_margin
+    assert 0.0 <= margin < 1.0 and said[0].startswith(f"latency margin {margin:.1%}:")
+    # a budget the space cannot meet is refused before anything is timed
+    tiny = ["--latency-budget", "0.001ms", "--latency-table", str(table_file), "--resolution", RES]
+    code = main(["run", *tiny, "--latency-margin", "measure", "--run-dir", str(tmp_path / "r2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the smallest reachable latency is" in err and "latency margin" not in err
+
+
 def test_latency_objective_needs_a_latency_budget(tmp_path, capsys):
     code = main(["run", "--flops-budget", "10M", "--objectives", "rank,latency", "--run-dir", str(tmp_path)])
     assert code == 2

@@ -8,6 +8,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,9 @@ def add_budget_flags(p: argparse.ArgumentParser, flops_required: bool = False) -
         "--latency-margin",
         default="0",
         metavar="F",
-        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0), or 'auto': "
-        "the margin that kept 95%% of the table's calibration networks within it",
+        help="keep the prediction under the budget less this fraction, e.g. 0.05 (default 0); 'auto': "
+        "the margin that kept 95%% of the table's calibration networks within it; 'measure': the margin "
+        "that kept 95%% of 20 of the space's candidates under the budget, timed here first (20-40 s)",
     )
     p.add_argument(
         "--channel-multiple",
@@ -135,9 +137,15 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(macs, params, args.resolution, latency, table, margin, args.channel_multiple)
 
 
+MEASURE = "measure"
+
+
 def latency_margin_from_arg(text: str | float, table: Any = None) -> float:
     """``--latency-margin``: a fraction in [0, 1), or ``auto`` (:func:`rexsearch.latency.auto_margin`
-    of the table; 0 without a latency budget, where no margin applies)."""
+    of the table; 0 without a latency budget, where no margin applies). ``measure`` needs the
+    space and is resolved by :func:`apply_measured_margin`: 0 here."""
+    if str(text).strip().lower() == MEASURE:
+        return 0.0
     if str(text).strip().lower() == "auto":
         if table is None:
             return 0.0
@@ -147,7 +155,23 @@ def latency_margin_from_arg(text: str | float, table: Any = None) -> float:
     try:
         margin = float(text)
     except ValueError:
-        raise UserError(f"--latency-margin must be a fraction in [0, 1) or auto, got {text!r}") from None
+        raise UserError(
+            f"--latency-margin must be a fraction in [0, 1), auto or measure, got {text!r}"
+        ) from None
     if not 0.0 <= margin < 1.0:  # also refuses nan
         raise UserError(f"--latency-margin must be in [0, 1), got {text}")
     return margin
+
+
+def apply_measured_margin(
+    args: argparse.Namespace, budget: Budget, space: Any, seed: int = 0
+) -> tuple[Budget, str]:
+    """With ``--latency-margin measure`` and a latency budget, ``budget`` with the margin of
+    :func:`rexsearch.latency.measured_margin` (the space's candidates timed here) and the
+    sentence that says it; else ``budget`` unchanged and no sentence."""
+    if str(args.latency_margin).strip().lower() != MEASURE or budget.latency_ms is None:
+        return budget, ""
+    from rexsearch.latency import measured_margin
+
+    found = measured_margin(space, budget, seed=seed)
+    return replace(budget, latency_margin=found.margin), found.describe()

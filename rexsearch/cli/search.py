@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import add_budget_flags, budget_from_args, positive_int, print_table
+from rexsearch.cli.common import (
+    add_budget_flags,
+    apply_measured_margin,
+    budget_from_args,
+    positive_int,
+    print_table,
+)
 from rexsearch.cost import format_count
 from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
@@ -145,6 +151,10 @@ def cmd_space(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     space = load_space(args.space)
     check_feasible(space, budget, seed=args.seed)
+    budget, said = apply_measured_margin(args, budget, space, args.seed)
+    if said:
+        print(said, file=sys.stderr)
+        check_feasible(space, budget, seed=args.seed)
     candidates = space.sample(budget, args.sample, seed=args.seed)
     if args.json:
         for c in candidates:
@@ -297,12 +307,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     settings.validate()
     space = load_space(settings.space)
+    check_feasible(space, budget, seed=settings.seed)  # with `measure`, at no margin: before any timing
+    budget, said = apply_measured_margin(args, budget, space, settings.seed)
+    if said:
+        check_feasible(space, budget, seed=settings.seed)
     settings = SearchSettings(
-        **{**settings.to_dict(), "space": space.path, "objectives": settings.objectives}
+        **{
+            **settings.to_dict(),
+            "space": space.path,
+            "objectives": settings.objectives,
+            "latency_margin": budget.latency_margin,
+        }
     )
-    check_feasible(space, budget, seed=settings.seed)
     view = _LiveView(args.quiet)
     _say_drift(budget, view)
+    if said:
+        view.event(said)
     confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
     return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 
