@@ -1302,8 +1302,10 @@ def conformal_margin(ratios: Sequence[float], share: float = AUTO_MARGIN_SHARE) 
     smallest of the n ``ratios`` (measured / predicted) within a budget: ``1 - 1 / ratio``,
     0 when that ratio is under 1 (:func:`auto_margin`, :func:`measured_margin`)."""
     ordered = sorted(ratios)
-    ratio = ordered[min(len(ordered), math.ceil((len(ordered) + 1) * share)) - 1]
-    return max(0.0, 1.0 - 1.0 / ratio)
+    rank = math.ceil((len(ordered) + 1) * share)
+    if rank > len(ordered):
+        raise ValueError(f"a {share:.0%} conformal margin needs {rank} or more ratios, got {len(ordered)}")
+    return max(0.0, 1.0 - 1.0 / ordered[rank - 1])
 
 
 #: Candidates ``--latency-margin measure`` times before a search (the fewest whose conformal

@@ -109,7 +109,18 @@ def test_run_refuses_a_tiny_latency_budget_naming_the_smallest_reachable(
 def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
     table_file, budget_ms, tmp_path, capsys, monkeypatch, no_ray
 ):
+    import types
+
     import rexsearch.cli.search as cli_search
+    import rexsearch.latency as latency
+    from rexsearch.search import settings_from_run, start_run
+
+    table = load_table(table_file)
+    timed = []
+
+    def slower(config, resolution, env, warmup, repeats):  # 1.25x the prediction: a 20% margin
+        timed.append(config)
+        return types.SimpleNamespace(median_ms=1.25 * table.predict(config, resolution))
 
     seen = {}
 
@@ -117,20 +128,35 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
         seen["settings"] = settings
         return 0
 
+    monkeypatch.setattr(latency, "measure_latency", slower)
     monkeypatch.setattr(cli_search, "_execute", execute)
+    monkeypatch.setattr(cli_search, "_say_drift", lambda budget, view: None)  # times networks too
     budget = ["--latency-budget", f"{budget_ms}ms", "--latency-table", str(table_file), "--resolution", RES]
     argv = ["run", *budget, "--latency-margin", "measure", "--objectives", "rank"]
     assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("latency margin ")]
-    assert len(said) == 1 and "20 candidates of rexnet" in said[0]
-    margin = seen["settings"].latency_margin
-    assert 0.0 <= margin < 1.0 and said[0].startswith(f"latency margin {margin:.1%}:")
-    # a budget the space cannot meet is refused before anything is timed
+    assert len(said) == 1 and said[0].startswith("latency margin 20.0%: 20 candidates of rexnet")
+    assert len(timed) == 20
+    settings = seen["settings"]
+    assert settings.latency_margin == pytest.approx(0.2)
+    assert settings.latency_margin_ratios == pytest.approx([1.25] * 20)
+    # run.json keeps the margin and the ratios it came from; a resumed run reads them back
+    start_run(settings, argv)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["budget"]["latency_margin"] == pytest.approx(0.2)
+    assert recorded["settings"]["latency_margin_ratios"] == pytest.approx([1.25] * 20)
+    run = load_run(tmp_path / "run")
+    assert run.budget.latency_margin == pytest.approx(0.2)
+    assert settings_from_run(run).latency_margin_ratios == pytest.approx((1.25,) * 20)
+    # a budget the space cannot meet, or a bad setting, is refused before anything is timed
     tiny = ["--latency-budget", "0.001ms", "--latency-table", str(table_file), "--resolution", RES]
     code = main(["run", *tiny, "--latency-margin", "measure", "--run-dir", str(tmp_path / "r2"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "the smallest reachable latency is" in err and "latency margin" not in err
+    code = main([*argv, "--objectives", "speed", "--run-dir", str(tmp_path / "r3")])
+    assert code == 2 and "--objectives must be" in capsys.readouterr().err
+    assert len(timed) == 20
 
 
 def test_latency_objective_needs_a_latency_budget(tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from rexsearch.cost import parse_budget
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
 from rexsearch.principles import get_preset
-from rexsearch.space import Budget
+from rexsearch.space import Budget, check_feasible
 
 
 def add_config_source(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -137,16 +137,18 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(macs, params, args.resolution, latency, table, margin, args.channel_multiple)
 
 
-MEASURE = "measure"
+#: ``--latency-margin`` words: the table's calibration networks, or the space's candidates timed here.
+AUTO, MEASURE = "auto", "measure"
 
 
 def latency_margin_from_arg(text: str | float, table: Any = None) -> float:
     """``--latency-margin``: a fraction in [0, 1), or ``auto`` (:func:`rexsearch.latency.auto_margin`
     of the table; 0 without a latency budget, where no margin applies). ``measure`` needs the
-    space and is resolved by :func:`apply_measured_margin`: 0 here."""
-    if str(text).strip().lower() == MEASURE:
+    space and is resolved by :func:`feasible_budget`: 0 here."""
+    word = str(text).strip().lower()
+    if word == MEASURE:
         return 0.0
-    if str(text).strip().lower() == "auto":
+    if word == AUTO:
         if table is None:
             return 0.0
         from rexsearch.latency import auto_margin
@@ -163,15 +165,21 @@ def latency_margin_from_arg(text: str | float, table: Any = None) -> float:
     return margin
 
 
-def apply_measured_margin(
-    args: argparse.Namespace, budget: Budget, space: Any, seed: int = 0
-) -> tuple[Budget, str]:
-    """With ``--latency-margin measure`` and a latency budget, ``budget`` with the margin of
-    :func:`rexsearch.latency.measured_margin` (the space's candidates timed here) and the
-    sentence that says it; else ``budget`` unchanged and no sentence."""
+def feasible_budget(
+    args: argparse.Namespace, budget: Budget, space: Any, seed: int, say: Callable[[str], None]
+) -> tuple[Budget, Any]:
+    """``budget`` checked feasible in ``space`` (else the one-line refusal); with ``--latency-margin
+    measure`` and a latency budget, then the margin of :func:`rexsearch.latency.measured_margin`
+    (the space's candidates timed here, what it found passed to ``say``) and the check again.
+    Returns the budget and the :class:`~rexsearch.latency.MeasuredMargin` (``None`` without one)."""
+    check_feasible(space, budget, seed=seed)  # at no margin first: a refusal before any timing
     if str(args.latency_margin).strip().lower() != MEASURE or budget.latency_ms is None:
-        return budget, ""
-    from rexsearch.latency import measured_margin
+        return budget, None
+    from rexsearch.latency import MEASURED_MARGIN_CANDIDATES, measured_margin
 
+    say(f"timing {MEASURED_MARGIN_CANDIDATES} candidates of {space.name} for --latency-margin measure ...")
     found = measured_margin(space, budget, seed=seed)
-    return replace(budget, latency_margin=found.margin), found.describe()
+    say(found.describe())
+    budget = replace(budget, latency_margin=found.margin)
+    check_feasible(space, budget, seed=seed)
+    return budget, found

@@ -15,15 +15,15 @@ from pathlib import Path
 from rexsearch.cli import command_help
 from rexsearch.cli.common import (
     add_budget_flags,
-    apply_measured_margin,
     budget_from_args,
+    feasible_budget,
     positive_int,
     print_table,
 )
 from rexsearch.cost import format_count
 from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
-from rexsearch.space import SPACES_DIR, Budget, check_feasible, load_space
+from rexsearch.space import SPACES_DIR, Budget, load_space
 
 #: The largest batch the CPU speed probe trains (its images/s barely change above it), and its
 #: timings: one warm-up step, then the median of three one-step timings (about 2 s for
@@ -150,11 +150,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     """`rexsearch space` (and `latency-table preview`): candidates under the budget flags."""
     budget = budget_from_args(args)
     space = load_space(args.space)
-    check_feasible(space, budget, seed=args.seed)
-    budget, said = apply_measured_margin(args, budget, space, args.seed)
-    if said:
-        print(said, file=sys.stderr)
-        check_feasible(space, budget, seed=args.seed)
+    budget, _ = feasible_budget(args, budget, space, args.seed, lambda line: print(line, file=sys.stderr))
     candidates = space.sample(budget, args.sample, seed=args.seed)
     if args.json:
         for c in candidates:
@@ -306,23 +302,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         channel_multiple=budget.channel_multiple,
     )
     settings.validate()
+    from rexsearch.storage import check_storage
+
+    check_storage(settings.storage_url())  # an unusable --storage stops here, before any timing too
     space = load_space(settings.space)
-    check_feasible(space, budget, seed=settings.seed)  # with `measure`, at no margin: before any timing
-    budget, said = apply_measured_margin(args, budget, space, settings.seed)
-    if said:
-        check_feasible(space, budget, seed=settings.seed)
+    view = _LiveView(args.quiet)
+    budget, measured = feasible_budget(args, budget, space, settings.seed, view.event)
+    _say_drift(budget, view)
     settings = SearchSettings(
         **{
             **settings.to_dict(),
             "space": space.path,
             "objectives": settings.objectives,
             "latency_margin": budget.latency_margin,
+            "latency_margin_ratios": measured.ratios if measured else (),
         }
     )
-    view = _LiveView(args.quiet)
-    _say_drift(budget, view)
-    if said:
-        view.event(said)
     confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
     return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 

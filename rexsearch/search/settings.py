@@ -67,6 +67,8 @@ class SearchSettings:
     latency_budget_ms: float | None = None
     latency_table: str | None = None  # the table file as given; the run keeps a copy (LATENCY_TABLE)
     latency_margin: float = 0.0
+    # --latency-margin measure: measured / predicted of the candidates timed for the margin
+    latency_margin_ratios: tuple[float, ...] = ()
     channel_multiple: int | None = None
 
     def latency_table_path(self) -> Path | None:
@@ -178,6 +180,7 @@ class SearchSettings:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["objectives"] = list(self.objectives)
+        data["latency_margin_ratios"] = list(self.latency_margin_ratios)
         return data
 
 
@@ -283,6 +286,7 @@ def settings_from_run(run: RunInfo, **overrides: Any) -> SearchSettings:
             "resume it with the rexsearch version that started it"
         )
     data["objectives"] = tuple(data.get("objectives") or ())
+    data["latency_margin_ratios"] = tuple(data.get("latency_margin_ratios") or ())
     data["run_dir"] = str(run.path)
     if data.get("storage") is not None:  # a relative SQLite path lies in the run directory
         data["storage"] = resolve_storage(data["storage"], run.path)
