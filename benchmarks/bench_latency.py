@@ -442,6 +442,7 @@ def main() -> int:
             k = sum(m <= limit for m in measured)
             within = k / len(measured)
             low, high = share_interval(k, len(measured))
+            verdict = share_verdict(k, len(measured), WITHIN_GOAL)
             out[f"decode_margin_{label}"] = {
                 "margin": margin,
                 "budget_ms": limit,
@@ -452,15 +453,14 @@ def main() -> int:
                 "measured_sample": len(measured),
                 "within_measured": within,
                 "within_measured_interval": [low, high],
-                "within_measured_verdict": share_verdict(k, len(measured), WITHIN_GOAL),
+                "within_measured_verdict": verdict,
                 "within_measured_fastest": sum(lat.min_ms <= limit for lat in lats) / len(lats),
                 "measured_over_budget_median": statistics.median(m / limit for m in measured),
             }
             log(
                 f"  decode margin {label} ({margin:.1%}): {len(cands)}/{decodes} in {decode_s:.2f} s, "
                 f"{inside:.0%} within the predicted {limit:.2f} ms, {k} of {len(measured)} measured "
-                f"({low:.0%}-{high:.0%}; the {WITHIN_GOAL:.0%} goal: "
-                f"{share_verdict(k, len(measured), WITHIN_GOAL)})"
+                f"({low:.0%}-{high:.0%}; the {WITHIN_GOAL:.0%} goal: {verdict})"
             )
 
         # Channel multiples of 8 at equal MACs.

@@ -1343,7 +1343,6 @@ def measured_margin(
     share: float = AUTO_MARGIN_SHARE,
     warmup: int = 5,
     repeats: int = 15,
-    progress: Progress | None = None,
 ) -> MeasuredMargin:
     """``--latency-margin measure``: decode ``candidates`` seeded draws of ``space`` under
     ``budget`` with no margin, time each here (the median of ``repeats`` runs, as a trial
@@ -1372,11 +1371,9 @@ def measured_margin(
             "margin such as 0.1"
         )
     ratios = []
-    for i, cand in enumerate(drawn):
+    for cand in drawn:
         lat = measure_latency(cand.config, table.resolution, env=here, warmup=warmup, repeats=repeats)
         ratios.append(lat.median_ms / cand.latency_ms)
-        if progress:
-            progress("margin", i + 1, len(drawn))
     return MeasuredMargin(
         conformal_margin(ratios, share),
         tuple(ratios),
