@@ -180,19 +180,36 @@ def test_a_copy_of_a_table_predicts_from_its_own_times(table, space):
     assert [table.summed_ms(c) for c in configs] == before
 
 
+def _shortcuts(config):
+    """Each block's shortcut: none, a full add (in = out) or a partial one (in < out)."""
+    return tuple(
+        "none" if not config.uses_shortcut(b) else "full" if b.in_channels == b.out_channels else "partial"
+        for b in config.blocks
+    )
+
+
 def test_prediction_is_monotone_in_width(table, space):
+    # A width step can turn a block's partial shortcut into a full one (in = out: another
+    # operator, timed in its own family), so the prediction, like the network, can step down
+    # there; between such steps it never does.
     rng = random.Random(3)
+    steps = 0
     for _ in range(4):
         values = space.suggest(_RandomTrial(rng))
         predicted = []
         for w in (0.05 * 1.1**i for i in range(50)):  # far below and above the measured grid
             try:
-                predicted.append(predict_latency(space.build(values, w), table))
+                config = space.build(values, w)
             except UserError:  # too narrow to be valid
                 continue
+            predicted.append((_shortcuts(config), predict_latency(config, table)))
         assert len(predicted) > 30
-        assert all(b >= a for a, b in itertools.pairwise(predicted))
-        assert predicted[-1] > predicted[0]
+        for (kinds_a, a), (kinds_b, b) in itertools.pairwise(predicted):
+            if kinds_a == kinds_b:
+                steps += 1
+                assert b >= a
+        assert predicted[-1][1] > predicted[0][1]
+    assert steps > 100  # most steps keep the shortcuts
 
 
 def _assert_monotone(family, rng, points=30):
