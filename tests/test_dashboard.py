@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.request
 
+import optuna
 import pytest
 import runfixture
 
@@ -96,3 +97,80 @@ def test_cli_serves_until_ctrl_c(run):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _request(base: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None):
+    """One request with the headers exactly as given (Host included), answered status and body."""
+    import http.client
+
+    netloc = base.split("//", 1)[1]
+    host, port = netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in {**headers, "Content-Length": str(len(body or b""))}.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def edit_server(run):
+    srv = dashboard_server(run.path, "127.0.0.1", 0, allow_edits=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=10)
+
+
+def _study_id(base: str) -> int:
+    return _get(f"{base}/api/studies")["study_summaries"][0]["study_id"]
+
+
+def test_forged_host_cannot_read_or_delete_the_study(run, edit_server):
+    """DNS rebinding: a page on evil.example resolves to 127.0.0.1 and sends its own name as Host."""
+    sid = _study_id(edit_server)
+    port = edit_server.rsplit(":", 1)[1]
+    forged = {"Host": f"evil.example:{port}"}
+    status, body = _request(edit_server, "DELETE", f"/api/studies/{sid}", forged, b"{}")
+    assert status == 403 and b"Host" in body
+    status, _ = _request(edit_server, "GET", "/api/studies", forged)
+    assert status == 403
+    status, _ = _request(edit_server, "GET", "/api/studies", {"Host": "127.0.0.1:1"})  # another port
+    assert status == 403
+    assert optuna.get_all_study_names(run.open_storage()) == [run.study_name]
+    assert len(run.open_study().trials) > 0
+
+
+def test_dashboard_is_read_only_by_default(run, server):
+    sid = _study_id(server)
+    host = {"Host": server.split("//", 1)[1]}
+    status, body = _request(server, "DELETE", f"/api/studies/{sid}", host, b"{}")
+    assert status == 403 and b"--allow-edits" in body
+    status, _ = _request(server, "POST", f"/api/studies/{sid}/rename", host, b'{"study_name": "x"}')
+    assert status == 403
+    assert _get(f"{server}/api/studies")["study_summaries"][0]["study_name"] == run.study_name
+    # reads under every loopback name are served
+    port = server.rsplit(":", 1)[1]
+    for name in ("127.0.0.1", "localhost"):
+        status, _ = _request(server, "GET", "/api/studies", {"Host": f"{name}:{port}"})
+        assert status == 200, name
+
+
+def test_edits_need_the_dashboards_own_origin(run, edit_server):
+    sid = _study_id(edit_server)
+    netloc = edit_server.split("//", 1)[1]
+    note = json.dumps({"version": 1, "body": "seen"}).encode()
+    headers = {"Host": netloc, "Content-Type": "application/json"}
+    evil = {**headers, "Origin": "https://evil.example"}
+    status, _ = _request(edit_server, "PUT", f"/api/studies/{sid}/note", evil, note)
+    assert status == 403
+    status, _ = _request(
+        edit_server, "PUT", f"/api/studies/{sid}/note", {**headers, "Origin": edit_server}, note
+    )
+    assert status == 204

@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rexsearch run`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free)")
+    p.add_argument(
+        "--allow-edits",
+        action="store_true",
+        help="accept the dashboard's writes (rename, delete, notes) from its own pages; "
+        "without it the dashboard is read-only",
+    )
     p.set_defaults(handler=cmd_dashboard)
 
     p = sub.add_parser(
@@ -110,17 +116,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from rexsearch.dashboard import dashboard_server
 
-    server = dashboard_server(args.run_dir, args.host, args.port)
+    server = dashboard_server(args.run_dir, args.host, args.port, allow_edits=args.allow_edits)
     if not _loopback(args.host):
+        can = "read the study and delete trials or the whole study" if args.allow_edits else "read the study"
         print(
             f"rexsearch: warning: the dashboard listens on {args.host}, beyond this machine, and has no "
-            "authentication: anyone who can reach it can read the study and delete trials or the whole "
-            "study; prefer --host 127.0.0.1 with an SSH tunnel",
+            f"authentication: anyone who can reach it can {can}; prefer --host 127.0.0.1 with an SSH tunnel",
             file=sys.stderr,
             flush=True,
         )
     print(
-        f"optuna-dashboard for {args.run_dir}: http://{args.host}:{server.server_port}/ (Ctrl-C to stop)",
+        f"optuna-dashboard for {args.run_dir}: http://{args.host}:{server.server_port}/ "
+        f"({'edits allowed' if args.allow_edits else 'read-only'}; Ctrl-C to stop)",
         flush=True,
     )
     try:
