@@ -26,6 +26,41 @@ _POSTGRES_EXTRA = "pip install 'rexsearch[postgres]'"
 PASSWORD_ENV = "REXSEARCH_STORAGE_PASSWORD"
 _PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)(\S*)(@)")
 _QUERY_PASSWORD_RE = re.compile(r"([?&](?:password|passwd|pwd)=)([^&\s]*)", re.IGNORECASE)
+_URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+#: Query keys that carry a password once decoded (SQLAlchemy percent-decodes keys and values and
+#: hands them to the driver: ``?pass%77ord=...`` authenticates like ``?password=...``).
+SECRET_KEYS = frozenset({"password", "passwd", "pwd"})
+_SECRET_IN_VALUE_RE = re.compile(r"(?:password|passwd|pwd)\s*=|://[^/@\s]*:[^@\s]*@", re.IGNORECASE)
+
+
+def _secret_pair(pair: str) -> bool:
+    """Whether one ``key=value`` of a query carries a password, read as the driver reads it.
+
+    The key is decoded as SQLAlchemy decodes it (``unquote_plus``); a value that itself holds a
+    password (a libpq ``dsn=`` string, a URL with userinfo) counts too.
+    """
+    from urllib.parse import unquote_plus
+
+    key, sep, value = pair.partition("=")
+    if unquote_plus(key).strip().lower() in SECRET_KEYS:
+        return True
+    return bool(sep) and _SECRET_IN_VALUE_RE.search(unquote_plus(value)) is not None
+
+
+def _rewrite_url(url: str, hide: bool) -> str:
+    """One URL with its passwords masked (``hide``: ``***``) or removed (not ``hide``)."""
+    base, sep, query = url.partition("?")
+    base = _PASSWORD_RE.sub(r"\1***\3", base) if hide else _PASSWORD_RE.sub(r"\1@", base).replace(":@", "@")
+    if not sep:
+        return base
+    pairs = []
+    for pair in query.split("&"):
+        if not _secret_pair(pair):
+            pairs.append(pair)
+        elif hide:
+            pairs.append(pair.partition("=")[0] + "=***")
+    kept = "&".join(p for p in pairs if p)
+    return f"{base}?{kept}" if kept else base
 
 
 def mask_url(url: str) -> str:
@@ -36,20 +71,20 @@ def mask_url(url: str) -> str:
 def mask_passwords(text: str) -> str:
     """``text`` (e.g. a command line) with the password of every URL in it replaced by ``***``.
 
-    Covers ``user:password@host`` and a ``password=`` query parameter.
+    Covers ``user:password@host`` and every query key that decodes to a password key
+    (:data:`SECRET_KEYS`, percent-encoded or not), or whose value holds one.
     """
-    return _QUERY_PASSWORD_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\3", text))
+    masked = _URL_RE.sub(lambda m: _rewrite_url(m.group(0), hide=True), text)
+    return _QUERY_PASSWORD_RE.sub(r"\1***", masked)
 
 
 def strip_password(url: str) -> str:
-    """``url`` without its password (userinfo and ``password=`` query), for run.json.
+    """``url`` without its password (userinfo and every password query key), for run.json.
 
     At resume the password comes from :data:`PASSWORD_ENV`, or libpq's own ``PGPASSWORD``
     and ``~/.pgpass`` (see :func:`with_password`).
     """
-    text = _PASSWORD_RE.sub(r"\1@", url).replace(":@", "@")
-    text = re.sub(r"([?&])(?:password|passwd|pwd)=[^&\s]*&?", r"\1", text, flags=re.IGNORECASE)
-    return text.rstrip("?&")
+    return _rewrite_url(url, hide=False)
 
 
 def with_password(url: str) -> str:

@@ -123,6 +123,27 @@ def test_report_reads_the_study_back_from_postgres(pg_run, postgres_url, capsys)
     assert password not in html  # the command line in the report is masked
 
 
+def test_percent_encoded_password_key_authenticates_but_is_never_written(postgres_url, ray_session, tmp_path):
+    """``?pass%77ord=`` is ``?password=`` to SQLAlchemy: the run works and no file holds it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    password = url.password
+    assert password, "the test server's URL carries a password"
+    bare = url.set(password=None).render_as_string(hide_password=False)
+    encoded = f"{bare}{'&' if '?' in bare else '?'}pass%77ord={password}"
+    run_dir = tmp_path / "run"
+    assert main(storage_run_args(run_dir, encoded, f"pgtest-{uuid.uuid4().hex[:10]}")) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        from rexsearch.storage import PASSWORD_ENV
+
+        mp.setenv(PASSWORD_ENV, password)
+        assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").exists()
+    leaks = [str(p) for p in run_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaks
+
+
 def _password(url: str) -> str:
     from sqlalchemy.engine import make_url
 

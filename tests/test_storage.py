@@ -125,6 +125,12 @@ def test_masking_covers_every_url_form():
         f"postgresql+psycopg2://u@db.example/x?password={SECRET}&port=5433",
         f"postgresql+psycopg2:///x?host=db.example&port=5433&password={SECRET}",
         f"postgresql+psycopg2://u:p@ss{SECRET}@db.example/x",
+        # the key percent-encoded (SQLAlchemy decodes it, so it authenticates), or in + form
+        f"postgresql+psycopg2://u@db.example/x?pass%77ord={SECRET}&port=5433",
+        f"postgresql+psycopg2://u@db.example/x?%70%61%73%73%77%6F%72%64={SECRET}",
+        f"postgresql+psycopg2://u@db.example/x?sslmode=require&PASSWORD+={SECRET}",
+        # a libpq dsn string handed through the query
+        f"postgresql+psycopg2://u@db.example/x?dsn=host%3Ddb%20password%3D{SECRET}",
     ]
     for url in forms:
         assert SECRET not in mask_url(url), url
@@ -133,6 +139,11 @@ def test_masking_covers_every_url_form():
     assert mask_url("sqlite:////tmp/a@b/study.db") == "sqlite:////tmp/a@b/study.db"
     line = f"rexsearch run --storage {forms[2]} --trials 3"
     assert SECRET not in mask_passwords(line) and "--trials 3" in mask_passwords(line)
+    line = f"rexsearch run --storage {forms[5]} --trials 3"
+    assert SECRET not in mask_passwords(line) and "--trials 3" in mask_passwords(line)
+    # what is not a password stays as it was
+    assert strip_password(forms[5]) == "postgresql+psycopg2://u@db.example/x?port=5433"
+    assert mask_url(forms[7]) == "postgresql+psycopg2://u@db.example/x?sslmode=require&PASSWORD+=***"
 
 
 def test_password_comes_from_the_environment(monkeypatch):
