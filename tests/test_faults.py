@@ -248,3 +248,30 @@ def test_trial_workers_wait_passively():
     )
     assert run_driver_script(script, "unset") == {"started": True, "policy": "PASSIVE"}
     assert run_driver_script(script, "ACTIVE")["policy"] == "ACTIVE"
+
+
+def test_run_from_a_folder_holding_a_rexsearch_folder_trains(tmp_path):
+    """Ray puts the driver's working directory on the workers' sys.path: an empty ``rexsearch/``
+    there (the clone's folder, seen from its parent) must not shadow the installed package."""
+    import csv
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import storage_run_args
+
+    script = shutil.which("rexsearch", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the rexsearch console script is not installed beside this Python")
+    (tmp_path / "rexsearch").mkdir()
+    run_dir = tmp_path / "run"
+    args = storage_run_args(run_dir, f"sqlite:///{tmp_path / 'study.db'}")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    out = subprocess.run(
+        [script, *args[:-1]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(run_dir / "trials.csv", newline="") as f:
+        states = [row["state"] for row in csv.DictReader(f)]
+    assert states == ["COMPLETE"] * 3, (states, out.stderr[-2000:])

@@ -6,10 +6,13 @@ once, then :func:`cluster_resources` for the per-trial request it will make.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from rexsearch.errors import UserError
 from rexsearch.search.settings import SearchSettings
@@ -40,6 +43,30 @@ def is_auth_error(message: str) -> bool:
     return any(k in lowered for k in ("authorization header", "invalidauthtoken", "authentication token"))
 
 
+def package_home() -> Path:
+    """The folder that holds the ``rexsearch`` package this process imported."""
+    import rexsearch
+
+    return Path(rexsearch.__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _in_package_home() -> Iterator[None]:
+    """Run the body with :func:`package_home` as the working directory, then go back.
+
+    ``ray.init`` puts the driver's working directory on every worker's ``sys.path``: a folder
+    named ``rexsearch`` there (the clone's own folder, seen from the folder that holds it) would
+    be imported by the workers as an empty namespace package instead of the installed one, and
+    every trial would die. From the package's own home, the workers import what the driver did.
+    """
+    here = os.getcwd()
+    os.chdir(package_home())
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 def ensure_ray(address: str | None) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), reuse a running Ray, or start a local one.
 
@@ -64,10 +91,11 @@ def ensure_ray(address: str | None) -> bool:
     if address:
         _check_reachable(address)
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(**kwargs)
+        with _in_package_home():
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
         hint = (
