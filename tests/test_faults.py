@@ -87,14 +87,17 @@ def test_worker_node_removed_mid_trial_is_retried(tmp_path):
     assert trials[report["victim"]].user_attrs["node"] != report["worker"]
 
 
-def test_trial_past_timeout_is_stopped_and_failed(tmp_path, cifar_server, monkeypatch):
+def test_trial_past_timeout_is_stopped_and_failed(tmp_path, cifar_server, monkeypatch, capsys):
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
     args = ["run", "--flops-budget", "150M", "--trials", "2", "--epochs", "200", "--train-images", "300"]
     args += ["--val-images", "100", "--batch-size", "50", "--run-dir", str(run_dir), "--cpus-per-trial", "1"]
     # 12 s: past fvcore and the rank even on a loaded machine, far short of 200 epochs
     code = main([*args, "--max-concurrent", "1", "--trial-timeout", "12", "--quiet"])
-    assert code == 0
+    assert code == 1  # nothing completed: not a success
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trial completed (2 ran)" in err[0], err
+    assert "TrialTimeoutError: the trial ran past --trial-timeout 12 s" in err[0], err
     trials = _trials(run_dir)
     assert len(trials) == 2
     for t in trials:
@@ -275,3 +278,37 @@ def test_run_from_a_folder_holding_a_rexsearch_folder_trains(tmp_path):
     with open(run_dir / "trials.csv", newline="") as f:
         states = [row["state"] for row in csv.DictReader(f)]
     assert states == ["COMPLETE"] * 3, (states, out.stderr[-2000:])
+
+
+def test_settings_every_trial_would_refuse_are_refused_first(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["run", "--flops-budget", "100M", "--epochs", "200000", "--run-dir", str(run_dir)])
+    assert code == 2 and not run_dir.exists()
+    err = capsys.readouterr().err
+    assert "--epochs must be at most 100,000" in err and err.count("\n") == 1, err
+
+
+def test_none_completed_names_the_first_failure():
+    import pandas as pd
+
+    from rexsearch.cli.common import none_completed
+
+    def table(rows):
+        return pd.DataFrame(rows, columns=["number", "state", "error", "baseline"])
+
+    ran = table(
+        [
+            (0, "COMPLETE", "", "rexnet-linear"),
+            (1, "COMPLETE", "", "mobilenetv2-stagewise"),
+            (3, "FAIL", "TrialTimeoutError: the trial ran past --trial-timeout 5 s", ""),
+            (2, "PRUNED", "", ""),
+        ]
+    )
+    assert none_completed(ran, "trial") is None  # the baselines completed
+    searched = ran[ran["baseline"] == ""]
+    why = none_completed(searched, "searched trial")
+    assert why.startswith(
+        "no searched trial completed (2 ran); the first failure, trial 3: TrialTimeoutError"
+    )
+    assert none_completed(table([(0, "PRUNED", "", "")]), "trial").endswith("trial 0: pruned")
+    assert none_completed(table([]), "trial") is None  # nothing ran: nothing to say

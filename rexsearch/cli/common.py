@@ -183,3 +183,21 @@ def feasible_budget(
     budget = replace(budget, latency_margin=found.margin)
     check_feasible(space, budget, seed=seed)
     return budget, found
+
+
+def none_completed(table: Any, what: str) -> str | None:
+    """The one-line reason when rows of ``table`` were run and none of them completed, else None.
+
+    ``table`` has ``number``, ``state`` and ``error`` columns (trials.csv, a confirmation's table);
+    the reason names the first failure's cause as the run recorded it.
+    """
+    if table.empty or (table["state"] == "COMPLETE").any():
+        return None
+    first = table.sort_values("number").iloc[0]
+    for _, row in table.sort_values("number").iterrows():
+        if row["error"]:
+            first = row
+            break
+    cause = " ".join(str(first["error"]).split()) or str(first["state"]).lower()
+    cause = cause[:297] + "..." if len(cause) > 300 else cause
+    return f"no {what} completed ({len(table)} ran); the first failure, trial {first['number']}: {cause}"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import positive_int, print_table
+from rexsearch.cli.common import none_completed, positive_int, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +58,10 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     if outcome.interrupted:
         print(f"interrupted; continue with `rexsearch confirm {run_dir}`", file=sys.stderr)
         return 130
+    failure = none_completed(results.confirmation.table, "confirmation training") if outcome.trained else None
+    if failure:
+        print(f"rexsearch: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

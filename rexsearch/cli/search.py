@@ -17,6 +17,7 @@ from rexsearch.cli.common import (
     add_budget_flags,
     budget_from_args,
     feasible_budget,
+    none_completed,
     positive_int,
     print_table,
 )
@@ -447,7 +448,8 @@ def _execute(
             import ray
 
             ray.shutdown()
-    _finish(outcome, settings, *report.result())
+    results, report_line = report.result()
+    _finish(outcome, settings, results, report_line)
     if outcome.interrupted:
         print(
             f"stopped with {outcome.finished}/{outcome.target} trials finished; continue with "
@@ -461,6 +463,13 @@ def _execute(
             "for their errors",
             file=sys.stderr,
         )
+        return 1
+    table = results.table
+    failure = none_completed(table, "trial") or none_completed(
+        table[table["baseline"] == ""], "searched trial"
+    )
+    if failure:
+        print(f"rexsearch: {failure}; see trials.csv", file=sys.stderr)
         return 1
     return 0
 

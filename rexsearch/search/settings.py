@@ -138,6 +138,7 @@ class SearchSettings:
                     f"--val-images must be below CIFAR-100's {CIFAR_TRAIN_IMAGES:,} training images, "
                     f"got {self.val_images:,}"
                 )
+            self._check_trainable()
             split = self.train_split_images
             if self.batch_size > split:
                 raise UserError(
@@ -158,6 +159,18 @@ class SearchSettings:
             raise UserError(
                 "--objectives latency needs a latency budget: --latency-budget T --latency-table FILE"
             )
+
+    def _check_trainable(self) -> None:
+        """Refuse a fidelity that every trial's training would refuse (the trainer's own limits)."""
+        from rexsearch.train import TrainSettings
+
+        try:
+            TrainSettings(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
+        except UserError as exc:
+            name, _, rest = str(exc).partition(" ")
+            raise UserError(
+                f"--{name.replace('_', '-')} {rest}: every trial's training would refuse it"
+            ) from None
 
     @property
     def train_split_images(self) -> int:
