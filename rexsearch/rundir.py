@@ -60,11 +60,32 @@ def sqlite_path(url: str) -> str | None:
 
 
 def resolve_storage(url: str, run_dir: str | Path) -> str:
-    """A run.json storage URL made usable: a relative SQLite path is taken inside ``run_dir``."""
+    """A run.json storage URL made usable: a relative SQLite path is taken inside ``run_dir``.
+
+    What run.json says cannot reach into another run: a relative path that leaves ``run_dir``
+    (``..``), or any SQLite file in another run's directory, is refused (:class:`UserError`),
+    since writing there would bypass that run's lock.
+    """
     path = sqlite_path(url)
-    if path is None or Path(path).is_absolute():
+    if path is None:
         return url
-    return f"sqlite:///{(Path(run_dir).resolve() / path).as_posix()}"
+    home = Path(run_dir).resolve()
+    if Path(path).is_absolute():
+        target = Path(path).resolve()
+    else:
+        target = (home / path).resolve()
+        if not target.is_relative_to(home):
+            raise UserError(
+                f"the run.json of {run_dir} names the SQLite storage {path!r}, which leaves the run "
+                "directory; a relative storage path must stay inside it"
+            )
+    folder = target.parent
+    if folder != home and (folder / RUN_JSON).is_file():
+        raise UserError(
+            f"the run.json of {run_dir} names the SQLite storage {target}, which belongs to the run "
+            f"{folder}; a run cannot use another run's study"
+        )
+    return url if Path(path).is_absolute() else f"sqlite:///{target.as_posix()}"
 
 
 def stored_storage(url: str | None, run_dir: str | Path) -> str:

@@ -124,6 +124,47 @@ def test_a_second_driver_is_refused_naming_the_first(tmp_path, capsys):
     RunLock.acquire(run_dir).release()  # free again once released
 
 
+def test_a_second_run_on_the_same_new_folder_writes_nothing(tmp_path, capsys):
+    """Two `run`s started on one new --run-dir: the second is refused before it writes run.json."""
+    run_dir = tmp_path / "new"
+    run_dir.mkdir()
+    with RunLock.acquire(run_dir):  # the first driver, between taking the lock and writing run.json
+        code = main(["run", "--flops-budget", "200M", "--objectives", "rank", "--run-dir", str(run_dir)])
+        assert code == 2
+        assert f"is in use by process {os.getpid()}" in capsys.readouterr().err
+    assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # no run.json, no study.db
+
+
+@pytest.mark.parametrize("command", [["report"], ["confirm", "--top", "1", "--seeds", "1"]])
+def test_commands_that_write_into_a_run_take_its_lock(tmp_path, capsys, command):
+    run_dir = _make_resumable(tmp_path / "run")
+    before = _listing(run_dir)
+    with RunLock.acquire(run_dir):  # a live resume
+        assert main([command[0], str(run_dir), *command[1:]]) == 2
+        assert "is in use by process" in capsys.readouterr().err
+    after = _listing(run_dir)
+    after.pop(LOCK_FILE, None)
+    before.pop(LOCK_FILE, None)
+    assert after == before
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///../other/study.db", "OTHER_ABSOLUTE"])
+def test_run_json_cannot_point_into_another_runs_study(tmp_path, capsys, storage):
+    other = runfixture.make_run(tmp_path / "other")
+    run_dir = _make_resumable(tmp_path / "run")
+    data = json.loads((run_dir / "run.json").read_text())
+    if storage == "OTHER_ABSOLUTE":
+        storage = f"sqlite:///{other.path.resolve() / 'study.db'}"
+    data["storage"] = storage
+    (run_dir / "run.json").write_text(json.dumps(data))
+    trials = len(other.open_study().trials)
+    for command in (["resume", str(run_dir), "--quiet"], ["report", str(run_dir)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "storage" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert len(other.open_study().trials) == trials
+
+
 def test_a_killed_drivers_lock_is_not_stuck(tmp_path):
     script = "import sys, time; from rexsearch.rundir import RunLock; RunLock.acquire(sys.argv[1]); "
     script += "print('locked', flush=True); time.sleep(300)"
@@ -310,7 +351,7 @@ def test_dashboard_beyond_loopback_warns(tmp_path, capsys, monkeypatch):
         def server_close(self):
             pass
 
-    monkeypatch.setattr("rexsearch.dashboard.dashboard_server", lambda *a: FakeServer())
+    monkeypatch.setattr("rexsearch.dashboard.dashboard_server", lambda *a, **kw: FakeServer())
     assert main(["dashboard", str(tmp_path), "--host", "0.0.0.0"]) == 0
     assert "no authentication" in capsys.readouterr().err
     for host in ("127.0.0.1", "localhost", "::1"):

@@ -43,13 +43,17 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
 
     from rexsearch.report import make_report
     from rexsearch.results import RunResults
+    from rexsearch.rundir import RunLock, load_run
     from rexsearch.search.confirm import confirm
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
     quiet = kw.pop("quiet", False)
-    outcome = confirm(run_dir, top, seeds, epochs, pick, on_event=_event(quiet), **kw)
-    results = RunResults.load(outcome.run)
-    files = make_report(results)
+    # the run's lock from the plan to the rewritten report: beside a live resume or another
+    # confirm of the run this one is refused before it reads or writes anything
+    with RunLock.acquire(load_run(run_dir).path) as lock:
+        outcome = confirm(run_dir, top, seeds, epochs, pick, on_event=_event(quiet), lock=lock, **kw)
+        results = RunResults.load(outcome.run)
+        files = make_report(results)
     print_confirmation(results)
     print(f"verdict: {files.verdict}")
     print(f"report: {files.html}")

@@ -141,8 +141,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from rexsearch.report import make_report
+    from rexsearch.rundir import RunLock, load_run
 
-    files = make_report(args.run_dir)
+    # the report's files are the run's: not rewritten beside a live run, resume or confirm
+    with RunLock.acquire(load_run(args.run_dir).path):
+        files = make_report(args.run_dir)
     print(f"{files.trials} trials")
     print(f"wrote {files.csv}")
     print(f"wrote {files.png}")

@@ -397,7 +397,6 @@ def _execute(
     import optuna
 
     from rexsearch import search
-    from rexsearch.rundir import RunLock
     from rexsearch.storage import check_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -411,8 +410,7 @@ def _execute(
     try:
         resources = search.cluster_resources(settings)
         if new_run:
-            search.start_run(settings, argv)
-            lock = own_lock = RunLock.acquire(settings.run_dir)
+            lock = own_lock = search.begin_run(settings, argv)
         view.event(
             f"run directory: {settings.run_dir}  (Ray: {resources.cpus:g} CPU, "
             f"{resources.gpus:g} GPU, {resources.nodes} node(s); {resources.cpus_per_trial:g} CPU and "
@@ -437,7 +435,13 @@ def _execute(
 
             top, seeds = confirm
             run_confirm(
-                settings.run_dir, top, seeds, address=settings.address, split=split, on_event=view.event
+                settings.run_dir,
+                top,
+                seeds,
+                address=settings.address,
+                split=split,
+                on_event=view.event,
+                lock=lock,
             )
         # the report is written while Ray shuts down (which mostly waits for its processes)
         report = _Background(lambda: _write_report(outcome, settings))

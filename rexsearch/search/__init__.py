@@ -27,7 +27,7 @@ from rexsearch.search.cluster import (
     ensure_ray,
 )
 from rexsearch.search.run import SearchOutcome, estimate_training_seconds, execute, load_split
-from rexsearch.search.settings import SAMPLERS, SearchSettings, settings_from_run, start_run
+from rexsearch.search.settings import SAMPLERS, SearchSettings, begin_run, settings_from_run, start_run
 from rexsearch.search.study import TrialDecoder, check_resumable, prepare_resume, record_outcome, session_seed
 from rexsearch.search.trial import Deadline, TrialJob, TrialTimeoutError, trial_function
 from rexsearch.search.tune import LiveView, Progress, trial_error_message
@@ -43,6 +43,7 @@ __all__ = [
     "TrialDecoder",
     "TrialJob",
     "TrialTimeoutError",
+    "begin_run",
     "check_cluster",
     "check_resources",
     "check_resumable",

@@ -258,15 +258,41 @@ def confirm(
     data_dir: str | None = None,
     split: Any = None,
     on_event: Callable[[str], None] | None = None,
+    lock: Any = None,
 ) -> ConfirmOutcome:
     """Plan and run the confirmation of ``run_dir`` (joining or starting Ray, loading the split when
-    not given); Ray is shut down again only when this call started it."""
-    from rexsearch.rundir import load_run
+    not given); Ray is shut down again only when this call started it.
+
+    The run's lock (:class:`~rexsearch.rundir.RunLock`) is held from the plan to the end: ``lock``
+    when the caller holds it already, else taken here (a live ``resume`` or another ``confirm``
+    of the run refuses this one before it reads or writes anything).
+    """
+    from rexsearch.rundir import RunLock, load_run
+
+    run = load_run(run_dir)
+    own = RunLock.acquire(run.path) if lock is None else None
+    try:
+        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event)
+    finally:
+        if own is not None:
+            own.release()
+
+
+def _confirm(
+    run: Any,
+    top: int,
+    seeds: int,
+    epochs: int | None,
+    pick: str | None,
+    address: str | None,
+    data_dir: str | None,
+    split: Any,
+    on_event: Callable[[str], None] | None,
+) -> ConfirmOutcome:
     from rexsearch.search.cluster import ensure_ray
     from rexsearch.search.run import load_split
     from rexsearch.search.settings import settings_from_run
 
-    run = load_run(run_dir)
     confirm_plan = plan(RunResults.load(run), top, seeds, epochs, pick)
     settings = settings_from_run(run, address=address, data_dir=data_dir)
     if on_event:

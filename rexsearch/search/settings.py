@@ -14,9 +14,11 @@ from rexsearch.files import os_error_message
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
 from rexsearch.rundir import (
     LATENCY_TABLE,
+    LOCK_FILE,
     RAY_DIR,
     RUN_JSON,
     RunInfo,
+    RunLock,
     resolve_storage,
     sqlite_url,
     stored_storage,
@@ -138,13 +140,13 @@ class SearchSettings:
                     f"--val-images must be below CIFAR-100's {CIFAR_TRAIN_IMAGES:,} training images, "
                     f"got {self.val_images:,}"
                 )
-            self._check_trainable()
             split = self.train_split_images
             if self.batch_size > split:
                 raise UserError(
                     f"--batch-size {self.batch_size:,} is larger than the training split "
                     f"({split:,} images); give at most {split:,}"
                 )
+            self._check_trainable()
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise UserError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -211,9 +213,8 @@ def _versions() -> dict[str, str]:
     }
 
 
-def start_run(settings: SearchSettings, argv: list[str]) -> Path:
-    """Validate a new run and create its directory with run.json (nothing else is written)."""
-    run_dir = Path(settings.run_dir)
+def _check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a ``--run-dir`` that is a file, holds a run, or holds anything but a run lock."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; give a directory (new or empty)")
     if (run_dir / RUN_JSON).exists():
@@ -221,8 +222,20 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
             f"{run_dir} already holds a run; continue it with `rexsearch resume {run_dir}` "
             "or choose another --run-dir"
         )
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise UserError(f"{run_dir} exists and is not empty; choose another --run-dir")
+
+
+def begin_run(settings: SearchSettings, argv: list[str]) -> RunLock:
+    """Validate a new run, create its directory, take its lock, then write run.json; the caller
+    holds the returned lock for the run and releases it.
+
+    Everything that can refuse the run is checked before the directory is made; the directory is
+    checked again once the lock is held, so of two drivers started on the same new ``--run-dir``
+    the second is refused before it writes anything.
+    """
+    run_dir = Path(settings.run_dir)
+    _check_new_run_dir(run_dir)
     if settings.storage:  # a shared database may already hold a study of that name
         names = {s.study_name for s in open_storage(settings.storage).get_all_studies()}
         if settings.study_name in names:
@@ -237,10 +250,25 @@ def start_run(settings: SearchSettings, argv: list[str]) -> Path:
     }
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded)
     except OSError as exc:
         raise UserError(os_error_message(exc, run_dir, "create the run directory")) from None
-    return run_dir
+    lock = RunLock.acquire(run_dir)
+    try:
+        _check_new_run_dir(run_dir)
+        _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded)
+    except OSError as exc:
+        lock.release()
+        raise UserError(os_error_message(exc, run_dir, "create the run directory")) from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def start_run(settings: SearchSettings, argv: list[str]) -> Path:
+    """:func:`begin_run` for a caller that takes the run's lock later (or not at all)."""
+    begin_run(settings, argv).release()
+    return Path(settings.run_dir)
 
 
 def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[str], recorded: dict) -> None:
