@@ -570,27 +570,71 @@ def channel_study_figure(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _write(
-    df: pd.DataFrame, fig: go.Figure, out_dir: str | Path, stem: str, columns: Sequence[str]
-) -> tuple[Path, Path]:
+STUDY_STEMS = {"blocks": "rank_study", "channels": "channel_study"}
+
+
+def study_files(out_dir: str | Path, study: str, protocol: str) -> tuple[Path, Path]:
+    """The CSV and HTML files a study (``blocks`` or ``channels``) under ``protocol`` writes."""
+    stem = f"{STUDY_STEMS[study]}_{protocol}"
     out = Path(out_dir)
+    return out / f"{stem}.csv", out / f"{stem}.html"
+
+
+def check_out(out_dir: str | Path, study: str, protocol: str, force: bool = False) -> None:
+    """Refuse, before a study is computed, an ``--out`` that is a file, or that holds this study's
+    files already (an earlier study) unless ``force``; what is there that is not a plain file
+    (a folder, a link) is refused even with ``force``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    for path in study_files(out, study, protocol):
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UserError(f"--out {out} holds {path.name}, which is not a plain file; choose another --out")
+        if path.exists() and not force:
+            raise UserError(
+                f"--out {out} already holds {path.name} (an earlier study); pass --force to replace it "
+                "or choose another --out"
+            )
+
+
+def _write(
+    df: pd.DataFrame, fig: go.Figure, paths: tuple[Path, Path], columns: Sequence[str]
+) -> tuple[Path, Path]:
+    """Write both files in a fresh folder inside ``--out``, then rename each into place: a reader
+    never sees half a file, and a link planted at either name is replaced, never followed."""
+    import shutil
+    import tempfile
+
+    csv_path, html_path = paths
+    out = csv_path.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
-        csv_path, html_path = out / f"{stem}.csv", out / f"{stem}.html"
-        df.to_csv(csv_path, index=False, columns=list(columns), float_format="%.6g")
-        fig.write_html(html_path, include_plotlyjs=True, full_html=True)
+        staging = Path(tempfile.mkdtemp(prefix=".rank-study-", dir=out))
+        try:
+            df.to_csv(staging / csv_path.name, index=False, columns=list(columns), float_format="%.6g")
+            fig.write_html(staging / html_path.name, include_plotlyjs=True, full_html=True)
+            for path in paths:
+                (staging / path.name).replace(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise UserError(f"cannot write the rank study to {out}: {exc.strerror or exc}") from None
     return csv_path, html_path
 
 
-def write_rank_study(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``rank_study_<protocol>.csv`` and a self-contained ``.html`` into ``out_dir``."""
+def write_rank_study(df: pd.DataFrame, out_dir: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """Write ``rank_study_<protocol>.csv`` and a self-contained ``.html`` into ``out_dir``
+    (see :func:`check_out` for ``force``)."""
     protocol = df.attrs.get("settings", {}).get("protocol", DEFAULT_PROTOCOL)
-    return _write(df, rank_study_figure(df), out_dir, f"rank_study_{protocol}", CSV_COLUMNS)
+    check_out(out_dir, "blocks", protocol, force)
+    paths = study_files(out_dir, "blocks", protocol)
+    return _write(df, rank_study_figure(df), paths, CSV_COLUMNS)
 
 
-def write_channel_study(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``channel_study_<protocol>.csv`` and a self-contained ``.html`` into ``out_dir``."""
+def write_channel_study(df: pd.DataFrame, out_dir: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """Write ``channel_study_<protocol>.csv`` and a self-contained ``.html`` into ``out_dir``
+    (see :func:`check_out` for ``force``)."""
     protocol = df.attrs.get("settings", {}).get("protocol", DEFAULT_PROTOCOL)
-    return _write(df, channel_study_figure(df), out_dir, f"channel_study_{protocol}", CHANNEL_COLUMNS)
+    check_out(out_dir, "channels", protocol, force)
+    paths = study_files(out_dir, "channels", protocol)
+    return _write(df, channel_study_figure(df), paths, CHANNEL_COLUMNS)

@@ -143,10 +143,10 @@ def test_cli_rank_study_quick_writes_csv_and_offline_html(tmp_path, capsys):
 def test_write_rank_study_into_a_file_is_a_user_error(tmp_path, quick_batchnorm, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="cannot write"):
+    with pytest.raises(UserError, match="is a file"):
         write_rank_study(quick_batchnorm, blocker)
     assert main(["rank-study", "--quick", "--networks", "1", "--out", str(blocker)]) == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert "is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["rank-study", "--protocol", "exact", "--out", str(tmp_path)])
     assert exc.value.code == 2
@@ -159,3 +159,27 @@ def test_study_nonlinearities_are_not_in_place():
         f(z)
         assert torch.equal(z, before), name
     assert torch.equal(STUDY_NONLINEARITIES["leaky_relu"](z), F.leaky_relu(z, 0.01))
+
+
+def test_rank_study_never_overwrites_or_follows_links_without_force(tmp_path, quick_batchnorm, capsys):
+    out = tmp_path / "study"
+    write_rank_study(quick_batchnorm, out)
+    csv_path = out / "rank_study_batchnorm.csv"
+    before = csv_path.read_bytes()
+    args = ["rank-study", "--quick", "--protocol", "batchnorm", "--networks", "1", "--out", str(out)]
+    assert main(args) == 2  # refused before computing anything
+    err = capsys.readouterr().err
+    assert "already holds rank_study_batchnorm.csv" in err and "--force" in err
+    assert csv_path.read_bytes() == before
+    assert main([*args, "--force"]) == 0
+    assert csv_path.read_bytes() != before  # 1 network per point, not the fixture's
+    assert sorted(p.name for p in out.iterdir()) == ["rank_study_batchnorm.csv", "rank_study_batchnorm.html"]
+    # a link planted at the study's name, to a file outside: refused even with --force, never followed
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    csv_path.unlink()
+    csv_path.symlink_to(outside)
+    capsys.readouterr()
+    assert main([*args, "--force"]) == 2
+    assert "not a plain file" in capsys.readouterr().err
+    assert outside.read_text() == "keep"

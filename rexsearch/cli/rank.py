@@ -18,6 +18,7 @@ from rexsearch.rank_study import (
     PROTOCOLS,
     QUICK_NETWORKS,
     STUDY_NETWORKS,
+    check_out,
     run_channel_study,
     run_rank_study,
     write_channel_study,
@@ -141,6 +142,9 @@ the expand layers. Writes DIR/channel_study_PROTOCOL.csv and .html.
         help=f"rank tolerance (default: {PAPER_RTOL:.2g} for paper, {RTOL} for batchnorm)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace this study's files from an earlier run in --out"
+    )
     p.set_defaults(handler=cmd_rank_study)
 
 
@@ -196,6 +200,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_rank_study(args: argparse.Namespace) -> int:
+    check_out(args.out, args.study, args.protocol, args.force)  # before minutes of computing
     start = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -217,7 +222,7 @@ def cmd_rank_study(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             rtol=args.rtol,
         )
-        csv_path, html_path = write_channel_study(df, args.out)
+        csv_path, html_path = write_channel_study(df, args.out, args.force)
     else:
         df = run_rank_study(
             args.networks,
@@ -227,7 +232,7 @@ def cmd_rank_study(args: argparse.Namespace) -> int:
             rtol=args.rtol,
             protocol=args.protocol,
         )
-        csv_path, html_path = write_rank_study(df, args.out)
+        csv_path, html_path = write_rank_study(df, args.out, args.force)
     settings = df.attrs["settings"]
     print(f"wrote {csv_path} and {html_path}")
     print(
