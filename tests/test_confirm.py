@@ -3,6 +3,8 @@ and one real run with ``--confirm`` on a local Ray (then ``confirm`` again: noth
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import runfixture
 
@@ -122,3 +124,72 @@ def test_run_with_confirm_on_ray(tmp_path, cifar_server, monkeypatch, capsys):
     assert main(["confirm", str(run_dir), "--top", "1", "--seeds", "2", "--quiet"]) == 0
     assert len(confirm_study(results.run).get_trials()) == expected
     assert "confirmation:" not in capsys.readouterr().out
+
+
+CONFIRM_SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from rexsearch.cli import main
+    from rexsearch.search import trial as trial_mod
+
+    real = trial_mod.trial_function
+
+    def slow_trial(tune_config, split=None, job=None):
+        time.sleep(3)  # a window to be stopped while trainings run
+        real(tune_config, split, job)
+
+    trial_mod.trial_function = slow_trial  # confirm imports it when it runs
+    sys.exit(main(["confirm", sys.argv[1], "--top", "1", "--seeds", "3", "--quiet"]))
+    """
+)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sigterm_stops_confirm_like_a_run(tmp_path, cifar_server, monkeypatch, capsys):
+    """SIGTERM mid-confirmation: exit 143, no stack dump, finished trainings kept, none left
+    running, and the output says the verdict is incomplete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    from conftest import study_counts
+
+    monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    args = ["--flops-budget", "60M", "--trials", "3", "--epochs", "1", "--train-images", "200"]
+    args += ["--val-images", "100", "--batch-size", "50", "--cpus-per-trial", "1", "--quiet"]
+    assert main(["run", *args, "--run-dir", str(run_dir)]) == 0
+    searched = study_counts(run_dir / "study.db")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONFIRM_SIGTERM_SCRIPT, str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            counts = study_counts(run_dir / "study.db")
+            if counts.get("RUNNING", 0) >= 1 and sum(counts.values()) > sum(searched.values()):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"confirm ended before SIGTERM: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("confirm started no training")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]
+    assert "the verdict above is incomplete" in err and f"rexsearch confirm {run_dir}" in err
+    trials = confirm_study(RunResults.load(run_dir).run).get_trials()
+    assert trials and not [t for t in trials if t.state.name == "RUNNING"]

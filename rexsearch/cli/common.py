@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -201,3 +203,26 @@ def none_completed(table: Any, what: str) -> str | None:
     cause = " ".join(str(first["error"]).split()) or str(first["state"]).lower()
     cause = cause[:297] + "..." if len(cause) > 300 else cause
     return f"no {what} completed ({len(table)} ran); the first failure, trial {first['number']}: {cause}"
+
+
+class Termination:
+    """SIGTERM handled like Ctrl-C: Ray Tune's SIGINT handler stops the session cleanly.
+
+    Install it after ``ray.init`` (which installs its own handler); ``received`` tells a
+    command to exit 143 instead of 130.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    @property
+    def exit_code(self) -> int:
+        """130 for Ctrl-C, 143 (128 + SIGTERM) for SIGTERM."""
+        return 128 + signal.SIGTERM if self.received else 130

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import none_completed, positive_int, print_table
+from rexsearch.cli.common import Termination, none_completed, positive_int, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,8 +50,19 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     quiet = kw.pop("quiet", False)
     # the run's lock from the plan to the rewritten report: beside a live resume or another
     # confirm of the run this one is refused before it reads or writes anything
+    termination = Termination()
     with RunLock.acquire(load_run(run_dir).path) as lock:
-        outcome = confirm(run_dir, top, seeds, epochs, pick, on_event=_event(quiet), lock=lock, **kw)
+        outcome = confirm(
+            run_dir,
+            top,
+            seeds,
+            epochs,
+            pick,
+            on_event=_event(quiet),
+            lock=lock,
+            on_ray=termination.install,
+            **kw,
+        )
         results = RunResults.load(outcome.run)
         files = make_report(results)
     print_confirmation(results)
@@ -60,8 +71,12 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     if outcome.trained:
         print(f"confirmation: {outcome.trained} trainings in {outcome.seconds:.0f} s")
     if outcome.interrupted:
-        print(f"interrupted; continue with `rexsearch confirm {run_dir}`", file=sys.stderr)
-        return 130
+        print(
+            f"interrupted after {outcome.trained} of {len(outcome.plan.todo)} trainings: the verdict above "
+            f"is incomplete; continue with `rexsearch confirm {run_dir}`",
+            file=sys.stderr,
+        )
+        return termination.exit_code
     failure = none_completed(results.confirmation.table, "confirmation training") if outcome.trained else None
     if failure:
         print(f"rexsearch: {failure}", file=sys.stderr)

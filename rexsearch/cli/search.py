@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from rexsearch.cli import command_help
 from rexsearch.cli.common import (
+    Termination,
     add_budget_flags,
     budget_from_args,
     feasible_budget,
@@ -369,20 +369,6 @@ def _resume(
         lock.release()
 
 
-class _Termination:
-    """SIGTERM handled like Ctrl-C: Ray Tune's SIGINT handler stops the session cleanly."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self)  # after ray.init, which installs its own
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.received = True
-        os.kill(os.getpid(), signal.SIGINT)
-
-
 def _execute(
     settings,
     view: _LiveView,
@@ -403,7 +389,7 @@ def _execute(
 
     check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
     split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
-    termination = _Termination()
+    termination = Termination()
     started = search.ensure_ray(settings.address)
     termination.install()
     own_lock = None
@@ -460,7 +446,7 @@ def _execute(
             f"`rexsearch resume {settings.run_dir}`",
             file=sys.stderr,
         )
-        return 128 + signal.SIGTERM if termination.received else 130
+        return termination.exit_code
     if outcome.stopped_by_failures:
         print(
             f"stopped after {settings.max_failures} failed trials (--max-failures); see trials.csv "

@@ -244,7 +244,9 @@ def execute_confirm(
         run_config=run_config(settings, "confirm", [recorder]),
     )
     interrupted = fit(tuner)
-    fail_running(study)
+    # Tune's own SIGINT handler ends fit() normally after stopping the session: trainings it never
+    # finished (running ones are left RUNNING, pending ones never started) mean an interruption
+    interrupted = fail_running(study) > 0 or recorder.done < len(confirm_plan.todo) or interrupted
     return ConfirmOutcome(run, confirm_plan, recorder.done, time.monotonic() - start, interrupted)
 
 
@@ -259,20 +261,22 @@ def confirm(
     split: Any = None,
     on_event: Callable[[str], None] | None = None,
     lock: Any = None,
+    on_ray: Callable[[], None] | None = None,
 ) -> ConfirmOutcome:
     """Plan and run the confirmation of ``run_dir`` (joining or starting Ray, loading the split when
     not given); Ray is shut down again only when this call started it.
 
     The run's lock (:class:`~rexsearch.rundir.RunLock`) is held from the plan to the end: ``lock``
     when the caller holds it already, else taken here (a live ``resume`` or another ``confirm``
-    of the run refuses this one before it reads or writes anything).
+    of the run refuses this one before it reads or writes anything). ``on_ray`` is called once
+    Ray is up (a command installs its SIGTERM handler there, after Ray's own).
     """
     from rexsearch.rundir import RunLock, load_run
 
     run = load_run(run_dir)
     own = RunLock.acquire(run.path) if lock is None else None
     try:
-        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event)
+        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event, on_ray)
     finally:
         if own is not None:
             own.release()
@@ -288,6 +292,7 @@ def _confirm(
     data_dir: str | None,
     split: Any,
     on_event: Callable[[str], None] | None,
+    on_ray: Callable[[], None] | None,
 ) -> ConfirmOutcome:
     from rexsearch.search.cluster import ensure_ray
     from rexsearch.search.run import load_split
@@ -306,6 +311,8 @@ def _confirm(
         return ConfirmOutcome(run, confirm_plan, 0, 0.0, False)
     split = split if split is not None else load_split(settings)
     started = ensure_ray(settings.address)
+    if on_ray:
+        on_ray()
     try:
         return execute_confirm(settings, confirm_plan, split, on_event)
     finally:
