@@ -101,6 +101,19 @@ def stored_storage(url: str | None, run_dir: str | Path) -> str:
     return strip_password(url)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether ``path`` starts with SQLite's header: opening anything else would write a fresh
+    schema into it (a 0-byte file) or fail deep inside SQLAlchemy."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What run.json says about a run."""
@@ -222,6 +235,11 @@ class RunInfo:
             raise UserError(
                 f"the study database {path} of the run {self.path} is missing; is {self.path} a complete "
                 "run (was study.db deleted or left behind when the folder was copied)?"
+            )
+        if path is not None and not _is_sqlite_file(Path(path)):
+            raise UserError(
+                f"the study database {path} of the run {self.path} is not a SQLite database (empty or "
+                "damaged); restore it from a copy of the run"
             )
         return open_storage(self.storage_url)
 

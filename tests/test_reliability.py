@@ -65,6 +65,23 @@ def test_report_and_dashboard_never_create_an_empty_study(tmp_path, capsys):
     assert not (run.path / "study.db").exists()
 
 
+def test_reading_a_zero_byte_study_writes_nothing_into_it(tmp_path, capsys):
+    run_dir = _make_resumable(tmp_path / "run")
+    (run_dir / "study.db").write_bytes(b"")
+    out = tmp_path / "out"
+    for command in (
+        ["report", str(run_dir)],
+        ["dashboard", str(run_dir), "--port", "0"],
+        ["export", str(run_dir), "--trial", "best", "--out", str(out)],
+        ["resume", str(run_dir), "--quiet"],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "is not a SQLite database" in err and "Traceback" not in err, (command, err)
+        assert (run_dir / "study.db").stat().st_size == 0, command
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("damage", ["missing", "renamed", "empty"])
 def test_resume_of_a_run_without_its_study_is_refused_and_writes_nothing(tmp_path, capsys, damage):
     import optuna
@@ -199,6 +216,8 @@ def test_session_seed():
         (["--resolution", "16"], "--resolution must be at least 32"),
         (["--flops-budget", "500G"], "the largest reachable cost is about"),
         (["--flops-budget", "1e400"], "too large"),
+        (["--study-name", ""], "--study-name must be a non-empty printable name"),
+        (["--study-name", "other-run-confirm"], "names the confirmation study of the run 'other-run'"),
     ],
 )
 def test_bad_flags_exit_2_before_run_json(tmp_path, capsys, args, message):

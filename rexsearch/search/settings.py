@@ -11,7 +11,7 @@ from typing import Any
 from rexsearch import __version__
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
-from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
+from rexsearch.results import CONFIRM_SUFFIX, DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
 from rexsearch.rundir import (
     LATENCY_TABLE,
     LOCK_FILE,
@@ -115,6 +115,17 @@ class SearchSettings:
         if self.rank_protocol not in RANK_PROTOCOLS:
             raise UserError(
                 f"--rank-protocol must be one of {', '.join(RANK_PROTOCOLS)}, got {self.rank_protocol!r}"
+            )
+        name = self.study_name
+        if not name or name != name.strip() or len(name) > 200 or not name.isprintable():
+            raise UserError(
+                f"--study-name must be a non-empty printable name of at most 200 characters without "
+                f"leading or trailing spaces, got {name[:60]!r}"
+            )
+        if name.endswith(CONFIRM_SUFFIX):
+            raise UserError(
+                f"--study-name must not end with {CONFIRM_SUFFIX!r}: that names the confirmation study "
+                f"of the run {name[: -len(CONFIRM_SUFFIX)]!r}; choose another name"
             )
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
