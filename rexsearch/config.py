@@ -12,13 +12,12 @@ import json
 import math
 import re
 import reprlib
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from rexsearch.errors import ConfigError
-from rexsearch.files import write_text_atomic
+from rexsearch.files import loads_json, read_text_file, write_text_atomic
 
 FORMAT = "rexsearch.config/1"
 
@@ -321,26 +320,13 @@ class ReXNetConfig:
             raise ConfigError(
                 f"the config has {len(text):,} characters; a config is at most {MAX_JSON_CHARS:,}"
             )
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-        except RecursionError:
-            raise ConfigError("the JSON is nested too deeply to be a config") from None
-        except ValueError:  # an integer longer than Python reads from text
-            raise ConfigError(
-                f"the JSON holds an integer of more than {sys.get_int_max_str_digits():,} digits; "
-                "no config value needs that many"
-            ) from None
-        return cls.from_dict(data)
+        return cls.from_dict(loads_json(text, "the config", ConfigError))
 
     @classmethod
     def load(cls, path: str | Path) -> ReXNetConfig:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        # a little over the character cap in bytes: from_json then names the length
+        text = read_text_file(path, "config file", 4 * MAX_JSON_CHARS, ConfigError)
         try:
             return cls.from_json(text)
         except ConfigError as exc:

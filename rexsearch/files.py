@@ -55,3 +55,46 @@ def os_error_message(exc: OSError, path: str | Path | None = None, doing: str = 
     if exc.errno == errno.ENOTDIR:
         return f"cannot {doing}: {where} (or a folder above it) is a file, not a directory"
     return f"cannot {doing} at {where}: {exc.strerror or exc}"
+
+
+def read_text_file(path: str | Path, what: str, max_bytes: int, error: type[Exception] | None = None) -> str:
+    """The UTF-8 text of ``path``; a file that cannot be read, is larger than ``max_bytes`` or is
+    not UTF-8 raises ``error`` (a :class:`~rexsearch.errors.UserError` by default) in one line
+    naming ``what`` and the path."""
+    from rexsearch.errors import UserError
+
+    error = error or UserError
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise error(f"{what} {path} is larger than {max_bytes:,} bytes; it cannot be a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); is it the right file?") from None
+
+
+def loads_json(text: str, what: str, error: type[Exception] | None = None) -> object:
+    """``json.loads(text)`` with every way text can fail to be JSON a one-line ``error``: a syntax
+    error (with its line and column), nesting too deep, an integer longer than Python reads."""
+    import json
+    import sys
+
+    from rexsearch.errors import UserError
+
+    error = error or UserError
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply") from None
+    except ValueError:  # an integer longer than Python reads from text
+        raise error(
+            f"{what} holds an integer of more than {sys.get_int_max_str_digits():,} digits; "
+            "no value needs that many"
+        ) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rexsearch.errors import UserError
-from rexsearch.files import write_text_atomic
+from rexsearch.files import loads_json, read_text_file, write_text_atomic
 
 RUN_FORMAT = "rexsearch.run/1"
 RUN_JSON = "run.json"
@@ -27,6 +27,8 @@ TRIALS_CSV = "trials.csv"
 REPORT_HTML = "report.html"
 PARETO_PNG = "pareto.png"
 LOCK_FILE = "driver.lock"
+#: run.json is a few kilobytes (its latency calibration a few hundred); anything far larger is not one.
+MAX_RUN_JSON_BYTES = 16 * 2**20
 #: The run's copy of its latency table (runs with a latency budget): resume and reports read it.
 LATENCY_TABLE = "latency-table.json"
 
@@ -266,10 +268,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise UserError(f"no run directory at {path}")
     if not meta.is_file():
         raise UserError(f"{path} is not a rexsearch run directory: {RUN_JSON} is missing")
-    try:
-        data = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {meta}: {exc}") from None
+    data = loads_json(read_text_file(meta, RUN_JSON, MAX_RUN_JSON_BYTES), str(meta))
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise UserError(f"{meta} is not a {RUN_FORMAT} file")
     _check_keys(meta, data)

@@ -84,7 +84,7 @@ def test_validation_names_field_and_value(mutate, message):
 def test_invalid_json_file(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad\.json: the config is not valid JSON"):
         ReXNetConfig.load(path)
 
 
@@ -121,10 +121,10 @@ _TINY_JSON = '{"blocks": [{"in_channels": 32, "out_channels": 16}]'
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"blocks": ' + "[" * 100_000 + "]" * 100_000 + "}", "the JSON is nested too deeply to be a config"),
+        ('{"blocks": ' + "[" * 100_000 + "]" * 100_000 + "}", "the config is nested too deeply"),
         (
             '{"blocks": [{"in_channels": 32, "out_channels": 1' + "0" * 5000 + "}]}",
-            "the JSON holds an integer of more than 4,300 digits; no config value needs that many",
+            "the config holds an integer of more than 4,300 digits; no value needs that many",
         ),
         (
             _TINY_JSON + ', "num_classes": 1' + "0" * 4000 + "}",

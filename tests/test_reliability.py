@@ -241,6 +241,30 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"format": "\xff"}', "is not UTF-8 text (byte 12)"),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "is nested too deeply"),
+        (b'{"seed": ' + b"9" * 5000 + b"}", "holds an integer of more than"),
+        (b'{"seed": 1', "is not valid JSON"),
+    ],
+)
+def test_unreadable_run_json_and_configs_exit_2(tmp_path, capsys, content, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_bytes(content)
+    (tmp_path / "config.json").write_bytes(content)
+    for command in (
+        ["report", str(run_dir)],
+        ["resume", str(run_dir)],
+        ["cost", "--config", str(tmp_path / "config.json")],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "internal error" not in err, (command, err)
+
+
+@pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda d: d.pop("study_name"), "lacks the key 'study_name'"),
