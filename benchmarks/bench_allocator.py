@@ -24,8 +24,9 @@ CHILD = "REXSEARCH_BENCH_ALLOCATOR_CHILD"
 
 def child(steady: bool) -> dict[str, float]:
     import rexsearch.allocator as alloc
-    from rexsearch.latency import calibration_networks, environment, measure_latency
+    from rexsearch.latency import environment, measure_latency
     from rexsearch.principles import get_preset
+    from rexsearch.space import calibration_networks
 
     if steady:
         assert alloc.steady_allocator(), "glibc's mallopt is not available here"

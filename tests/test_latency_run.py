@@ -112,7 +112,7 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
     import types
 
     import rexsearch.cli.search as cli_search
-    import rexsearch.latency as latency
+    import rexsearch.latency.margin as margin_module
     from rexsearch.search import settings_from_run, start_run
 
     table = load_table(table_file)
@@ -128,7 +128,7 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setattr(latency, "measure_latency", slower)
+    monkeypatch.setattr(margin_module, "measure_latency", slower)
     monkeypatch.setattr(cli_search, "_execute", execute)
     monkeypatch.setattr(cli_search, "_say_drift", lambda budget, view: None)  # times networks too
     budget = ["--latency-budget", f"{budget_ms}ms", "--latency-table", str(table_file), "--resolution", RES]

@@ -23,7 +23,7 @@ from rexsearch.cli.common import (
 from rexsearch.cost import format_count
 from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
-from rexsearch.space import SPACES_DIR, Budget, load_space
+from rexsearch.space import Budget, load_space, shipped_space_names
 
 #: The largest batch the CPU speed probe trains (its images/s barely change above it), and its
 #: timings: one warm-up step, then the median of three one-step timings (about 2 s for
@@ -43,7 +43,7 @@ def _float(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    shipped = ", ".join(shipped_space_names())
     p = sub.add_parser(
         "run",
         help=command_help("run"),
