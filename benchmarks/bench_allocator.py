@@ -31,7 +31,7 @@ def child(steady: bool) -> dict[str, float]:
     if steady:
         assert alloc.steady_allocator(), "glibc's mallopt is not available here"
     else:
-        alloc._ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
+        alloc.ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
     env = environment("cpu", "torch", 1)
     ref = get_preset("rexnet-1.0")
     out = {}

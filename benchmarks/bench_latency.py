@@ -42,6 +42,7 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
+from rexsearch.bench import share_verdict
 from rexsearch.cli.common import positive_int
 from rexsearch.cost import count_cost
 from rexsearch.latency import (
@@ -67,7 +68,7 @@ from rexsearch.space import (
     calibration_shapes,
     load_space,
 )
-from rexsearch.stats import quantile, share_interval, share_verdict
+from rexsearch.stats import quantile, share_interval
 
 #: Measured just before every evaluation network: how fast the machine is at that moment.
 REFERENCE = "rexnet-1.0"

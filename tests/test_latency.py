@@ -486,8 +486,8 @@ def test_measurement_keeps_the_allocator_steady(space, monkeypatch):
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         measure_latency(_shapes(space, 1)[0], RES, threads=1, warmup=1, repeats=1)
-        assert lat._ALLOCATOR_STEADY and steady_allocator()
-    monkeypatch.setattr(lat, "_ALLOCATOR_STEADY", False)
+        assert lat.ALLOCATOR_STEADY and steady_allocator()
+    monkeypatch.setattr(lat, "ALLOCATOR_STEADY", False)
     monkeypatch.setattr(lat.platform, "system", lambda: "Darwin")
     assert steady_allocator() is False  # elsewhere a no-op
 

@@ -119,6 +119,7 @@ def config_segments(
     out.append((("head", hw, last, pen, config.activation, config.num_classes), head))
     return out
 
+
 #: Operator kinds the correction weighs separately, in the order of
 #: :meth:`~rexsearch.latency.LatencyTable.components` (which then gives the operator count,
 #: the millions of weights and the millions of converted elements, at these indices).
