@@ -279,7 +279,7 @@ def add_confirmation(
     ``accuracies`` maps a label (``trial-N`` for searched trial N, in pick order, or a baseline's
     name) to one accuracy per seed; seeds are the run's seed + 1, + 2, ...
     """
-    from rexsearch.results import confirm_study
+    from rexsearch.confirmation import confirm_study
 
     study = confirm_study(info, create=True)
     trials = {t.number: t for t in info.open_study().get_trials()}
