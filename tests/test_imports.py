@@ -31,11 +31,16 @@ print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted(sys.mod
 """
 
 
-def _probe(*argv: str) -> dict:
+def _python(code: str, *argv: str) -> str:
+    """The standard output of ``code`` run by a fresh interpreter (stripped)."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, check=True
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout.strip()
+
+
+def _probe(*argv: str) -> dict:
+    return json.loads(_python(_PROBE, *argv).splitlines()[-1])
 
 
 @pytest.mark.parametrize("argv", [("--version",), ("--help",), ("run", "--help"), ("presets",)])
@@ -56,10 +61,7 @@ def test_import_rexsearch_is_cheap_and_load_model_is_lazy():
         "import sys, rexsearch; before = {m.split('.')[0] for m in sys.modules}; "
         "f = rexsearch.load_model; print(sorted(before & {'torch', 'ray', 'plotly'}), callable(f))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "[] True"
+    assert _python(code) == "[] True"
 
 
 def test_every_command_parses_with_the_full_parser():
@@ -211,7 +213,4 @@ def test_space_never_imports_latency():
         "import sys, rexsearch.space; "
         "print(sorted(m for m in sys.modules if m.startswith('rexsearch.latency') or m == 'torch'))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "[]"
+    assert _python(code) == "[]"

@@ -167,35 +167,31 @@ def _narrowest(space: Space, values: Mapping[str, Any], multiple: int | None) ->
     return None
 
 
+def _narrowest_configs(space: Space, budget: Budget, samples: int, seed: int) -> list[ReXNetConfig]:
+    """The narrowest valid configs of ``samples`` seeded random shapes of ``space`` (a shape
+    without one is left out); a UserError when none has one."""
+    rng = random.Random(seed)
+    drawn = (space.suggest(RandomTrial(rng)) for _ in range(samples))
+    configs = [c for c in (_narrowest(space, v, budget.channel_multiple) for v in drawn) if c is not None]
+    if not configs:
+        raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
+    return configs
+
+
 def smallest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
     """The smallest cost over ``samples`` random shapes of ``space`` at the narrowest width."""
-    rng = random.Random(seed)
-    best: Cost | None = None
-    for _ in range(samples):
-        cfg = _narrowest(space, space.suggest(RandomTrial(rng)), budget.channel_multiple)
-        if cfg is None:
-            continue
-        c = count_cost(cfg, budget.resolution)
-        if best is None or (c.macs, c.params) < (best.macs, best.params):
-            best = c
-    if best is None:
-        raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
-    return best
+    costs = (count_cost(cfg, budget.resolution) for cfg in _narrowest_configs(space, budget, samples, seed))
+    return min(costs, key=lambda c: (c.macs, c.params))
 
 
 def smallest_reachable_latency(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> float:
     """The smallest predicted latency (ms) over ``samples`` random shapes at the narrowest width."""
-    if budget.latency_table is None:
+    table = budget.latency_table
+    if table is None:
         raise UserError("the smallest reachable latency needs a budget with a latency table")
-    rng = random.Random(seed)
-    best = math.inf
-    for _ in range(samples):
-        cfg = _narrowest(space, space.suggest(RandomTrial(rng)), budget.channel_multiple)
-        if cfg is not None:
-            best = min(best, budget.latency_table.predict(cfg, budget.resolution))
-    if best == math.inf:
-        raise UserError(f"the space {space.name!r} yields no valid network at its narrowest width")
-    return best
+    return min(
+        table.predict(cfg, budget.resolution) for cfg in _narrowest_configs(space, budget, samples, seed)
+    )
 
 
 def largest_reachable(space: Space, budget: Budget, samples: int = 200, seed: int = 0) -> Cost:
