@@ -24,13 +24,14 @@ CHILD = "REXSEARCH_BENCH_ALLOCATOR_CHILD"
 
 def child(steady: bool) -> dict[str, float]:
     import rexsearch.allocator as alloc
-    from rexsearch.latency import calibration_networks, environment, measure_latency
+    from rexsearch.latency import environment, measure_latency
     from rexsearch.principles import get_preset
+    from rexsearch.space import calibration_networks
 
     if steady:
         assert alloc.steady_allocator(), "glibc's mallopt is not available here"
     else:
-        alloc._ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
+        alloc.ALLOCATOR_STEADY = True  # measure with glibc's defaults: skip the mallopt call
     env = environment("cpu", "torch", 1)
     ref = get_preset("rexnet-1.0")
     out = {}

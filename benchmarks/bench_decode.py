@@ -1,7 +1,7 @@
 """Decoding draws of every shipped space into a MACs budget, with widths on a channel multiple.
 
 For each space, budget and multiple: the share of seeded draws that decode into the 3% window
-without and with the fill pass (``rexsearch.space.fill_window``), the decode time, and how far
+without and with the fill pass (``rexsearch.space.solve.fill_window``), the decode time, and how far
 the fill moved the widths it raised (how many widths, the largest relative raise).
 
     python benchmarks/bench_decode.py [--draws 300] [--budgets 100M,400M,1G] [--multiples 1,8,16]
@@ -24,12 +24,12 @@ import random
 import statistics
 import time
 
-import rexsearch.space as space_module
+import rexsearch.space.solve as solve
 from rexsearch.cli.common import positive_int
 from rexsearch.cost import parse_budget
 from rexsearch.latency import load_table
 from rexsearch.principles import get_preset, linear_schedule
-from rexsearch.space import SPACES_DIR, Budget, InfeasibleError, _RandomTrial, load_space
+from rexsearch.space import SPACES_DIR, Budget, InfeasibleError, RandomTrial, load_space, shipped_space_names
 
 
 def _decode_all(space, budget: Budget, draws: list[dict]) -> tuple[list, float]:
@@ -70,17 +70,17 @@ def _latency_rows(args: argparse.Namespace) -> list[dict]:
     multiple = probe.channel_multiple
     reference = linear_schedule(1.0, ch_div=multiple) if multiple else get_preset("rexnet-1.0")
     reference_ms = probe.predict(reference)
-    names = args.spaces.split(",") if args.spaces else sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    names = args.spaces.split(",") if args.spaces else shipped_space_names()
     rows = []
     for name in names:
         space = load_space(name)
         rng = random.Random(7)
-        draws = [space.suggest(_RandomTrial(rng)) for _ in range(args.draws)]
+        draws = [space.suggest(RandomTrial(rng)) for _ in range(args.draws)]
         for factor in (float(f) for f in args.latency_budgets.split(",")):
             for repeat in range(args.repeat):
                 table = _Counted(load_table(args.latency_table))  # cold caches, as a new search
-                fill = space_module.fill_window
-                space_module.fill_window = table.count_fills(fill)
+                fill = solve.fill_window
+                solve.fill_window = table.count_fills(fill)
                 budget = Budget(
                     latency_ms=factor * reference_ms,
                     latency_table=table,  # type: ignore[arg-type]
@@ -89,7 +89,7 @@ def _latency_rows(args: argparse.Namespace) -> list[dict]:
                 try:
                     out, seconds = _decode_all(space, budget, draws)
                 finally:
-                    space_module.fill_window = fill
+                    solve.fill_window = fill
                 shares = sorted(c.latency_ms / budget.latency_ms for c in out if c is not None)
                 rows.append(
                     {
@@ -154,18 +154,18 @@ def main() -> int:
         return 0
     args.draws = args.draws or 300
     rows = []
-    sweeps = space_module.FILL_SWEEPS
+    sweeps = solve.FILL_SWEEPS
     for path in sorted(SPACES_DIR.glob("*.yaml")):
         space = load_space(path.stem)
         rng = random.Random(7)
-        draws = [space.suggest(_RandomTrial(rng)) for _ in range(args.draws)]
+        draws = [space.suggest(RandomTrial(rng)) for _ in range(args.draws)]
         for text in args.budgets.split(","):
             for multiple in (int(m) for m in args.multiples.split(",")):
                 macs = parse_budget(text, "--budgets")
                 budget = Budget(macs, channel_multiple=multiple if multiple > 1 else None)
-                space_module.FILL_SWEEPS = 0
+                solve.FILL_SWEEPS = 0
                 plain, plain_s = _decode_all(space, budget, draws)
-                space_module.FILL_SWEEPS = sweeps
+                solve.FILL_SWEEPS = sweeps
                 filled, filled_s = _decode_all(space, budget, draws)
                 moved = []
                 for values, before, after in zip(draws, plain, filled, strict=True):

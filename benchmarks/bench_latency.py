@@ -42,6 +42,7 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
+from rexsearch.bench import share_verdict
 from rexsearch.cli.common import positive_int
 from rexsearch.cost import count_cost
 from rexsearch.latency import (
@@ -51,7 +52,6 @@ from rexsearch.latency import (
     LatencyTableError,
     auto_margin,
     build_table,
-    calibration_shapes,
     check_drift,
     environment,
     fit_table_correction,
@@ -60,8 +60,15 @@ from rexsearch.latency import (
     measured_margin,
 )
 from rexsearch.principles import PRESETS, get_preset, linear_schedule
-from rexsearch.space import SPACES_DIR, Budget, _RandomTrial, baseline_candidate, load_space
-from rexsearch.stats import share_interval, share_verdict
+from rexsearch.space import (
+    SPACES_DIR,
+    Budget,
+    RandomTrial,
+    baseline_candidate,
+    calibration_shapes,
+    load_space,
+)
+from rexsearch.stats import quantile, share_interval
 
 #: Measured just before every evaluation network: how fast the machine is at that moment.
 REFERENCE = "rexnet-1.0"
@@ -101,20 +108,12 @@ def eval_configs(per_space: int, seed: int = 0, multiple: int | None = None) -> 
                 round(math.exp(rng.uniform(math.log(100e6), math.log(1.2e9)))), channel_multiple=multiple
             )
             try:
-                cand = space.decode(space.suggest(_RandomTrial(rng)), budget)
+                cand = space.decode(space.suggest(RandomTrial(rng)), budget)
             except Exception:
                 continue
             got += 1
             out.append((f"{space.name}-{got}", cand.config))
     return out
-
-
-def quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def main() -> int:
@@ -426,7 +425,7 @@ def main() -> int:
                 latency_ms=limit, latency_table=table, latency_margin=margin, channel_multiple=multiple
             )
             rng = random.Random(7)
-            draws = [space.suggest(_RandomTrial(rng)) for _ in range(decodes)]
+            draws = [space.suggest(RandomTrial(rng)) for _ in range(decodes)]
             start = time.perf_counter()
             cands = []
             for values in draws:

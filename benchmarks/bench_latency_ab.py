@@ -50,26 +50,27 @@ from typing import Any
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latency import eval_configs, quantile
+from bench_latency import eval_configs
 
 from rexsearch.cli.common import positive_int
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import UserError
 from rexsearch.latency import (
-    _REORDERS,
     KINDS,
+    REORDERS,
     RUNTIMES,
     Correction,
     Environment,
     LatencyTable,
-    _node_times,
     environment,
     fit_table_correction,
     fold_batchnorm,
     load_table,
     measure_latency,
+    node_times,
 )
 from rexsearch.model import build_model
+from rexsearch.stats import quantile
 
 FORMAT = "rexsearch.latency-ab-set/1"
 
@@ -203,9 +204,9 @@ def profile(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         model = fold_batchnorm(build_model(config))
         x = torch.randn(env.batch, 3, data["resolution"], data["resolution"])
-        nodes = _node_times(model, (x,), env, args.warmup, args.repeats)
-        reorders.append(sum(ms for kind, ms in nodes if kind in _REORDERS))
-        kernels.append(sum(ms for kind, ms in nodes if kind not in _REORDERS))
+        nodes = node_times(model, (x,), env, args.warmup, args.repeats)
+        reorders.append(sum(ms for kind, ms in nodes if kind in REORDERS))
+        kernels.append(sum(ms for kind, ms in nodes if kind not in REORDERS))
         summed.append(table.summed_ms(config, data["resolution"]))
         predicted.append(table.predict(config, data["resolution"]))
     seconds = time.perf_counter() - start

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rexsearch.allocator import steady_allocator
-from rexsearch.latency import _runner, _samples, _torch_threads, environment, fold_batchnorm
+from rexsearch.latency import environment, fold_batchnorm, runner, time_samples, torch_threads
 from rexsearch.model import build_model
 from rexsearch.principles import PRESETS
 
@@ -50,13 +50,13 @@ def main() -> int:
         return fold_batchnorm(build_model(config))
 
     rows: list[dict[str, tuple[float, float]]] = []
-    with _torch_threads(1):
-        once, ort = _runner(model(), (x,), torch_env), _runner(model(), (x,), ort_env)
+    with torch_threads(1):
+        once, ort = runner(model(), (x,), torch_env), runner(model(), (x,), ort_env)
         for i in range(args.rounds):
-            fresh = _runner(model(), (x,), torch_env)
+            fresh = runner(model(), (x,), torch_env)
             blocks = {}
             for kind, run, warmup in zip(KINDS, (once, fresh, ort), (3, 10, 3), strict=True):
-                ms = [s * 1e3 for s in _samples(run, warmup, args.runs, 0.0)]
+                ms = [s * 1e3 for s in time_samples(run, warmup, args.runs, 0.0)]
                 blocks[kind] = (statistics.median(ms), min(ms))
             rows.append(blocks)
             line = ", ".join(f"{k} {m:.2f} ms" for k, (m, _) in blocks.items())

@@ -36,7 +36,7 @@ from build_digits_archive import digits_images
 from rexsearch.data import Split, stratified_order
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 from rexsearch.rank import RANK_PROTOCOLS, measure_rank
-from rexsearch.space import Budget, _RandomTrial, load_space
+from rexsearch.space import Budget, RandomTrial, load_space
 from rexsearch.train import TrainSettings, train_proxy
 
 
@@ -59,7 +59,7 @@ def candidates(space_name: str, macs: int, n: int, seed: int) -> list:
     out = []
     while len(out) < n:
         try:
-            out.append(space.decode(space.suggest(_RandomTrial(rng)), Budget(macs)))
+            out.append(space.decode(space.suggest(RandomTrial(rng)), Budget(macs)))
         except Exception:  # a draw the budget cannot meet: draw again, as the sampler does
             continue
     return out

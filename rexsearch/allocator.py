@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 
-_ALLOCATOR_STEADY = False
+#: Whether the thresholds are raised in this process (set by :func:`steady_allocator`; a
+#: benchmark sets it beforehand to measure with glibc's defaults).
+ALLOCATOR_STEADY = False
 
 
 def steady_allocator() -> bool:
@@ -12,15 +14,14 @@ def steady_allocator() -> bool:
 
     glibc serves a large allocation with a fresh ``mmap`` until its adaptive threshold has
     grown past that size, so activation buffers can be mapped and page-faulted on every
-    forward or training step, depending on what the process allocated before. On this
-    project's VM (benchmarks/bench_allocator.py) rexnet-1.0 measured 16.7-24.9 ms in three fresh
-    processes with glibc's defaults and 17.0-18.5 ms with the thresholds raised, and a
-    proxy epoch took 3.2 s instead of 3.5-4.3 s.
+    forward or training step, depending on what the process allocated before, which makes
+    timings of the same network differ from one process to the next
+    (benchmarks/bench_allocator.py measures it).
     Called by every latency measurement and by the proxy trainer; a no-op (returning False)
     where glibc is not the allocator. The setting is process-wide and lasts for the process.
     """
-    global _ALLOCATOR_STEADY
-    if _ALLOCATOR_STEADY:
+    global ALLOCATOR_STEADY
+    if ALLOCATOR_STEADY:
         return True
     if platform.system() != "Linux":
         return False
@@ -32,5 +33,5 @@ def steady_allocator() -> bool:
         ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
     except (OSError, AttributeError):
         return False
-    _ALLOCATOR_STEADY = ok
+    ALLOCATOR_STEADY = ok
     return ok

@@ -434,14 +434,14 @@ def _extract_members(tar: tarfile.TarFile, archive: Path, folder: Path) -> set[s
                 raise DataError(f"{archive} holds the member {member.name!r} twice; refusing it")
             source = tar.extractfile(member)
             assert source is not None  # a regular member always has data
-            _write_member(source, short, member.size, folder_fd)
+            write_member(source, short, member.size, folder_fd)
             written.add(short)
     finally:
         os.close(folder_fd)
     return written
 
 
-def _write_member(source: BinaryIO, name: str, size: int, folder_fd: int) -> None:
+def write_member(source: BinaryIO, name: str, size: int, folder_fd: int) -> None:
     """Copy ``size`` bytes into a new file ``name`` created inside ``folder_fd`` (no link followed)."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=folder_fd)
     with os.fdopen(fd, "wb") as out:
@@ -473,7 +473,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _read_pickle(path: Path) -> dict:
+def read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             data = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()
@@ -485,7 +485,7 @@ def _read_pickle(path: Path) -> dict:
 
 
 def _decode_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    data = _read_pickle(path)
+    data = read_pickle(path)
     for key in (b"data", b"fine_labels"):
         if key not in data:
             raise DataError(f"{path} lacks the key {key.decode()!r}; is it the CIFAR-100 python version?")
@@ -511,7 +511,7 @@ def _as_array(value: Any, path: Path, key: str) -> np.ndarray:
 
 
 def _decode_classes(path: Path) -> tuple[str, ...]:
-    meta = _read_pickle(path)
+    meta = read_pickle(path)
     names = meta.get(b"fine_label_names")
     if not isinstance(names, list) or len(names) != NUM_CLASSES:
         raise DataError(f"{path} lacks the {NUM_CLASSES} 'fine_label_names'")
@@ -527,7 +527,7 @@ def _fingerprint(folder: Path) -> str:
     return json.dumps(stats, sort_keys=True)
 
 
-def _decode_folder(folder: Path) -> Cifar100:
+def decode_folder(folder: Path) -> Cifar100:
     train_x, train_y = _decode_split(folder / "train")
     test_x, test_y = _decode_split(folder / "test")
     return Cifar100(train_x, train_y, test_x, test_y, _decode_classes(folder / "meta"))
@@ -580,7 +580,7 @@ def load_cifar100(
         cached = _load_decoded(decoded, fingerprint)
         if cached is not None:
             return cached
-    data = _decode_folder(folder)
+    data = decode_folder(folder)
     _save_decoded(decoded, data, fingerprint)
     return data
 

@@ -20,3 +20,7 @@ class BudgetError(UserError, ValueError):
 
 class LayoutError(UserError, ValueError):
     """A state_dict does not match the layout it is converted from or loaded into."""
+
+
+class LatencyTableError(UserError):
+    """A latency table does not fit the request (another device or runtime, a missing family)."""

@@ -174,7 +174,7 @@ def onnx_max_diff(model: nn.Module, path: Path, resolution: int, batches: Sequen
     return worst
 
 
-def _export_torchscript(model: nn.Module, resolution: int, path: Path) -> None:
+def export_torchscript(model: nn.Module, resolution: int, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(model)
@@ -220,7 +220,7 @@ def _write(
         diff = _export_onnx(model, resolution, tmp / ONNX_FILE)
         names.append(ONNX_FILE)
     if "torchscript" in formats:
-        _export_torchscript(model, resolution, tmp / TORCHSCRIPT_FILE)
+        export_torchscript(model, resolution, tmp / TORCHSCRIPT_FILE)
         names.append(TORCHSCRIPT_FILE)
     (tmp / CARD_FILE).write_text(card)
     return names, diff

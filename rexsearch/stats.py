@@ -4,8 +4,7 @@ Pure functions of plain sequences (numpy and scipy only), so the report, ``confi
 ``compare`` state noise the same way. The interval of a difference of means is Welch's
 t interval (unequal variances, Welch-Satterthwaite degrees of freedom), the verdict word
 comes from it alone, and the two-sample Kolmogorov-Smirnov test compares distributions.
-A share (k of n) gets the exact Clopper-Pearson interval, and a goal on a share is met,
-missed or within noise of it by that interval.
+A share (k of n) gets the exact Clopper-Pearson interval.
 """
 
 from __future__ import annotations
@@ -33,6 +32,15 @@ def mean(values: Sequence[float]) -> float:
 def sample_std(values: Sequence[float]) -> float:
     """Sample standard deviation (ddof 1); NaN for fewer than two values."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values``, linear between the two nearest order statistics."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True)
@@ -118,24 +126,6 @@ def share_interval(k: int, n: int, level: float = CONFIDENCE) -> tuple[float, fl
     low = 0.0 if k == 0 else float(stats.beta.ppf(tail, k, n - k + 1))
     high = 1.0 if k == n else float(stats.beta.ppf(1.0 - tail, k + 1, n - k))
     return low, high
-
-
-#: Words of :func:`share_verdict`.
-GOAL_MET = "met"
-GOAL_MISSED = "missed"
-GOAL_UNDECIDED = "not shown either way (within noise)"
-
-
-def share_verdict(k: int, n: int, goal: float, level: float = CONFIDENCE) -> str:
-    """Whether ``k`` of ``n`` shows a rate of at least ``goal``: ``met`` when the whole interval
-    of :func:`share_interval` is at or above it, ``missed`` when it is below, else undecided
-    (too few trials to tell: 40 of 40 cannot show 95%, 72 of 72 can)."""
-    low, high = share_interval(k, n, level)
-    if low >= goal:
-        return GOAL_MET
-    if high < goal:
-        return GOAL_MISSED
-    return GOAL_UNDECIDED
 
 
 def edf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

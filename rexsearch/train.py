@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,18 +32,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rexsearch.allocator import steady_allocator
-from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD, augment_batch, channels_last, normalize, take
+from rexsearch.augment import augment_batch, channels_last, normalize, take
 from rexsearch.checkpoints import CHECKPOINT_JSON, save_state
 from rexsearch.config import ReXNetConfig
-from rexsearch.cost import count_cost
 from rexsearch.data import NUM_CLASSES, Split
 from rexsearch.errors import UserError
 from rexsearch.files import atomic_write, write_text_atomic
 from rexsearch.model import build_model
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
-
-#: fp32 matmul peak of the 2-core development machine (findings.md), for ``bench``'s fraction.
-CPU_FP32_PEAK_GFLOPS = 350.0
 
 #: ``progress(steps_done, steps_total)`` over the whole training.
 StepProgress = Callable[[int, int], None]
@@ -187,7 +181,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 @contextmanager
-def _own_rng(device: torch.device) -> Iterator[None]:
+def own_rng(device: torch.device) -> Iterator[None]:
     """Keep the caller's global RNG state untouched by model init and dropout."""
     devices = []
     if device.type == "cuda":
@@ -207,14 +201,13 @@ class Trainer:
         if train_images < 2:
             raise UserError(f"training needs at least 2 images, got {train_images}")
         # glibc would map and fault the largest activation and gradient buffers afresh on
-        # every step: with the thresholds raised an epoch of rexnet-1.0's proxy took 3.2 s
-        # instead of 3.5-4.3 s on this project's 2-core VM (benchmarks/bench_allocator.py)
+        # every step (benchmarks/bench_allocator.py measures what that costs)
         steady_allocator()
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.config = proxy_config(config, settings.resolution, num_classes=NUM_CLASSES)
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-        with _own_rng(self.device):
+        with own_rng(self.device):
             torch.manual_seed(settings.seed)
             self.model = build_model(self.config).to(self.device, memory_format=self.memory_format)
         self.batch_size = min(settings.batch_size, train_images)
@@ -266,7 +259,7 @@ class Trainer:
         Raises :class:`NonFiniteLossError` when the loss is not finite (checked every
         step on the CPU, every 25 steps on a GPU to avoid syncs).
         """
-        with _own_rng(self.device):
+        with own_rng(self.device):
             torch.manual_seed(_epoch_seed(self.settings.seed, self.epoch))
             return self._train_epoch(images, labels, progress, max_steps)
 
@@ -457,127 +450,6 @@ def load_checkpoint(trainer: Trainer, directory: Path) -> bool:
     trainer.epoch = int(state["epoch"])
     trainer.history = [EpochMetrics(**m) for m in state["history"]]
     return True
-
-
-# ---------------------------------------------------------------------------- benchmark
-class _PerSampleCifar(torch.utils.data.Dataset):
-    """The usual per-image dataset: pad, random crop, flip and normalise one image at a time."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
-        self.images, self.labels = images, labels
-        self.mean = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(CIFAR100_STD).view(3, 1, 1)
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = F.pad(self.images[i].float() / 255.0, (4, 4, 4, 4))
-        top, left = torch.randint(0, 9, (2,), generator=self.gen).tolist()
-        img = img[:, top : top + 32, left : left + 32]
-        if torch.rand((), generator=self.gen) < 0.5:
-            img = img.flip(-1)
-        return (img - self.mean) / self.std, self.labels[i]
-
-
-def _naive_steps(
-    model: nn.Module, loader: torch.utils.data.DataLoader, settings: TrainSettings, steps: int
-) -> float:
-    """Seconds for ``steps`` plain training steps: eager, contiguous NCHW, DataLoader batches."""
-    opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    model.train()
-    device = next(model.parameters()).device
-    batches = iter(loader)
-    start = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(batches)
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=settings.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    loss.item()  # wait for the device
-    return time.perf_counter() - start
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-
-
-def bench_training(
-    config: ReXNetConfig,
-    batch_size: int = 128,
-    steps: int = 20,
-    repeats: int = 3,
-    seed: int = 0,
-    peak_gflops: float = CPU_FP32_PEAK_GFLOPS,
-) -> dict[str, Any]:
-    """Images/s of the trainer's step and of a naive loop on the same network, in this process.
-
-    Synthetic data (no CIFAR needed). The two are measured in turns, ``repeats`` times
-    each after a warm-up, and the medians reported, so that load from other processes
-    hits both alike. Also times the augmentation pipeline alone and reports the
-    trainer's achieved GFLOP/s (training = 3 x forward, 2 flops per MAC).
-    """
-    settings = TrainSettings(batch_size=batch_size, seed=seed, epochs=1, warmup_epochs=0.0)
-    n = batch_size * steps
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
-    trainer = Trainer(config, settings, n)
-    prepared = trainer.prepare(images)
-    with _own_rng(trainer.device):
-        torch.manual_seed(seed)
-        naive_model = build_model(trainer.config).to(trainer.device)
-    loader = torch.utils.data.DataLoader(
-        _PerSampleCifar(images, labels, seed), batch_size=batch_size, shuffle=True, drop_last=True
-    )
-    pipeline_gen = torch.Generator(device=trainer.device).manual_seed(seed)
-    trainer_runs, naive_runs, pipeline_runs = [], [], []
-    with _own_rng(trainer.device):
-        trainer.train_epoch(prepared, labels, max_steps=2)
-        _naive_steps(naive_model, loader, settings, 2)
-        for _ in range(repeats):
-            _, seconds, trained = trainer.train_epoch(prepared, labels)
-            trainer_runs.append(trained / seconds)
-            naive_runs.append(steps * batch_size / _naive_steps(naive_model, loader, settings, steps))
-            start = time.perf_counter()
-            for _ in range(4):
-                order = torch.randperm(n, generator=pipeline_gen, device=trainer.device)
-                for i in range(steps):
-                    batch = take(prepared, order[i * batch_size : (i + 1) * batch_size])
-                    augment_batch(batch, pipeline_gen)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            pipeline_runs.append(4 * n / (time.perf_counter() - start))
-    trainer_ips = statistics.median(trainer_runs)
-    naive_ips = statistics.median(naive_runs)
-    macs = count_cost(trainer.config, settings.resolution).macs
-    gflops = trainer_ips * macs * 3 * 2 / 1e9
-    return {
-        "config": trainer.config.name or config.short_hash(),
-        "device": str(trainer.device),
-        "threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-        "steps": steps,
-        "repeats": repeats,
-        "proxy_macs": macs,
-        "trainer_images_per_s": trainer_ips,
-        "naive_images_per_s": naive_ips,
-        "speedup": trainer_ips / naive_ips,
-        "pipeline_images_per_s": statistics.median(pipeline_runs),
-        "trainer_runs": trainer_runs,
-        "naive_runs": naive_runs,
-        "pipeline_runs": pipeline_runs,
-        "gflops_per_s": gflops,
-        "peak_gflops_per_s": peak_gflops,
-        "fraction_of_peak": gflops / peak_gflops,
-        "peak_rss_mb": peak_rss_mb(),
-    }
 
 
 def measure_throughput(config: ReXNetConfig, batch_size: int, steps: int = 3, repeats: int = 5) -> float:

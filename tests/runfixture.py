@@ -153,7 +153,7 @@ def make_run(
             "versions": {"rexsearch": "0.1.0", "optuna": optuna.__version__, "torch": torch.__version__},
             "seed": seed,
             "budget": {"flops": BUDGET, "params": params_budget, "resolution": RESOLUTION},
-            "space": {"name": "rexnet", "path": "search_spaces/rexnet.yaml"},
+            "space": {"name": "rexnet", "path": "rexsearch/space/shipped/rexnet.yaml"},
             "objectives": objectives,
             "fidelity": {"epochs": EPOCHS, "train_images": 5000, "batch_size": 128, "val_images": 1000},
             "storage": storage,
@@ -279,7 +279,7 @@ def add_confirmation(
     ``accuracies`` maps a label (``trial-N`` for searched trial N, in pick order, or a baseline's
     name) to one accuracy per seed; seeds are the run's seed + 1, + 2, ...
     """
-    from rexsearch.results import confirm_study
+    from rexsearch.confirmation import confirm_study
 
     study = confirm_study(info, create=True)
     trials = {t.number: t for t in info.open_study().get_trials()}

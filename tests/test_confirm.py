@@ -10,9 +10,10 @@ import runfixture
 
 from rexsearch import stats
 from rexsearch.cli import main
+from rexsearch.confirmation import confirm_study
 from rexsearch.errors import UserError
 from rexsearch.report import make_report
-from rexsearch.results import RunResults, confirm_study
+from rexsearch.results import RunResults
 from rexsearch.search import confirm as confirm_mod
 
 

@@ -59,7 +59,7 @@ def test_download_verify_cache_and_no_second_download(cifar_server, tmp_path, mo
     def no_decoding(folder):
         raise AssertionError("the decoded cache should have been used")
 
-    monkeypatch.setattr(data_mod, "_decode_folder", no_decoding)
+    monkeypatch.setattr(data_mod, "decode_folder", no_decoding)
     again = load_cifar100()
     assert cifar_server.requests == [f"/{ARCHIVE_NAME}"]
     assert torch.equal(again.train_x, data.train_x) and again.classes == data.classes
@@ -211,7 +211,7 @@ def test_python2_era_numpy_pickles_load(tmp_path):
     legacy = payload.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert legacy != payload
     (tmp_path / "train").write_bytes(legacy)
-    assert data_mod._read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
+    assert data_mod.read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
 
 
 # ---------------------------------------------------------------------------- hostile archives
@@ -342,7 +342,7 @@ def test_gzip_bomb_member_is_refused_before_it_is_written(tmp_path, monkeypatch)
     assert (tmp_path / ARCHIVE_NAME).stat().st_size < 10_000
     monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
     written = []
-    monkeypatch.setattr(data_mod, "_write_member", lambda *a: written.append(a))
+    monkeypatch.setattr(data_mod, "write_member", lambda *a: written.append(a))
     with pytest.raises(DataError, match="'cifar-100-python/train' would decompress to 2,000,000 bytes, more"):
         load_cifar100(tmp_path)
     assert written == [] and [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]

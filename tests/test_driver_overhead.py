@@ -91,14 +91,14 @@ def test_local_ray_inherits_the_environment_and_a_cluster_gets_a_runtime_env(mon
     for name in ("RAY_ADDRESS", "OMP_WAIT_POLICY", *_RAY_SETTINGS):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(cluster, "_joins_local_cluster", lambda: False)
+    monkeypatch.setattr(cluster, "joins_local_cluster", lambda: False)
     assert cluster.ensure_ray(None)
     assert "runtime_env" not in calls[-1]
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # what the local workers inherit
-    monkeypatch.setattr(cluster, "_joins_local_cluster", lambda: True)  # a `ray start` cluster here
+    monkeypatch.setattr(cluster, "joins_local_cluster", lambda: True)  # a `ray start` cluster here
     cluster.ensure_ray(None)
     assert calls[-1]["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
-    monkeypatch.setattr(cluster, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster, "check_reachable", lambda address: None)
     cluster.ensure_ray("10.0.0.1:6379")
     assert calls[-1]["address"] == "10.0.0.1:6379" and "runtime_env" in calls[-1]
 
@@ -159,12 +159,12 @@ def test_executable_says_when_its_output_cannot_be_written(tmp_path):
 
 
 def test_background_report_hands_its_error_to_the_caller():
-    from rexsearch.cli.search import _Background
+    from rexsearch.cli.search import Background
 
-    assert _Background(lambda: 42).result() == 42
+    assert Background(lambda: 42).result() == 42
 
     def fail():
         raise RuntimeError("report broke")
 
     with pytest.raises(RuntimeError, match="report broke"):
-        _Background(fail).result()
+        Background(fail).result()

@@ -125,7 +125,7 @@ def test_failed_export_leaves_nothing(run, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("rexsearch.export._export_torchscript", boom)
+    monkeypatch.setattr("rexsearch.export.export_torchscript", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         export_trial(run.path, tmp_path / "out", formats=["safetensors", "torchscript"])
     assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ import types
 
 import pytest
 
+from rexsearch.allocator import steady_allocator
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
@@ -29,41 +30,45 @@ from rexsearch.latency import (
     Correction,
     Environment,
     Family,
+    InContext,
     LatencyTable,
     LatencyTableError,
-    _blocked_alignment,
-    _families,
-    _grid,
-    _in_context_ms,
-    _InContext,
-    _monotone,
-    _node_times,
-    _plain_input_below,
     auto_margin,
     build_table,
-    calibration_networks,
+    channel_grid,
     check_drift,
     config_ops,
     config_segments,
     conformal_margin,
     environment,
     fit_kind_correction,
-    fit_line,
     fit_table_correction,
-    fit_weights_line,
+    fit_terms,
     fold_batchnorm,
     held_out_ratios,
+    in_context_ms,
     load_table,
     measure_latency,
     measured_margin,
+    monotone_envelope,
+    node_times,
     op_weights,
     parse_latency_budget,
-    predict_latency,
+    probe_blocked_alignment,
+    probe_plain_input_below,
     segment_conversions,
-    steady_allocator,
+    table_families,
 )
 from rexsearch.principles import get_preset
-from rexsearch.space import Budget, Candidate, _RandomTrial, check_feasible, load_space, parse_space
+from rexsearch.space import (
+    Budget,
+    Candidate,
+    RandomTrial,
+    calibration_networks,
+    check_feasible,
+    load_space,
+    parse_space,
+)
 
 RES = 32
 TINY_SPACE = """
@@ -108,7 +113,7 @@ def _shapes(space, n=4, seed=0):
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        values = space.suggest(_RandomTrial(rng))
+        values = space.suggest(RandomTrial(rng))
         out += [space.build(values, w) for w in (0.25, 1.0, 3.0)]
     return out
 
@@ -165,8 +170,8 @@ def test_table_round_trips_through_its_file(table, space, tmp_path):
     again = load_table(path, expect=table.environment)
     assert again == table
     for config in _shapes(space, 3, seed=5):
-        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
-        assert predict_latency(config, table) > 0
+        assert again.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
+        assert table.predict(config) > 0
 
 
 def test_a_copy_of_a_table_predicts_from_its_own_times(table, space):
@@ -195,14 +200,14 @@ def test_prediction_is_monotone_in_width(table, space):
     rng = random.Random(3)
     steps = 0
     for _ in range(4):
-        values = space.suggest(_RandomTrial(rng))
+        values = space.suggest(RandomTrial(rng))
         predicted = []
         for w in (0.05 * 1.1**i for i in range(50)):  # far below and above the measured grid
             try:
                 config = space.build(values, w)
             except UserError:  # too narrow to be valid
                 continue
-            predicted.append((_shortcuts(config), predict_latency(config, table)))
+            predicted.append((_shortcuts(config), table.predict(config)))
         assert len(predicted) > 30
         for (kinds_a, a), (kinds_b, b) in itertools.pairwise(predicted):
             if kinds_a == kinds_b:
@@ -225,11 +230,15 @@ def _assert_monotone(family, rng, points=30):
 def test_interpolation_is_monotone_on_any_measured_grid():
     rng = random.Random(0)
     for _ in range(300):
-        axes = tuple(_grid(rng.randint(1, 50), rng.randint(50, 3000), rng.randint(2, 6)) for _ in range(2))
+        axes = tuple(
+            channel_grid(rng.randint(1, 50), rng.randint(50, 3000), rng.randint(2, 6)) for _ in range(2)
+        )
         raw = [rng.random() for _ in range(len(axes[0]) * len(axes[1]))]  # noisy, not monotone
-        _assert_monotone(Family("conv", (1, 1, 7), axes, tuple(_monotone(axes, raw))), rng)
+        _assert_monotone(Family("conv", (1, 1, 7), axes, tuple(monotone_envelope(axes, raw))), rng)
         axis = axes[1]
-        _assert_monotone(Family("dw", (3, 1, 7), (axis,), tuple(_monotone((axis,), raw[: len(axis)]))), rng)
+        _assert_monotone(
+            Family("dw", (3, 1, 7), (axis,), tuple(monotone_envelope((axis,), raw[: len(axis)]))), rng
+        )
 
 
 def test_every_operator_family_is_monotone(table):
@@ -295,8 +304,8 @@ def test_table_with_enough_calibration_networks_fits_per_kind(space, tmp_path):
     again = load_table(path)
     assert again.correction == c
     for config in shapes[:4]:
-        assert predict_latency(config, again) == pytest.approx(c.apply(table.components(config)), rel=1e-12)
-        assert predict_latency(config, again) > 0
+        assert again.predict(config) == pytest.approx(c.apply(table.components(config)), rel=1e-12)
+        assert again.predict(config) > 0
     data = json.loads(path.read_text())
     data["correction"]["kinds"] = ["conv"]
     path.write_text(json.dumps(data))
@@ -311,12 +320,12 @@ def test_tiny_latency_budget_refuses_with_smallest_reachable_latency(table, spac
 
 
 def test_latency_budget_alone_keeps_candidates_inside(table, space):
-    reference = predict_latency(_shapes(space, 1)[1], table)
+    reference = table.predict(_shapes(space, 1)[1])
     budget = Budget(latency_ms=reference, latency_table=table, resolution=RES)
     candidates = space.sample(budget, 10, seed=2)
     assert len(candidates) == 10
     for c in candidates:
-        assert c.latency_ms == pytest.approx(predict_latency(c.config, table))
+        assert c.latency_ms == pytest.approx(table.predict(c.config))
         assert 0.97 * reference <= c.latency_ms <= reference
         assert c.to_dict()["latency_ms"] == c.latency_ms
         assert c.cost == count_cost(c.config, RES)  # counted once, for the candidate found
@@ -329,7 +338,7 @@ def test_latency_budget_alone_keeps_candidates_inside(table, space):
 def test_latency_and_macs_budgets_together(table, space):
     config = _shapes(space, 1)[1]
     macs = count_cost(config, RES).macs
-    latency = predict_latency(config, table)
+    latency = table.predict(config)
     budget = Budget(macs, latency_ms=latency * 0.8, latency_table=table, resolution=RES)
     for c in space.sample(budget, 8, seed=4):
         assert c.cost.macs <= macs and c.latency_ms <= latency * 0.8
@@ -356,7 +365,7 @@ def test_table_from_another_device_or_runtime_is_refused_naming_both(table, tmp_
 def test_missing_family_is_refused(table):
     wide = ReXNetConfig.from_dict({**_config_dict(), "blocks": [dict(_config_dict()["blocks"][0], kernel=7)]})
     with pytest.raises(LatencyTableError, match="no dw operators"):
-        predict_latency(wide, table)
+        table.predict(wide)
 
 
 def _config_dict():
@@ -372,7 +381,7 @@ def _config_dict():
 
 @pytest.mark.parametrize("multiple", [8, 16])
 def test_channel_multiple_rounds_every_width_inside_the_budget(table, space, multiple):
-    reference = predict_latency(_shapes(space, 1)[1], table)
+    reference = table.predict(_shapes(space, 1)[1])
     budget = Budget(
         latency_ms=reference * 1.5, latency_table=table, resolution=RES, channel_multiple=multiple
     )
@@ -399,7 +408,7 @@ def test_every_draw_on_multiples_of_8_decodes_into_the_macs_window(name):
     space, budget = load_space(name), Budget(400_000_000, channel_multiple=8)
     rng = random.Random(7)
     for _ in range(40):
-        c = space.decode(space.suggest(_RandomTrial(rng)), budget)
+        c = space.decode(space.suggest(RandomTrial(rng)), budget)
         widths = c.config.out_channels
         assert budget.lower <= c.cost.macs <= budget.macs and count_cost(c.config) == c.cost
         assert all(w % 8 == 0 for w in [*widths, c.config.penultimate_channels])
@@ -443,7 +452,7 @@ def test_cli_preview_refuses_a_tiny_budget_with_exit_2(table, space, tmp_path, c
     assert "--latency-budget must be a duration" in capsys.readouterr().err
     assert main([*argv[:3], "--latency-budget", "5ms"]) == 2
     assert "--latency-table" in capsys.readouterr().err
-    budget = predict_latency(_shapes(space, 1)[1], table) * 1.5
+    budget = table.predict(_shapes(space, 1)[1]) * 1.5
     flags = ["--latency-budget", f"{budget}ms", "--channel-multiple", "8", "--json", "--sample", "2"]
     assert main([*argv, *flags]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -477,14 +486,14 @@ def test_measurement_keeps_the_allocator_steady(space, monkeypatch):
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         measure_latency(_shapes(space, 1)[0], RES, threads=1, warmup=1, repeats=1)
-        assert lat._ALLOCATOR_STEADY and steady_allocator()
-    monkeypatch.setattr(lat, "_ALLOCATOR_STEADY", False)
+        assert lat.ALLOCATOR_STEADY and steady_allocator()
+    monkeypatch.setattr(lat, "ALLOCATOR_STEADY", False)
     monkeypatch.setattr(lat.platform, "system", lambda: "Darwin")
     assert steady_allocator() is False  # elsewhere a no-op
 
 
 def test_drift_check_times_the_calibration_networks_again(table, tmp_path, monkeypatch, capsys):
-    import rexsearch.latency as latency
+    import rexsearch.latency.build as latency_build
 
     rows = table.correction.calibration
     assert all(ReXNetConfig.from_dict(r["config"]).to_dict() == r["config"] for r in rows)
@@ -494,14 +503,14 @@ def test_drift_check_times_the_calibration_networks_again(table, tmp_path, monke
 
     # a machine 10% slower than at the build: every network's fastest run 1.1x its build time
     then = {r["name"]: r["measured_ms"] for r in rows}
-    real = latency.measure_latency
+    real = latency_build.measure_latency
 
     def slower(config, *args, **kwargs):
         lat = real(config, *args, **kwargs)
         name = config.name or config.short_hash()
         return dataclasses.replace(lat, min_ms=1.1 * then[name])
 
-    monkeypatch.setattr(latency, "measure_latency", slower)
+    monkeypatch.setattr(latency_build, "measure_latency", slower)
     drift = check_drift(table)
     assert drift.ratio == pytest.approx(1.1)
     assert drift.describe().startswith("this machine runs 10% slower than when the table was built")
@@ -529,21 +538,21 @@ def test_drift_check_refuses_a_table_without_calibration_configs(table, tmp_path
 
 
 def test_grid_on_a_channel_multiple_covers_the_range_with_aligned_points():
-    plain = _grid(27, 1280, 6)
+    plain = channel_grid(27, 1280, 6)
     for multiple in (8, 16):
-        grid = _grid(27, 1280, 6, multiple)
+        grid = channel_grid(27, 1280, 6, multiple)
         assert all(c % multiple == 0 for c in grid) and list(grid) == sorted(set(grid))
         assert grid[0] <= plain[0] and grid[-1] >= plain[-1]
         assert len(grid) >= 5
-    assert _grid(3, 5, 6, 8) == (8, 16)  # two points at least
-    assert _grid(27, 1280, 6, 1) == plain
+    assert channel_grid(3, 5, 6, 8) == (8, 16)  # two points at least
+    assert channel_grid(27, 1280, 6, 1) == plain
 
 
 def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp_path, capsys):
     shapes = [
         space.build(v, w, channel_multiple=8)
         for v, w in zip(
-            [space.suggest(_RandomTrial(random.Random(s))) for s in range(3)], (0.5, 1.0, 2.0), strict=True
+            [space.suggest(RandomTrial(random.Random(s))) for s in range(3)], (0.5, 1.0, 2.0), strict=True
         )
     ]
     table = _tiny_table(shapes, points=3, activations=("silu", "relu6", "relu"), channel_multiple=8)
@@ -565,7 +574,7 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
 
     space_path = tmp_path / "tiny.yaml"
     space_path.write_text(TINY_SPACE)
-    budget = predict_latency(shapes[1], table) * 1.5
+    budget = table.predict(shapes[1]) * 1.5
     argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
     argv += ["--resolution", "32", "--sample", "2", "--json"]
     assert main(argv) == 2
@@ -585,12 +594,12 @@ def test_table_built_on_a_channel_multiple_serves_only_searches_on_it(space, tmp
 
 
 def _coarse_decodes(table, space, multiple: int) -> tuple[list[tuple[Budget, Candidate]], list[str]]:
-    reference = predict_latency(_shapes(space, 1)[1], table)
+    reference = table.predict(_shapes(space, 1)[1])
     decoded, failures = [], []
     for budget_ms in (reference * f for f in (1.3, 1.7, 2.2, 2.9)):
         budget = Budget(latency_ms=budget_ms, latency_table=table, resolution=RES, channel_multiple=multiple)
         for seed in range(3):
-            values = space.suggest(_RandomTrial(random.Random(seed)))
+            values = space.suggest(RandomTrial(random.Random(seed)))
             try:
                 decoded.append((budget, space.decode(values, budget)))
             except UserError as exc:
@@ -599,10 +608,10 @@ def _coarse_decodes(table, space, multiple: int) -> tuple[list[tuple[Budget, Can
 
 
 def test_fill_pass_brings_coarse_rounding_into_the_latency_window(table, space, monkeypatch):
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     # widths on multiples of 64 step the tiny space's prediction far more than the 3% window
-    monkeypatch.setattr(space_module, "FILL_SWEEPS", 0)
+    monkeypatch.setattr(solve, "FILL_SWEEPS", 0)
     before, unfilled = _coarse_decodes(table, space, 64)
     coarse = [m for m in unfilled if m.endswith("rounding steps are too coarse")]
     assert coarse
@@ -615,13 +624,15 @@ def test_fill_pass_brings_coarse_rounding_into_the_latency_window(table, space, 
         widths = [b.out_channels for b in cand.config.blocks] + [cand.config.penultimate_channels]
         assert all(w % 64 == 0 for w in widths) and widths[:-1] == sorted(widths[:-1])
         assert 0.97 * budget.latency_ms <= cand.latency_ms <= budget.latency_ms
-        assert cand.latency_ms == pytest.approx(predict_latency(cand.config, table, RES))
+        assert cand.latency_ms == pytest.approx(table.predict(cand.config, RES))
         # the pass counts MACs only for the network it returns: its cost is that network's
         assert cand.cost == count_cost(cand.config, RES)
 
 
 class _WidthTable:
     """A stand-in latency table whose "configs" are widths: it predicts ``ms(width)``."""
+
+    blocked_alignment = None
 
     def __init__(self, ms):
         self.ms = ms
@@ -632,7 +643,7 @@ class _WidthTable:
 
 def _search(ms, limit, iterations=12):
     """The latency width search on ``ms``: the widths it tried, the kept width, its bracket."""
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     budget = Budget(latency_ms=limit, latency_table=_WidthTable(ms), resolution=RES)
     tried = []
@@ -641,16 +652,14 @@ def _search(ms, limit, iterations=12):
         tried.append(w)
         return w, None
 
-    lo, hi = space_module.WIDTH_RANGE
-    (kept, _), a, b = space_module._interpolation_search(
-        cost_at, budget, (lo, None), (hi, None), lo, hi, iterations
-    )
+    lo, hi = solve.WIDTH_RANGE
+    (kept, _), a, b = solve.interpolation_search(cost_at, budget, (lo, None), (hi, None), lo, hi, iterations)
     return tried, kept, a, b
 
 
 @pytest.mark.parametrize("limit", [0.5, 3.0, 40.0, 900.0])
 def test_width_search_interpolates_to_a_smooth_latency_in_fewer_steps_than_bisection(limit):
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     def ms(w):  # a fixed cost plus a power of the width, as a network's latency grows
         return 0.2 + 3.0 * w**1.7
@@ -659,7 +668,7 @@ def test_width_search_interpolates_to_a_smooth_latency_in_fewer_steps_than_bisec
     # within 0.2% under the limit (or resolved to bisection's bracket) with fewer evaluations
     # than bisection's 12; every width kept was checked within the budget
     assert ms(kept) <= limit
-    assert ms(kept) >= (1 - space_module.CLOSE_ENOUGH) * limit or b - a <= math.log(800) / 2**12
+    assert ms(kept) >= (1 - solve.CLOSE_ENOUGH) * limit or b - a <= math.log(800) / 2**12
     assert len(tried) <= 8, tried
     assert kept in tried
 
@@ -697,11 +706,11 @@ def test_width_search_on_a_flat_staircase_ends_within_bisections_steps():
 
 
 def test_width_search_without_a_bracket_returns_the_narrowest():
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     budget = Budget(latency_ms=1.0, latency_table=_WidthTable(lambda w: w), resolution=RES)
     tried = []
-    kept, a, b = space_module._interpolation_search(
+    kept, a, b = solve.interpolation_search(
         lambda w: tried.append(w) or (w, None), budget, (2.0, None), (2.0, None), 2.0, 2.0, 12
     )
     assert kept == (2.0, None) and a == b == math.log(2.0) and not tried
@@ -710,6 +719,8 @@ def test_width_search_without_a_bracket_returns_the_narrowest():
 class _BlockedStandIn:
     """Predicts a block four times faster when its input channels are on a multiple of 4 (as
     ONNX Runtime runs blocked kernels), without telling the solver about it."""
+
+    blocked_alignment = None  # the solver is not told
 
     def predict(self, config, resolution=None):
         ms, hw = 0.0, RES
@@ -734,26 +745,24 @@ def _decode_all(space, table, multiple=None):
         budget = Budget(latency_ms=limit, latency_table=table, resolution=RES, channel_multiple=multiple)
         for seed in range(40):
             try:
-                decoded.append(
-                    (limit, space.decode(space.suggest(_RandomTrial(random.Random(seed))), budget))
-                )
+                decoded.append((limit, space.decode(space.suggest(RandomTrial(random.Random(seed))), budget)))
             except UserError:
                 refused += 1
     return decoded, refused
 
 
 def test_fill_pass_raises_widths_onto_a_tables_blocked_alignment(space, monkeypatch):
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     sweeps = []  # (aligned raise first, window met) of every run of the sweeps
-    fill = space_module._fill
+    fill = solve.raise_widths
 
     def recorded(*args, **kwargs):
         out = fill(*args, **kwargs)
         sweeps.append((kwargs["aligned_first"], out[2]))
         return out
 
-    monkeypatch.setattr(space_module, "_fill", recorded)
+    monkeypatch.setattr(solve, "raise_widths", recorded)
     plain, plain_refused = _decode_all(space, _BlockedStandIn())
     plain_sweeps = list(sweeps)
     assert all(not first for first, _ in plain_sweeps)  # no alignment known: one run, one raise
@@ -782,7 +791,7 @@ def test_fill_pass_raises_widths_onto_a_tables_blocked_alignment(space, monkeypa
         out = fill(*args, **kwargs)
         return (out[0], out[1], False) if kwargs["aligned_first"] else out
 
-    monkeypatch.setattr(space_module, "_fill", no_rerun)
+    monkeypatch.setattr(solve, "raise_widths", no_rerun)
     assert _decode_all(space, _BlockedTable())[1] == aligned_refused + rescued
 
 
@@ -813,7 +822,7 @@ def test_decode_under_a_latency_budget_interpolates():
     for factor in (0.5, 1.0, 2.0):
         budget = Budget(latency_ms=reference * factor, latency_table=table)
         for seed in range(20):
-            cand = space.decode(space.suggest(_RandomTrial(random.Random(seed))), budget)
+            cand = space.decode(space.suggest(RandomTrial(random.Random(seed))), budget)
             assert 0.97 * budget.latency_ms <= cand.latency_ms <= budget.latency_ms
             draws += 1
     # bisection costs at least 16 predictions a draw (12 steps, both ends, the width found
@@ -824,16 +833,16 @@ def test_decode_under_a_latency_budget_interpolates():
 def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_window(
     table, space, monkeypatch
 ):
-    import rexsearch.space as space_module
+    import rexsearch.space.solve as solve
 
     # without the fill pass, multiples of 64 leave draws under the window: the message
-    monkeypatch.setattr(space_module, "FILL_SWEEPS", 0)
-    reference = predict_latency(_shapes(space, 1)[1], table)
+    monkeypatch.setattr(solve, "FILL_SWEEPS", 0)
+    reference = table.predict(_shapes(space, 1)[1])
     failures = []
     for budget_ms in (reference * f for f in (1.3, 1.7, 2.2, 2.9)):
         budget = Budget(latency_ms=budget_ms, latency_table=table, resolution=RES, channel_multiple=64)
         for seed in range(3):
-            values = space.suggest(_RandomTrial(random.Random(seed)))
+            values = space.suggest(RandomTrial(random.Random(seed)))
             try:
                 space.decode(values, budget)
             except UserError as exc:
@@ -846,10 +855,10 @@ def test_coarse_rounding_under_a_latency_budget_alone_names_only_the_latency_win
 
 
 def test_table_on_a_multiple_fits_its_correction_on_networks_on_it(space, monkeypatch):
-    import rexsearch.latency as latency
+    import rexsearch.latency.build as latency_build
 
-    monkeypatch.setattr(latency, "CALIBRATION_NETWORKS", 2)
-    shapes = [space.build(space.suggest(_RandomTrial(random.Random(s))), 1.3) for s in (0, 1)]
+    monkeypatch.setattr(latency_build, "CALIBRATION_NETWORKS", 2)
+    shapes = [space.build(space.suggest(RandomTrial(random.Random(s))), 1.3) for s in (0, 1)]
     assert any(w % 8 for c in shapes for w in c.out_channels)  # the given shapes are not aligned
     table = build_table(
         threads=1, resolution=RES, shapes=shapes, points=2, warmup=1, repeats=1, channel_multiple=8
@@ -895,7 +904,7 @@ def test_format_1_table_loads_with_one_activation_time_for_both_contexts(table, 
     old = load_table(path)
     assert old.families == table.families
     for config in _shapes(space, 2, seed=6):
-        assert predict_latency(config, old) == pytest.approx(predict_latency(config, table), rel=1e-12)
+        assert old.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
     data["format"] = "rexsearch.latency-table/9"
     path.write_text(json.dumps(data))
     with pytest.raises(LatencyTableError, match="is not a latency table"):
@@ -912,17 +921,17 @@ def test_onnxruntime_fuses_what_the_table_times_in_context():
     env = environment("cpu", "onnxruntime", 1)
     x = (torch.randn(1, 16, 8, 8),)
     kinds = {
-        name: [k for k, _ in _node_times(_InContext(16, act), x, env, 1, 2)]
+        name: [k for k, _ in node_times(InContext(16, act), x, env, 1, 2)]
         for name, act in (("alone", None), ("relu", nn.ReLU()), ("elu", nn.ELU()))
     }
     assert sorted(kinds["relu"]) == sorted(kinds["alone"])
     assert "Elu" in kinds["elu"] and "Elu" not in kinds["alone"]
-    assert all(ms >= 0 for _, ms in _node_times(_InContext(16, None), x, env, 1, 2))
+    assert all(ms >= 0 for _, ms in node_times(InContext(16, None), x, env, 1, 2))
 
 
 def test_onnxruntime_table_round_trips_and_predicts(space, tmp_path):
     pytest.importorskip("onnxruntime")
-    values = [space.suggest(_RandomTrial(random.Random(s))) for s in range(2)]
+    values = [space.suggest(RandomTrial(random.Random(s))) for s in range(2)]
     shapes = [space.build(v, w, channel_multiple=8) for v in values for w in (0.5, 1.5)]
     # on a channel multiple: the operators are timed in context
     table = _tiny_table(
@@ -937,21 +946,21 @@ def test_onnxruntime_table_round_trips_and_predicts(space, tmp_path):
     table.save(path)
     again = load_table(path, expect=table.environment)
     for config in shapes:
-        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
-        assert predict_latency(config, again) > 0
+        assert again.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
+        assert again.predict(config) > 0
 
 
 def test_operator_in_context_is_read_off_one_profile():
     conversions = [("ReorderInput", 0.3), ("Conv", 2.0), ("ReorderOutput", 0.2), ("Elu", 0.5)]
     nodes = [*conversions, ("ReorderInput", 0.25), ("Conv", 1.9), ("ReorderOutput", 0.3)]
     # between the convolutions: the ELU and the conversions it needs; plus first less last
-    assert _in_context_ms(nodes) == pytest.approx(0.2 + 0.5 + 0.25 + 0.1)
-    assert _in_context_ms([("FusedConv", 2.1), ("Conv", 2.0)]) == pytest.approx(0.1)  # fused
-    assert _in_context_ms([("Conv", 1.9), ("Conv", 2.0)]) == 0.0  # never negative
+    assert in_context_ms(nodes) == pytest.approx(0.2 + 0.5 + 0.25 + 0.1)
+    assert in_context_ms([("FusedConv", 2.1), ("Conv", 2.0)]) == pytest.approx(0.1)  # fused
+    assert in_context_ms([("Conv", 1.9), ("Conv", 2.0)]) == 0.0  # never negative
     se = [("Conv", 1.0), ("GlobalAveragePool", 0.1), ("FusedConv", 0.05), ("Conv", 0.04), ("Mul", 0.2)]
-    assert _in_context_ms([*se, ("Conv", 1.0)]) == pytest.approx(0.39)  # the SE's own convs count
+    assert in_context_ms([*se, ("Conv", 1.0)]) == pytest.approx(0.39)  # the SE's own convs count
     with pytest.raises(LatencyTableError, match="1 convolution nodes"):
-        _in_context_ms([("ReorderInput", 0.1), ("Conv", 1.0), ("Relu", 0.1)])
+        in_context_ms([("ReorderInput", 0.1), ("Conv", 1.0), ("Relu", 0.1)])
 
 
 def test_operator_weights_are_the_folded_networks_parameters(space):
@@ -969,12 +978,12 @@ def test_weights_line_recovers_a_cost_per_weight_and_stays_monotone():
     summed = [rng.uniform(2, 40) for _ in range(36)]
     weights = [rng.uniform(0.5, 12) for _ in range(36)]
     measured = [0.6 + 0.9 * s + 0.45 * w for s, w in zip(summed, weights, strict=True)]
-    intercept, slope, per_mweight = fit_weights_line(summed, weights, measured)
+    intercept, slope, (per_mweight,) = fit_terms(summed, [weights], measured)
     assert (intercept, slope, per_mweight) == pytest.approx((0.6, 0.9, 0.45), abs=1e-6)
     # weights that make a network faster are not fitted: every coefficient stays >= 0
     falling = [0.6 + 0.9 * s - 0.3 * w + 5 for s, w in zip(summed, weights, strict=True)]
-    fit = fit_weights_line(summed, weights, falling)
-    assert min(fit) >= 0 and fit[1] > 0
+    intercept, slope, (per_mweight,) = fit_terms(summed, [weights], falling)
+    assert min(intercept, slope, per_mweight) >= 0 and slope > 0
     rows = [
         {"summed_ms": s, "measured_ms": m, "components": [s, 0, 0, 0, 0, 0, 10, w]}
         for s, w, m in zip(summed, weights, measured, strict=True)
@@ -1011,8 +1020,8 @@ def test_line_recovers_a_cost_per_operator_and_predicts_with_it():
     assert "us x operators" in c.describe() and Correction.from_dict(c.to_dict()) == c
     few = [1.0, 0, 0, 0, 0, 0, 20, 1.0]
     assert c.apply([1.0, 0, 0, 0, 0, 0, 180, 1.0]) - c.apply(few) == pytest.approx(0.05 * 160)
-    _, slope, per_mweight, per_op = fit_line(
-        [r["summed_ms"] for r in rows], [0.0] * 36, [0.0] * 36, [r["median_ms"] for r in rows]
+    _, slope, (per_mweight, per_op) = fit_terms(
+        [r["summed_ms"] for r in rows], [[0.0] * 36, [0.0] * 36], [r["median_ms"] for r in rows]
     )
     assert per_mweight == per_op == 0.0 and slope > 0  # zero columns: no term
 
@@ -1140,7 +1149,7 @@ def test_latency_margin_auto_on_the_command_line(table, space, tmp_path, capsys)
     margin = auto_margin(load_table(path))
     space_path = tmp_path / "tiny.yaml"
     space_path.write_text(TINY_SPACE)
-    budget = predict_latency(_shapes(space, 1)[1], noisy) * 1.5
+    budget = noisy.predict(_shapes(space, 1)[1]) * 1.5
     argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
     argv += ["--resolution", "32", "--sample", "3", "--json"]
     assert main([*argv, "--latency-margin", "auto"]) == 0
@@ -1161,11 +1170,11 @@ def test_latency_margin_auto_on_the_command_line(table, space, tmp_path, capsys)
 
 
 def test_measured_margin_times_the_spaces_candidates_at_the_budget(table, space, monkeypatch):
-    import rexsearch.latency as latency
+    import rexsearch.latency.margin as margin_module
 
     budget = Budget(
         resolution=RES,
-        latency_ms=predict_latency(_shapes(space, 1)[1], table) * 1.5,
+        latency_ms=table.predict(_shapes(space, 1)[1]) * 1.5,
         latency_table=table,
         latency_margin=0.3,  # ignored: the candidates are decoded at the budget itself
     )
@@ -1176,7 +1185,7 @@ def test_measured_margin_times_the_spaces_candidates_at_the_budget(table, space,
         factor = 0.9 + 0.24 * ((7 * len(timed)) % 20) / 19
         return types.SimpleNamespace(median_ms=factor * table.predict(config, resolution))
 
-    monkeypatch.setattr(latency, "measure_latency", fake)
+    monkeypatch.setattr(margin_module, "measure_latency", fake)
     found = measured_margin(space, budget)
     assert len(timed) == len(found.ratios) == 20
     assert all(0.97 * budget.latency_ms <= table.predict(c, RES) <= budget.latency_ms for c in timed)
@@ -1204,17 +1213,17 @@ def test_conformal_margin_reads_the_conformal_rank():
 
 
 def test_latency_margin_measure_on_the_command_line(table, space, tmp_path, capsys, monkeypatch):
-    import rexsearch.latency as latency
+    import rexsearch.latency.margin as margin_module
 
     def slower(config, resolution, env, warmup, repeats):  # every candidate 1.25x its prediction
         return types.SimpleNamespace(median_ms=1.25 * table.predict(config, resolution))
 
-    monkeypatch.setattr(latency, "measure_latency", slower)
+    monkeypatch.setattr(margin_module, "measure_latency", slower)
     path = tmp_path / "table.json"
     table.save(path)
     space_path = tmp_path / "tiny.yaml"
     space_path.write_text(TINY_SPACE)
-    budget = predict_latency(_shapes(space, 1)[1], table) * 1.5
+    budget = table.predict(_shapes(space, 1)[1]) * 1.5
     argv = ["space", str(space_path), "--latency-table", str(path), "--latency-budget", f"{budget}ms"]
     argv += ["--resolution", "32", "--sample", "3", "--json", "--latency-margin", "measure"]
     assert main(argv) == 0
@@ -1267,18 +1276,20 @@ def test_quick_table_build_has_too_few_calibration_networks_for_an_auto_margin(
 
 
 def test_grid_off_a_multiple_covers_the_range_with_no_point_on_it():
-    plain = _grid(27, 1280, 6)
+    plain = channel_grid(27, 1280, 6)
     for avoid in (4, 8):
-        grid = _grid(27, 1280, 6, avoid=avoid)
+        grid = channel_grid(27, 1280, 6, avoid=avoid)
         assert all(c % avoid for c in grid) and list(grid) == sorted(set(grid))
         assert grid[0] <= plain[0] and grid[-1] >= plain[-1] and len(grid) == len(plain)
-    assert _grid(4, 5, 6, avoid=4)[0] == 3  # the low end moves down, so the range stays covered
+    assert channel_grid(4, 5, 6, avoid=4)[0] == 3  # the low end moves down, so the range stays covered
 
 
 def test_families_on_the_blocked_alignment_are_measured_apart(space):
     shapes = _shapes(space, 2)
-    plain = {(op, key): axes for op, key, axes in _families(shapes, RES, 4, ("silu",), (4,), (3,))}
-    split = {(op, key): axes for op, key, axes in _families(shapes, RES, 4, ("silu",), (4,), (3,), None, 4)}
+    plain = {(op, key): axes for op, key, axes in table_families(shapes, RES, 4, ("silu",), (4,), (3,))}
+    split = {
+        (op, key): axes for op, key, axes in table_families(shapes, RES, 4, ("silu",), (4,), (3,), None, 4)
+    }
     assert not any(key[-1] == BLOCKED for _, key in plain)
     for (op, key), axes in plain.items():
         if op not in ("conv", "dw") or axes[0] == (3,):  # the stem's 3 input channels: one family
@@ -1326,16 +1337,16 @@ def test_onnxruntime_blocked_alignment_is_read_off_the_profile():
     from torch import nn
 
     env = environment("cpu", "onnxruntime", 1)
-    align = _blocked_alignment(env)
+    align = probe_blocked_alignment(env)
     if align is None:
         pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
 
     def kinds(c):
         conv = nn.Conv2d(c, c, 3, 1, 1, groups=c)
-        return {k for k, _ in _node_times(conv, (torch.zeros(1, c, 8, 8),), env, 1, 1)}
+        return {k for k, _ in node_times(conv, (torch.zeros(1, c, 8, 8),), env, 1, 1)}
 
     assert "ReorderInput" in kinds(3 * align) and "ReorderInput" not in kinds(3 * align + 1)
-    assert _blocked_alignment(environment("cpu", "torch", 1)) is None
+    assert probe_blocked_alignment(environment("cpu", "torch", 1)) is None
 
 
 def test_a_table_counts_conversions_with_its_own_plain_input_threshold(table, space):
@@ -1361,14 +1372,14 @@ def test_onnxruntime_dense_convolutions_below_the_block_run_blocked():
     from torch import nn
 
     env = environment("cpu", "onnxruntime", 1)
-    align = _blocked_alignment(env)
+    align = probe_blocked_alignment(env)
     if align is None:
         pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
-    below = _plain_input_below(env)
+    below = probe_plain_input_below(env)
     assert below % 2 == 0 and 4 <= below <= 64
 
     def converts(c):
-        nodes = _node_times(nn.Conv2d(c, 16, 1), (torch.zeros(1, c, 8, 8),), env, 1, 1)
+        nodes = node_times(nn.Conv2d(c, 16, 1), (torch.zeros(1, c, 8, 8),), env, 1, 1)
         return any(k in ("ReorderInput", "ReorderOutput") for k, _ in nodes)
 
     assert converts(below - 1) and not converts(below + 1)
@@ -1395,7 +1406,7 @@ def test_a_tables_plain_input_threshold_round_trips_and_sets_the_count(tmp_path)
 
 def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, tmp_path):
     pytest.importorskip("onnxruntime")
-    align = _blocked_alignment(environment("cpu", "onnxruntime", 1))
+    align = probe_blocked_alignment(environment("cpu", "onnxruntime", 1))
     if align is None:
         pytest.skip("this CPU has no blocked kernels in ONNX Runtime")
     table = _tiny_table(_shapes(space, 1), runtime="onnxruntime", points=2, activations=("silu", "relu6"))
@@ -1407,10 +1418,10 @@ def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, t
     table.save(path)
     again = load_table(path, expect=table.environment)
     assert again.blocked_alignment == align
-    below = _plain_input_below(environment("cpu", "onnxruntime", 1))
+    below = probe_plain_input_below(environment("cpu", "onnxruntime", 1))
     assert table.plain_input_below == again.plain_input_below == below
     # every calibration row records its conversions: the correction can weigh them
     assert all(len(r["components"]) == len(KINDS) + 3 for r in table.correction.calibration)
     for config in _shapes(space, 1):
-        assert predict_latency(config, again) == pytest.approx(predict_latency(config, table), rel=1e-12)
-        assert predict_latency(config, again) > 0
+        assert again.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
+        assert again.predict(config) > 0

@@ -112,7 +112,7 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
     import types
 
     import rexsearch.cli.search as cli_search
-    import rexsearch.latency as latency
+    import rexsearch.latency.margin as margin_module
     from rexsearch.search import settings_from_run, start_run
 
     table = load_table(table_file)
@@ -128,9 +128,9 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setattr(latency, "measure_latency", slower)
-    monkeypatch.setattr(cli_search, "_execute", execute)
-    monkeypatch.setattr(cli_search, "_say_drift", lambda budget, view: None)  # times networks too
+    monkeypatch.setattr(margin_module, "measure_latency", slower)
+    monkeypatch.setattr(cli_search, "execute_run", execute)
+    monkeypatch.setattr(cli_search, "say_drift", lambda budget, view: None)  # times networks too
     budget = ["--latency-budget", f"{budget_ms}ms", "--latency-table", str(table_file), "--resolution", RES]
     argv = ["run", *budget, "--latency-margin", "measure", "--objectives", "rank"]
     assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
@@ -214,7 +214,7 @@ def test_a_trial_measured_over_budget_is_recorded_infeasible():
 def test_live_view_shows_the_lowest_latency(capsys):
     from types import SimpleNamespace
 
-    from rexsearch.cli.search import _LiveView
+    from rexsearch.cli.search import StatusLine
     from rexsearch.search import LiveView, Progress
 
     progress = Progress(total=3)
@@ -225,7 +225,7 @@ def test_live_view_shows_the_lowest_latency(capsys):
         )
         callback.on_trial_complete(0, [trial], trial)
     assert progress.best_latency == 5.25 and progress.best_rank == 0.5
-    _LiveView(quiet=False)(progress)
+    StatusLine(quiet=False)(progress)
     assert "latency 5.25 ms" in capsys.readouterr().err
 
 
@@ -355,13 +355,13 @@ def test_trials_table_without_a_macs_budget(table_file, budget_ms):
 
 
 def test_run_says_how_far_the_machine_drifted_from_the_table(table_file, capsys):
-    from rexsearch.cli.search import RUN_DRIFT_NETWORKS, _LiveView, _say_drift
+    from rexsearch.cli.search import RUN_DRIFT_NETWORKS, StatusLine, say_drift
 
     budget = Budget(latency_ms=5.0, latency_table=load_table(table_file), resolution=int(RES))
-    _say_drift(budget, _LiveView(quiet=False))
+    say_drift(budget, StatusLine(quiet=False))
     err = capsys.readouterr().err
     assert err.startswith("latency table: this machine runs ") and err.count("\n") == 1
     assert f"over {min(RUN_DRIFT_NETWORKS, 2)} calibration networks" in err  # the table has 2
-    _say_drift(budget, _LiveView(quiet=True))
-    _say_drift(Budget(macs=100_000_000), _LiveView(quiet=False))
+    say_drift(budget, StatusLine(quiet=True))
+    say_drift(Budget(macs=100_000_000), StatusLine(quiet=False))
     assert capsys.readouterr().err == ""

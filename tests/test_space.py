@@ -9,7 +9,6 @@ from rexsearch.cost import count_cost
 from rexsearch.errors import UserError
 from rexsearch.principles import get_preset
 from rexsearch.space import (
-    SPACES_DIR,
     Budget,
     InfeasibleError,
     SpaceError,
@@ -17,9 +16,10 @@ from rexsearch.space import (
     check_feasible,
     load_space,
     parse_space,
+    shipped_space_names,
 )
 
-SHIPPED = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+SHIPPED = shipped_space_names()
 
 
 def test_shipped_spaces_present():

@@ -75,10 +75,20 @@ def test_share_interval_is_clopper_pearson():
 
 
 def test_share_verdict_needs_enough_trials():
-    assert stats.share_verdict(40, 40, 0.95) == stats.GOAL_UNDECIDED  # lower bound 0.912
-    assert stats.share_verdict(37, 40, 0.95) == stats.GOAL_UNDECIDED
-    assert stats.share_verdict(20, 40, 0.95) == stats.GOAL_MISSED
+    from rexsearch import bench
+
+    assert bench.share_verdict(40, 40, 0.95) == bench.GOAL_UNDECIDED  # lower bound 0.912
+    assert bench.share_verdict(37, 40, 0.95) == bench.GOAL_UNDECIDED
+    assert bench.share_verdict(20, 40, 0.95) == bench.GOAL_MISSED
     # all of n within: the lower bound 0.025 ** (1 / n) reaches 0.95 at n = 72
     n = math.ceil(math.log(0.025) / math.log(0.95))
-    assert stats.share_verdict(n, n, 0.95) == stats.GOAL_MET
-    assert stats.share_verdict(n - 1, n, 0.95) != stats.GOAL_MET
+    assert bench.share_verdict(n, n, 0.95) == bench.GOAL_MET
+    assert bench.share_verdict(n - 1, n, 0.95) != bench.GOAL_MET
+
+
+def test_quantile_interpolates_between_order_statistics():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert stats.quantile(values, 0.0) == 1.0 and stats.quantile(values, 1.0) == 5.0
+    assert stats.quantile(values, 0.5) == 3.0
+    assert stats.quantile(values, 0.9) == pytest.approx(float(np.quantile(values, 0.9)))
+    assert stats.quantile([7.0], 0.25) == 7.0

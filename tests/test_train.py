@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import class_patterned
 
 from rexsearch.augment import augment_batch, channels_last, crop_flip, normalize, take
+from rexsearch.bench import bench_training
 from rexsearch.cli import main
 from rexsearch.data import Split
 from rexsearch.errors import UserError
@@ -16,7 +17,6 @@ from rexsearch.train import (
     NonFiniteLossError,
     Trainer,
     TrainSettings,
-    bench_training,
     evaluate_top1,
     load_checkpoint,
     save_checkpoint,

@@ -33,14 +33,12 @@ from rexsearch.latency import (
     LatencyTableError,
     auto_margin,
     build_table,
-    calibration_networks,
-    calibration_shapes,
     check_drift,
     environment,
     load_table,
     measure_latency,
 )
-from rexsearch.space import SPACES_DIR
+from rexsearch.space import calibration_networks, calibration_shapes, shipped_space_names
 
 
 def _env_flags(p: argparse.ArgumentParser) -> None:
@@ -127,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(handler=cmd_table_check)
 
-    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    shipped = ", ".join(shipped_space_names())
     p = tsub.add_parser(
         "preview",
         help="candidate configs a space yields under a latency (and MACs) budget",

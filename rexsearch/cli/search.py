@@ -24,7 +24,7 @@ from rexsearch.cli.common import (
 from rexsearch.cost import format_count
 from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
-from rexsearch.space import SPACES_DIR, Budget, load_space
+from rexsearch.space import Budget, load_space, shipped_space_names
 
 #: The largest batch the CPU speed probe trains (its images/s barely change above it), and its
 #: timings: one warm-up step, then the median of three one-step timings (about 2 s for
@@ -44,7 +44,7 @@ def _float(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    shipped = ", ".join(shipped_space_names())
     p = sub.add_parser(
         "run",
         help=command_help("run"),
@@ -188,7 +188,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
-class _LiveView:
+class StatusLine:
     """One status line on stderr (rewritten in place on a terminal)."""
 
     def __init__(self, quiet: bool) -> None:
@@ -243,7 +243,7 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def _download_progress(view: _LiveView):
+def _download_progress(view: StatusLine):
     state = {"last": -1}
 
     def report(done: int, total: int) -> None:
@@ -307,9 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_storage(settings.storage_url())  # an unusable --storage stops here, before any timing too
     space = load_space(settings.space)
-    view = _LiveView(args.quiet)
+    view = StatusLine(args.quiet)
     budget, measured = feasible_budget(args, budget, space, settings.seed, view.event)
-    _say_drift(budget, view)
+    say_drift(budget, view)
     settings = SearchSettings(
         **{
             **settings.to_dict(),
@@ -320,7 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         }
     )
     confirm = (args.confirm, args.confirm_seeds) if args.confirm else None
-    return _execute(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
+    return execute_run(settings, view, new_run=True, argv=["rexsearch", *sys.argv[1:]], confirm=confirm)
 
 
 def _check_latency_table(budget: Budget, path: str | Path | None) -> None:
@@ -335,7 +335,7 @@ def _check_latency_table(budget: Budget, path: str | Path | None) -> None:
 RUN_DRIFT_NETWORKS = 3
 
 
-def _say_drift(budget: Budget, view: _LiveView) -> None:
+def say_drift(budget: Budget, view: StatusLine) -> None:
     """Say how much faster or slower this machine runs than when the latency table was built."""
     table = budget.latency_table
     if table is None or view.quiet or not any("config" in r for r in table.correction.calibration):
@@ -364,14 +364,14 @@ def _resume(
     check_resumable(run)  # read only: a missing, renamed or empty study writes nothing, not even the lock
     lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
     try:
-        return _execute(settings, _LiveView(quiet), new_run=False, argv=[], lock=lock)
+        return execute_run(settings, StatusLine(quiet), new_run=False, argv=[], lock=lock)
     finally:
         lock.release()
 
 
-def _execute(
+def execute_run(
     settings,
-    view: _LiveView,
+    view: StatusLine,
     new_run: bool,
     argv: list[str],
     lock=None,
@@ -430,7 +430,7 @@ def _execute(
                 lock=lock,
             )
         # the report is written while Ray shuts down (which mostly waits for its processes)
-        report = _Background(lambda: _write_report(outcome, settings))
+        report = Background(lambda: _write_report(outcome, settings))
     finally:
         if own_lock is not None:
             own_lock.release()
@@ -464,7 +464,7 @@ def _execute(
     return 0
 
 
-def _cpu_note(settings, split, view: _LiveView) -> None:
+def _cpu_note(settings, split, view: StatusLine) -> None:
     from rexsearch.search import estimate_training_seconds
     from rexsearch.space import InfeasibleError, baseline_candidate
     from rexsearch.train import measure_throughput
@@ -492,7 +492,7 @@ def _prewarm_report() -> None:
     threading.Thread(target=prewarm, name="rexsearch-report-prewarm", daemon=True).start()
 
 
-class _Background:
+class Background:
     """``fn()`` in a thread; :meth:`result` waits for it and re-raises what it raised."""
 
     def __init__(self, fn) -> None:

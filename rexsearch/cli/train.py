@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from rexsearch.bench import CPU_FP32_PEAK_GFLOPS, bench_training
 from rexsearch.cli import command_help
 from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json
 from rexsearch.config import ReXNetConfig
@@ -18,11 +19,9 @@ from rexsearch.principles import get_preset
 from rexsearch.proxy import PROXY_RESOLUTION
 from rexsearch.results import RunResults, describe_state, trial_number
 from rexsearch.train import (
-    CPU_FP32_PEAK_GFLOPS,
     EpochMetrics,
     Trainer,
     TrainSettings,
-    bench_training,
     load_checkpoint,
     save_checkpoint,
     write_json,

@@ -81,7 +81,7 @@ def ensure_ray(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
-    if address or _joins_local_cluster():
+    if address or joins_local_cluster():
         # a cluster's workers do not inherit this process's environment
         kwargs["runtime_env"] = {"env_vars": worker_env()}
     else:
@@ -89,7 +89,7 @@ def ensure_ray(address: str | None) -> bool:
         # about 1 s sooner each than workers started for a runtime_env
         os.environ.update(worker_env())
     if address:
-        _check_reachable(address)
+        check_reachable(address)
     try:
         with _in_package_home():
             if address:
@@ -107,7 +107,7 @@ def ensure_ray(address: str | None) -> bool:
     return True
 
 
-def _joins_local_cluster() -> bool:
+def joins_local_cluster() -> bool:
     """Whether ``ray.init()`` without an address would join a Ray started by ``ray start`` here
     (True when that cannot be told)."""
     try:
@@ -118,7 +118,7 @@ def _joins_local_cluster() -> bool:
         return True
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail at once when nothing listens at a HOST:PORT address (ray.init would retry for minutes)."""
     import socket
 

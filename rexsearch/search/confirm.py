@@ -25,8 +25,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from rexsearch.confirmation import confirm_study
 from rexsearch.errors import UserError
-from rexsearch.results import RunResults, confirm_study, error_text
+from rexsearch.results import RunResults, error_text
 from rexsearch.rundir import RunInfo
 from rexsearch.search.cluster import Resources, cluster_resources
 from rexsearch.search.settings import SearchSettings
