@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from rexsearch import __version__
+from rexsearch.confirmation import CONFIRM_SUFFIX
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
-from rexsearch.results import CONFIRM_SUFFIX, DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
+from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
 from rexsearch.rundir import (
     LATENCY_TABLE,
     LOCK_FILE,
