@@ -81,8 +81,19 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
     assert meta["fidelity"]["epochs"] == 1 and meta["objectives"] == ["accuracy", "rank"]
     assert (run_dir / "report.html").exists() and (run_dir / "trials.csv").exists()
     # the test archive is admitted by REXSEARCH_CIFAR100_MD5: the run says it is not CIFAR-100
-    assert meta["data"] == {"archive_md5": os.environ["REXSEARCH_CIFAR100_MD5"], "cifar100": False}
-    assert "stand-in data set" in (run_dir / "report.html").read_text(encoding="utf-8")
+    md5 = os.environ["REXSEARCH_CIFAR100_MD5"]
+    assert meta["data"]["archive_md5"] == md5 and meta["data"]["cifar100"] is False
+    assert meta["data"]["dataset"] == "cifar100" and meta["data"]["digest"] == f"md5:{md5}"
+    assert meta["data"]["split"] == {
+        "train_images": 300,
+        "val_images": 200,
+        "seed": 3,
+        "validation": "held out of the training images",
+    }
+    assert meta["settings"]["dataset"] == "cifar100" and meta["data"]["classes"] == 100
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "stand-in data set" in page and "on CIFAR-100</h1>" in page
+    assert all(t.user_attrs["proxy_config"]["num_classes"] == 100 for t in trials)
 
 
 def _failing_trial(tune_config, split=None, job=None):

@@ -205,11 +205,12 @@ def execute_confirm(
     from ray import tune
 
     from rexsearch.rundir import load_run
-    from rexsearch.search.run import trial_job
+    from rexsearch.search.run import check_same_data, proxy_classes, trial_job
     from rexsearch.search.trial import trial_function
     from rexsearch.search.tune import fit, run_config, trainable
 
     run = load_run(settings.run_dir)
+    check_same_data(run, getattr(split, "dataset", None))
     resources = resources or cluster_resources(settings)
     study = confirm_study(run, create=True)
     with warnings.catch_warnings():
@@ -233,7 +234,8 @@ def execute_confirm(
         }
         for t, seed in confirm_plan.todo
     ]
-    job = replace(trial_job(settings, run, resources), objectives=("accuracy",), epochs=confirm_plan.epochs)
+    job = trial_job(settings, run, resources, proxy_classes(settings, split))
+    job = replace(job, objectives=("accuracy",), epochs=confirm_plan.epochs)
     job = replace(job, keep_weights=False)
 
     fn = trainable(trial_function, split, job, resources)
@@ -258,12 +260,15 @@ def confirm(
     data_dir: str | None = None,
     split: Any = None,
     on_event: Callable[[str], None] | None = None,
+    progress: Callable[[str, str, int, int], None] | None = None,
 ) -> ConfirmOutcome:
     """Plan and run the confirmation of ``run_dir`` (joining or starting Ray, loading the split when
-    not given); Ray is shut down again only when this call started it."""
+    not given: the run's data set, refused when its content differs from what the run recorded;
+    ``progress`` reports its download and decoding); Ray is shut down again only when this call
+    started it."""
     from rexsearch.rundir import load_run
     from rexsearch.search.cluster import ensure_ray
-    from rexsearch.search.run import load_split
+    from rexsearch.search.run import check_same_data, load_split
     from rexsearch.search.settings import settings_from_run
 
     run = load_run(run_dir)
@@ -278,7 +283,10 @@ def confirm(
         )
     if not confirm_plan.todo:
         return ConfirmOutcome(run, confirm_plan, 0, 0.0, False)
-    split = split if split is not None else load_split(settings)
+    if split is None:
+        split = load_split(settings, progress, run=run)
+    else:
+        check_same_data(run, getattr(split, "dataset", None))
     started = ensure_ray(settings.address)
     try:
         return execute_confirm(settings, confirm_plan, split, on_event)
