@@ -566,7 +566,7 @@ def print_front(results) -> None:
     if results.budget.latency_ms is not None and "latency" not in names:
         names.append("latency")
     res = results.budget.resolution
-    on = f" on {results.run.dataset_title}" if results.run.dataset_title else " (rank only, no data set)"
+    on = f" on {results.run.dataset_title}" if results.run.dataset_title else ""  # rank only: no data set
     print(f"Pareto front{on} ({len(front)} trials; MACs = conv+linear multiply-accumulates at {res}x{res}):")
     if front.empty:
         return
