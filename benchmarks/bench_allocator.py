@@ -48,7 +48,7 @@ def child(steady: bool) -> dict[str, float]:
 
     import torch
 
-    from rexsearch.data import Split
+    from rexsearch.datasets.splits import Split
     from rexsearch.proxy import proxy_config
     from rexsearch.train import TrainSettings, train_proxy
 

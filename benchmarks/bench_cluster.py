@@ -27,7 +27,7 @@ import torch
 
 def synthetic_split(train: int, val: int, seed: int = 0) -> Any:
     """CIFAR-100-shaped uint8 images whose class is a colour pattern plus noise."""
-    from rexsearch.data import Split
+    from rexsearch.datasets.splits import Split
 
     gen = torch.Generator().manual_seed(seed)
     prototypes = torch.randint(0, 256, (100, 3, 4, 4), generator=gen).float()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from build_digits_archive import digits_images
 
-from rexsearch.data import Split, stratified_order
+from rexsearch.datasets.splits import Split, stratified_order
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 from rexsearch.rank import RANK_PROTOCOLS, measure_rank
 from rexsearch.space import Budget, RandomTrial, load_space

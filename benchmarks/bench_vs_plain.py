@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the CIFAR-format archive writer lives
 from cifar_archive import write_cifar_archive  # noqa: E402
 
 from rexsearch.config import ReXNetConfig  # noqa: E402
-from rexsearch.data import load_cifar100, search_split  # noqa: E402
+from rexsearch.datasets import load_dataset  # noqa: E402
+from rexsearch.datasets.splits import search_split  # noqa: E402
 from rexsearch.model import build_model  # noqa: E402
 from rexsearch.proxy import proxy_config  # noqa: E402
 from rexsearch.results import RunResults  # noqa: E402
@@ -143,7 +144,7 @@ def main() -> None:
     train_a = sum(t.user_attrs.get("train_seconds", 0.0) for t in done)
 
     os.environ.update(env)
-    data = load_cifar100(archive.parent)
+    data = load_dataset("cifar100", archive.parent)
     split = search_split(data, val_images=args.val_images, train_images=args.train_images, seed=0)
     torch.set_num_threads(2)
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cifar_archive import write_cifar_archive
 
-from rexsearch.data import ARCHIVE_NAME, NUM_CLASSES
+from rexsearch.datasets.cifar import CIFAR100
 
 
 def digits_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     x, y = digits_images()
     n = len(y) - args.test_images
-    classes = [f"digit_{i}" if i < 10 else f"unused_{i}" for i in range(NUM_CLASSES)]
+    classes = [f"digit_{i}" if i < 10 else f"unused_{i}" for i in range(CIFAR100.classes)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    md5 = write_cifar_archive(out / ARCHIVE_NAME, x[:n], y[:n], x[n:], y[n:], classes)
+    md5 = write_cifar_archive(out / CIFAR100.archive, x[:n], y[:n], x[n:], y[n:], classes)
     print(md5)
 
 

@@ -7,6 +7,8 @@ Python, no DataLoader workers competing with the training threads for the cores.
 Tensors are (N, C, H, W) in shape and channels-last in memory: the dataset is kept that
 way (:func:`channels_last`), a batch is cut from it with :func:`take`, and the model
 gets float32 channels-last input, the layout the CPU and GPU conv kernels run fastest on.
+Grayscale images (C = 1) stay one channel up to :func:`normalize`, which repeats them into
+the three channels of the network's stem.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: CIFAR-100 training-set channel statistics (of pixel values scaled to [0, 1]).
+#: CIFAR-100 training-set channel statistics (of pixel values scaled to [0, 1]); the default.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+Stats = tuple[float, ...]
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -54,11 +58,20 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> 
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
-def normalize(x: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
-    """uint8 images to normalised float32, channels-last, resized to ``resolution`` if it differs."""
-    mean = torch.tensor(CIFAR100_MEAN, device=x.device) * 255.0
-    inv_std = 1.0 / (torch.tensor(CIFAR100_STD, device=x.device) * 255.0)
-    out = ((_nhwc(x).to(torch.float32) - mean) * inv_std).permute(0, 3, 1, 2)
+def normalize(
+    x: torch.Tensor, resolution: int | None = None, mean: Stats = CIFAR100_MEAN, std: Stats = CIFAR100_STD
+) -> torch.Tensor:
+    """uint8 images to normalised float32, channels-last, resized to ``resolution`` if it differs.
+
+    ``mean`` and ``std`` are per output channel (of values in [0, 1]); a one-channel batch is
+    repeated into all of them (grayscale images feed the 3-channel stem).
+    """
+    if x.shape[1] not in (1, len(mean)):
+        raise ValueError(f"images with {x.shape[1]} channels cannot be normalised to {len(mean)}")
+    scale = torch.tensor(mean, device=x.device) * 255.0
+    inv_std = 1.0 / (torch.tensor(std, device=x.device) * 255.0)
+    # (N, H, W, C) minus a (C',) vector: a single channel broadcasts to all C' channels
+    out = ((_nhwc(x).to(torch.float32) - scale) * inv_std).permute(0, 3, 1, 2)
     if resolution is not None and resolution != x.shape[-1]:
         out = F.interpolate(out, size=(resolution, resolution), mode="bilinear", align_corners=False)
         out = out.contiguous(memory_format=torch.channels_last)
@@ -66,7 +79,12 @@ def normalize(x: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
 
 
 def augment_batch(
-    x: torch.Tensor, generator: torch.Generator, resolution: int | None = None, padding: int = 4
+    x: torch.Tensor,
+    generator: torch.Generator,
+    resolution: int | None = None,
+    padding: int = 4,
+    mean: Stats = CIFAR100_MEAN,
+    std: Stats = CIFAR100_STD,
 ) -> torch.Tensor:
     """A training batch: crop + flip + normalise (+ resize), float32 channels-last."""
-    return normalize(crop_flip(x, generator, padding), resolution)
+    return normalize(crop_flip(x, generator, padding), resolution, mean, std)

@@ -22,8 +22,8 @@ from torch import nn
 from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD, augment_batch, take
 from rexsearch.config import ReXNetConfig
 from rexsearch.cost import count_cost
-from rexsearch.data import NUM_CLASSES
 from rexsearch.model import build_model
+from rexsearch.proxy import PROXY_CLASSES
 from rexsearch.stats import CONFIDENCE, share_interval
 from rexsearch.train import Trainer, TrainSettings, own_rng
 
@@ -98,7 +98,7 @@ def bench_training(
     n = batch_size * steps
     gen = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    labels = torch.randint(0, PROXY_CLASSES, (n,), generator=gen)
     trainer = Trainer(config, settings, n)
     prepared = trainer.prepare(images)
     with own_rng(trainer.device):

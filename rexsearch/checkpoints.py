@@ -76,13 +76,14 @@ def save_state(
 
 
 def save_weights(
-    model: nn.Module, config: ReXNetConfig, path: Path, layout: str = "rexsearch"
+    model: nn.Module, config: ReXNetConfig, path: Path, layout: str = "rexsearch", **extra: str
 ) -> dict[str, torch.Tensor]:
-    """Write ``model``'s state_dict in ``layout`` (safetensors; metadata: layout, config, digest)."""
+    """Write ``model``'s state_dict in ``layout`` (safetensors; metadata: layout, config, digest,
+    plus ``extra``)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if layout != "rexsearch":
         state = {k: v.contiguous() for k, v in to_layout(state, config, layout).items()}
-    save_state(state, config, path, layout)
+    save_state(state, config, path, layout, **extra)
     return state
 
 

@@ -193,6 +193,7 @@ class Comparison:
                 "std": sample_std(v),
                 "median": float(np.median(v)) if len(v) else np.nan,
                 "best": float(v.max()) if len(v) else np.nan,
+                "dataset": (r.results.run.dataset or {}).get("dataset", ""),
             }
             for g in GROUPS:
                 row[f"{g}10_mean"] = mean(v[groups[g]]) if groups else np.nan
@@ -220,9 +221,22 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
+def dataset_mismatches(runs: Sequence[SpaceRun]) -> list[str]:
+    """Runs that trained on another data set (or another copy of it) than the first run."""
+    from rexsearch.datasets import mismatch
+
+    first = runs[0].results.run.dataset
+    out = []
+    for r in runs[1:]:
+        diff = mismatch(first, r.results.run.dataset)
+        if diff:
+            out.append(f"{runs[0].label} trained on {diff} ({r.label})")
+    return out
+
+
 def compare_runs(run_dirs: Sequence[str | Path], force: bool = False) -> Comparison:
-    """Load the runs and compare them; a UserError on fewer than two runs or on mismatched
-    budgets/resolutions/fidelities unless ``force``."""
+    """Load the runs and compare them; a UserError on fewer than two runs, on runs on different
+    data sets (always), or on mismatched budgets/resolutions/fidelities unless ``force``."""
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
     loaded = [RunResults.load(d) for d in run_dirs]
@@ -230,6 +244,13 @@ def compare_runs(run_dirs: Sequence[str | Path], force: bool = False) -> Compari
     if len(set(labels)) != len(labels):
         raise UserError("the same run directory is given twice")
     runs = tuple(SpaceRun(label, r) for label, r in zip(labels, loaded, strict=True))
+    other_data = dataset_mismatches(runs)
+    if other_data:
+        raise UserError(
+            "the runs trained on different data, so their accuracies are not comparable ("
+            + "; ".join(other_data)
+            + "); --force does not change that: compare runs on one data set"
+        )
     diffs = mismatches(runs)
     if diffs and not force:
         raise UserError(
@@ -359,6 +380,7 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
             f"{r.results.run.flops_budget:,}",
             "n/a" if r.results.run.params_budget is None else f"{r.results.run.params_budget:,}",
             str(r.results.run.resolution),
+            r.results.run.dataset_title or "none (rank only)",
             ", ".join(f"{k} {v}" for k, v in (r.results.run.data.get("fidelity") or {}).items()),
             str(len(r.models)),
         ]
@@ -421,6 +443,7 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
                     "MACs budget",
                     "params budget",
                     "resolution",
+                    "data set",
                     "fidelity",
                     "models",
                 ],
@@ -467,7 +490,8 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
             table(["run A", "run B", "KS D", "p", "median A", "median B", "ahead"], ks_rows),
         ),
     ]
-    title = "rexsearch design-space comparison"
+    data = c.runs[0].results.run.dataset_title
+    title = "rexsearch design-space comparison" + (f" on {data}" if data else "")
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>{CSS}</style>"

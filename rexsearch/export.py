@@ -41,6 +41,8 @@ WEIGHTS = ("init", "proxy")
 FORMATS = ("safetensors", "onnx", "torchscript")
 
 CARD_FILE = "README.md"
+#: safetensors metadata of a run's export: the data set the run trained on (run.json's ``data``).
+META_DATASET = "rexsearch.dataset"
 TARGET_CONFIG_FILE = "target-config.json"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
@@ -211,10 +213,11 @@ def _write(
     layout: str,
     formats: Sequence[str],
     card: str,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[list[str], float | None]:
     names = [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]
     (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
-    save_weights(model, config, tmp / WEIGHTS_FILE, layout)
+    save_weights(model, config, tmp / WEIGHTS_FILE, layout, **(metadata or {}))
     diff = None
     if "onnx" in formats:
         diff = _export_onnx(model, resolution, tmp / ONNX_FILE)
@@ -266,8 +269,9 @@ def export_trial(
         resolution = PROXY_RESOLUTION
     card = _trial_card(info, chosen, config, why, weights, seed, layout, formats, out, resolution)
     card += "\n".join(_confirmed_lines(results, chosen.number)) + "\n"
+    dataset = {META_DATASET: json.dumps(info.dataset)} if info.dataset else {}
     with _staged(out, force, info.path) as tmp:
-        names, diff = _write(tmp, model, config, resolution, layout, formats, card)
+        names, diff = _write(tmp, model, config, resolution, layout, formats, card, dataset)
         if weights == "proxy":
             target = ReXNetConfig.from_dict(attrs["config"])
             (tmp / TARGET_CONFIG_FILE).write_text(replace(target, name=config.name).to_json() + "\n")
@@ -386,9 +390,11 @@ def _trial_card(
             f"Freshly initialised weights (seed {seed}) of the target network; train it before use."
         )
     else:
+        split = (info.dataset or {}).get("split") or {}
+        images = split.get("train_images") or fidelity.get("train_images") or "?"
         weights_text = (
             f"The proxy weights the search trained ({fidelity.get('epochs', '?')} epochs on "
-            f"{fidelity.get('train_images', '?')} CIFAR-100 images at 32x32): a short proxy, "
+            f"{images} {info.dataset_title} images at 32x32): a short proxy, "
             f"not a final model. `{CONFIG_FILE}` describes this proxy; `{TARGET_CONFIG_FILE}` is the "
             f"network designed for {info.resolution}x{info.resolution} that the budget applies to."
         )
@@ -396,7 +402,8 @@ def _trial_card(
     lines = [
         f"# {config.name}",
         "",
-        f"Trial {trial.number} of the rexsearch run `{info.path}` ({trial.state.name.lower()}{baseline}).",
+        f"Trial {trial.number} of the rexsearch run `{info.path}` ({trial.state.name.lower()}{baseline})"
+        + (f", searched on {info.dataset_title}." if info.dataset_title else ", rank only (no data set)."),
         "",
         f"Selection: {why}. {BEST_DEFINITION}",
         "",
@@ -431,10 +438,10 @@ def _trial_card(
         "|---|---:|",
         *metrics,
         "",
-        f"Proxy fidelity: {json.dumps(fidelity)}. Proxy accuracy is top-1 on a held-out part of the "
-        "CIFAR-100 training set; rank is the mean normalized feature rank."
-        + (f" **{info.stand_in_data}**" if info.stand_in_data else ""),
+        f"Proxy fidelity: {json.dumps(fidelity)}. {_accuracy_sentence(info)}Rank is the mean normalized "
+        "feature rank." + (f" **{info.stand_in_data}**" if info.stand_in_data else ""),
         "",
+        *_dataset_lines(info, config),
         "## Weights",
         "",
         weights_text,
@@ -448,6 +455,43 @@ def _trial_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _accuracy_sentence(info: RunInfo) -> str:
+    data = info.dataset
+    if not data:
+        return ""
+    split = data.get("split") or {}
+    where = (
+        "its val/ images" if split.get("validation") == "val/" else "a held-out part of its training images"
+    )
+    return f"Proxy accuracy is top-1 on {info.dataset_title}: {where}. "
+
+
+def _dataset_lines(info: RunInfo, config: ReXNetConfig) -> list[str]:
+    """The card's *Data set*: what the proxies trained on, and the head of the exported network."""
+    from rexsearch.datasets import describe
+
+    data = info.dataset
+    if not data:
+        return ["## Data set", "", "None: a rank-only run trains no proxy.", ""]
+    lines = ["## Data set", "", f"- {describe(data)}"]
+    if data.get("digest"):
+        lines.append(f"- content digest `{data['digest']}`")
+    if data.get("note"):
+        lines.append(f"- {data['note']}")
+    if data.get("mean"):
+        mean = ", ".join(f"{v:.4f}" for v in data["mean"])
+        std = ", ".join(f"{v:.4f}" for v in data["std"])
+        lines.append(f"- inputs normalised with per-channel mean ({mean}) and std ({std}) of [0, 1] pixels")
+    classes = data.get("classes")
+    if classes and classes != config.num_classes:
+        lines.append(
+            f"- the proxies had {classes} outputs (the data set's classes); this network has "
+            f"{config.num_classes}, as the search space defines the target: `rexsearch train` gives the "
+            "proxy the data set's classes"
+        )
+    return [*lines, ""]
 
 
 def _confirmed_lines(results: RunResults, number: int) -> list[str]:

@@ -1,8 +1,8 @@
-"""The CIFAR proxy of a config designed for 224x224.
+"""The proxy of a config designed for 224x224, trained on 32x32 images (CIFAR's size).
 
 Rule: channels, kernels, expansions, SE and activations are unchanged; the classifier gets
-``num_classes`` outputs; and stride-2 layers become stride 1, earliest first (the stem,
-then the first stride-2 block, ...), until the total downsampling is at most
+``num_classes`` outputs (the data set's classes); and stride-2 layers become stride 1,
+earliest first (the stem, then the first stride-2 block, ...), until the total downsampling is at most
 ``resolution / min_feature`` (default 32 / 2 = 16). For the ReXNet and MobileNetV2
 presets at 32x32 that removes the stem's stride only, so the last feature map is 2x2
 instead of 1x1 and the network keeps its four downsampling stages. (Removing one more
@@ -19,7 +19,8 @@ from rexsearch.config import ReXNetConfig
 
 #: CIFAR's image size: the resolution every proxy is trained and its rank measured at.
 PROXY_RESOLUTION = 32
-#: CIFAR-100's classes: the proxy's classifier width (equals :data:`rexsearch.data.NUM_CLASSES`).
+#: The default proxy's classifier width: CIFAR-100's classes (the default data set); a run on
+#: another data set passes that set's class count.
 PROXY_CLASSES = 100
 
 

@@ -122,11 +122,14 @@ INTERRUPTED_ERROR = "interrupted: the search stopped while it ran"
 MAX_ERROR_CHARS = 2000
 
 
-def candidate_record(config: ReXNetConfig, resolution: int, latency_ms: float | None = None) -> TrialRecord:
-    """The record of a decoded candidate: its config, its cost at ``resolution``, its proxy and
-    (with a latency budget) its predicted latency."""
+def candidate_record(
+    config: ReXNetConfig, resolution: int, latency_ms: float | None = None, num_classes: int = 100
+) -> TrialRecord:
+    """The record of a decoded candidate: its config, its cost at ``resolution``, its proxy (with
+    ``num_classes`` outputs: the data set's classes) and (with a latency budget) its predicted
+    latency."""
     cost = count_cost(config, resolution)
-    proxy = proxy_config(config)
+    proxy = proxy_config(config, num_classes=num_classes)
     record = TrialRecord(
         config=config.to_dict(),
         config_hash=config.short_hash(),
@@ -339,6 +342,7 @@ TABLE_COLUMNS = (
     "latency_ms",
     "latency_measured_ms",
     "latency",
+    "dataset",
 )
 _INT_COLUMNS = ("macs", "params", "proxy_macs", "fvcore_macs", "fvcore_total", "expand_layers", "depth")
 _FLOAT_COLUMNS = (
@@ -353,7 +357,9 @@ _FLOAT_COLUMNS = (
 )
 
 
-def _row(trial: optuna.trial.FrozenTrial, objectives: Sequence[str], budget: Budget) -> dict[str, Any]:
+def _row(
+    trial: optuna.trial.FrozenTrial, objectives: Sequence[str], budget: Budget, dataset: str
+) -> dict[str, Any]:
     attrs = trial.user_attrs
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     values = trial.values or [None] * len(objectives)
@@ -391,19 +397,23 @@ def _row(trial: optuna.trial.FrozenTrial, objectives: Sequence[str], budget: Bud
         latency_ms=attrs.get("latency_ms"),
         latency_measured_ms=attrs.get("latency_measured_ms"),
         latency=judged_latency(attrs),
+        dataset=dataset,
     )
     return row
 
 
 def trials_table(
-    trials: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[str], budget: Budget
+    trials: Sequence[optuna.trial.FrozenTrial],
+    objectives: Sequence[str],
+    budget: Budget,
+    dataset: str | None = None,
 ) -> pd.DataFrame:
     """One row per trial (trials.csv): number, state, ``value_<objective>``, ``param_<name>``,
     costs, metrics, design summary (expand layers, growth slope, nonlinearity, SE), baseline,
-    feasible, error."""
+    feasible, error, latency, and the data set the proxies trained on (empty for rank-only runs)."""
     import pandas as pd
 
-    rows = [_row(t, objectives, budget) for t in trials]
+    rows = [_row(t, objectives, budget, dataset or "") for t in trials]
     lead = ["number", "state"] + [f"value_{o}" for o in objectives]
     param_cols = sorted({k for r in rows for k in r if k.startswith("param_")})
     frame = pd.DataFrame(rows, columns=lead + param_cols + list(TABLE_COLUMNS))
@@ -470,7 +480,8 @@ class RunResults:
     @cached_property
     def table(self) -> pd.DataFrame:
         """The trials table (:func:`trials_table`), as trials.csv holds it."""
-        return trials_table(self.trials, self.objectives, self.budget)
+        dataset = self.run.dataset
+        return trials_table(self.trials, self.objectives, self.budget, dataset and dataset.get("dataset"))
 
     @cached_property
     def feasible(self) -> pd.DataFrame:

@@ -147,16 +147,43 @@ class RunInfo:
         return None if value is None else float(value)
 
     @property
+    def dataset(self) -> dict[str, Any] | None:
+        """The data set the run trained on (run.json's ``data``, see
+        :func:`rexsearch.datasets.recorded_dataset`); None for a rank-only run. A run recorded
+        before data sets were a choice trained on CIFAR-100."""
+        from rexsearch.datasets import recorded_dataset
+
+        record = recorded_dataset(self.data.get("data"))
+        if record is None and "accuracy" in self.data.get("objectives", ()):
+            return {"dataset": "cifar100", "title": "CIFAR-100"}
+        return record
+
+    @property
+    def dataset_title(self) -> str | None:
+        """The data set's name for people (``Fashion-MNIST``), or None for a rank-only run."""
+        from rexsearch.datasets import title_of
+
+        return title_of(self.dataset) if self.dataset else None
+
+    @property
     def stand_in_data(self) -> str | None:
-        """A sentence when the run trained on an archive other than CIFAR-100's own (run.json's
-        ``data``), else None (CIFAR-100, a rank-only run, or a run recorded before the field)."""
-        data = self.data.get("data")
-        if not isinstance(data, dict) or data.get("cifar100", True):
+        """A sentence when the run trained on files other than its data set's official ones
+        (admitted by a checksum override, run.json's ``data``), else None."""
+        data = self.dataset
+        if not data or data.get("official", True):
             return None
+        title = self.dataset_title
+        md5 = data.get("archive_md5") or data.get("digest")
+        env = {
+            "cifar100": "REXSEARCH_CIFAR100_MD5",
+            "cifar10": "REXSEARCH_CIFAR10_MD5",
+            "fashion-mnist": "REXSEARCH_FASHION_MNIST_MD5",
+        }.get(str(data.get("dataset")), "a checksum override")
+        what = "an archive" if "archive_md5" in data else "files"
         return (
-            f"This run trained on an archive other than CIFAR-100's original (md5 "
-            f"{data.get('archive_md5')}, admitted by REXSEARCH_CIFAR100_MD5): unless it is a re-packed "
-            "CIFAR-100, this is a stand-in data set and its accuracies are not CIFAR-100's."
+            f"This run trained on {what} other than {title}'s original (md5 {md5}, admitted by {env}): "
+            f"unless it is a re-packed {title}, this is a stand-in data set and its accuracies are not "
+            f"{title}'s."
         )
 
     @property

@@ -1,10 +1,12 @@
-"""Proxy training: a config's CIFAR proxy trained with SGD on uint8 tensors kept on the device.
+"""Proxy training: a config's proxy trained with SGD on uint8 tensors kept on the device.
 
-The network is ``build_model(proxy_config(config, resolution, 100))`` (see
-:mod:`rexsearch.proxy`). Recipe: SGD with Nesterov momentum, linear warm-up then cosine
-decay (per step), label smoothing, weight decay on conv/linear weights only (not on
-BatchNorm or biases). Batches are cut from the images on the device and augmented there
-(:mod:`rexsearch.augment`); the model runs channels-last, with bfloat16 autocast on CUDA.
+The network is ``build_model(proxy_config(config, resolution, num_classes))`` (see
+:mod:`rexsearch.proxy`), its classifier as wide as the data set has classes. Recipe: SGD
+with Nesterov momentum, linear warm-up then cosine decay (per step), label smoothing,
+weight decay on conv/linear weights only (not on BatchNorm or biases). Batches are cut
+from the images on the device, augmented there (:mod:`rexsearch.augment`) and normalised
+with the data set's channel statistics (a grayscale set repeated into the stem's three
+channels); the model runs channels-last, with bfloat16 autocast on CUDA.
 
 Fidelity knobs: epochs, training images (the split's size), batch size, resolution.
 Accuracies are fractions in [0, 1]. With the same seed and thread count, training on
@@ -32,14 +34,22 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rexsearch.allocator import steady_allocator
-from rexsearch.augment import augment_batch, channels_last, normalize, take
+from rexsearch.augment import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    Stats,
+    augment_batch,
+    channels_last,
+    normalize,
+    take,
+)
 from rexsearch.checkpoints import CHECKPOINT_JSON, save_state
 from rexsearch.config import ReXNetConfig
-from rexsearch.data import NUM_CLASSES, Split
+from rexsearch.datasets.splits import Split
 from rexsearch.errors import UserError
 from rexsearch.files import atomic_write, write_text_atomic
 from rexsearch.model import build_model
-from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
+from rexsearch.proxy import PROXY_CLASSES, PROXY_RESOLUTION, proxy_config
 
 #: ``progress(steps_done, steps_total)`` over the whole training.
 StepProgress = Callable[[int, int], None]
@@ -195,9 +205,19 @@ class Trainer:
 
     :func:`train_proxy` is the one-call form; ``rexsearch train`` uses the class to
     checkpoint after every epoch and resume (:func:`save_checkpoint`, :func:`load_checkpoint`).
+    ``num_classes`` is the data set's (the classifier's width); ``mean`` and ``std`` its channel
+    statistics (of values in [0, 1]), which inputs are normalised with.
     """
 
-    def __init__(self, config: ReXNetConfig, settings: TrainSettings, train_images: int) -> None:
+    def __init__(
+        self,
+        config: ReXNetConfig,
+        settings: TrainSettings,
+        train_images: int,
+        num_classes: int = PROXY_CLASSES,
+        mean: Stats = CIFAR100_MEAN,
+        std: Stats = CIFAR100_STD,
+    ) -> None:
         if train_images < 2:
             raise UserError(f"training needs at least 2 images, got {train_images}")
         # glibc would map and fault the largest activation and gradient buffers afresh on
@@ -205,7 +225,8 @@ class Trainer:
         steady_allocator()
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.config = proxy_config(config, settings.resolution, num_classes=NUM_CLASSES)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.config = proxy_config(config, settings.resolution, num_classes=num_classes)
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         with own_rng(self.device):
             torch.manual_seed(settings.seed)
@@ -241,7 +262,7 @@ class Trainer:
         return 0.5 * base * (1.0 + math.cos(math.pi * (step - self.warmup_steps) / span))
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 3, 32, 32) on the device, channels-last (the layout batches are cut from)."""
+        """uint8 images (N, C, H, W) on the device, channels-last (the layout batches are cut from)."""
         return channels_last(images.to(self.device))
 
     def _input(self, batch: torch.Tensor) -> torch.Tensor:
@@ -280,7 +301,8 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(step)
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self._input(augment_batch(take(images, index), gen, settings.resolution))
+            batch = augment_batch(take(images, index), gen, settings.resolution, mean=self.mean, std=self.std)
+            x = self._input(batch)
             with self._autocast():
                 loss = F.cross_entropy(
                     self.forward(x), labels.index_select(0, index), label_smoothing=settings.label_smoothing
@@ -303,7 +325,15 @@ class Trainer:
         """Top-1 accuracy (a fraction) on prepared ``images`` with int64 ``labels``."""
         settings = self.settings
         return evaluate_top1(
-            self.model, images, labels, batch_size, settings.resolution, self.memory_format, self._autocast
+            self.model,
+            images,
+            labels,
+            batch_size,
+            settings.resolution,
+            self.memory_format,
+            self._autocast,
+            self.mean,
+            self.std,
         )
 
     def fit(
@@ -355,11 +385,14 @@ def evaluate_top1(
     resolution: int | None = None,
     memory_format: torch.memory_format = torch.channels_last,
     autocast: Callable[[], Any] = nullcontext,
+    mean: Stats = CIFAR100_MEAN,
+    std: Stats = CIFAR100_STD,
 ) -> float:
     """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on uint8 ``images`` and int64 ``labels``.
 
-    Images are normalised like training batches (no augmentation) and resized to
-    ``resolution`` if given; they are moved to the model's device batch by batch.
+    Images are normalised like training batches (no augmentation; ``mean``/``std`` the data
+    set's) and resized to ``resolution`` if given; they are moved to the model's device batch
+    by batch.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -367,7 +400,7 @@ def evaluate_top1(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.inference_mode():
         for start in range(0, labels.numel(), batch_size):
-            x = normalize(images[start : start + batch_size].to(device), resolution)
+            x = normalize(images[start : start + batch_size].to(device), resolution, mean, std)
             with autocast():
                 logits = model(x.contiguous(memory_format=memory_format))
             y = labels[start : start + batch_size].to(device)
@@ -383,13 +416,16 @@ def train_proxy(
     callback: Callable[[EpochMetrics], None] | None = None,
     progress: StepProgress | None = None,
 ) -> TrainResult:
-    """Train ``config``'s CIFAR proxy on ``split`` and report validation top-1 per epoch.
+    """Train ``config``'s proxy on ``split`` and report validation top-1 per epoch.
+
+    The classifier has ``split.num_classes`` outputs and inputs are normalised with
+    ``split.mean``/``split.std``.
 
     ``callback(metrics)`` runs after every epoch and ``progress(step, total)`` after every
     step; either may raise to stop training early (the exception propagates). Raises
     :class:`NonFiniteLossError` if the loss diverges.
     """
-    trainer = Trainer(config, settings, split.train_y.numel())
+    trainer = Trainer(config, settings, split.train_y.numel(), split.num_classes, split.mean, split.std)
     return trainer.fit(split.train_x, split.train_y, split.val_x, split.val_y, callback, progress)
 
 
@@ -452,13 +488,16 @@ def load_checkpoint(trainer: Trainer, directory: Path) -> bool:
     return True
 
 
-def measure_throughput(config: ReXNetConfig, batch_size: int, steps: int = 3, repeats: int = 5) -> float:
-    """Training images/s of ``config``'s proxy here: the median of ``repeats`` timings of
-    ``steps`` plain SGD steps each, after one warm-up step (allocations, oneDNN kernel choice)."""
-    model = build_model(proxy_config(config)).to(memory_format=torch.channels_last)
+def measure_throughput(
+    config: ReXNetConfig, batch_size: int, steps: int = 3, repeats: int = 5, num_classes: int = PROXY_CLASSES
+) -> float:
+    """Training images/s of ``config``'s proxy (``num_classes`` outputs) here: the median of
+    ``repeats`` timings of ``steps`` plain SGD steps each, after one warm-up step (allocations,
+    oneDNN kernel choice)."""
+    model = build_model(proxy_config(config, num_classes=num_classes)).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(batch_size, 3, PROXY_RESOLUTION, PROXY_RESOLUTION).to(memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch_size,))
+    y = torch.randint(0, num_classes, (batch_size,))
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:

@@ -1,7 +1,8 @@
-"""Writing a CIFAR-100 "python version" archive in the original format (tests and benchmarks only).
+"""Writing CIFAR-100 and CIFAR-10 "python version" archives in the original format (tests and
+benchmarks only).
 
-The tool itself never writes or substitutes CIFAR-100; tests build small archives with
-this and serve them over loopback or pass their path.
+The tool itself never writes or substitutes CIFAR; tests build small archives with this and
+serve them over loopback or pass their path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from rexsearch.data import FOLDER_NAME, NUM_CLASSES, file_md5
+from rexsearch.datasets.base import file_md5
+from rexsearch.datasets.cifar import CIFAR10, CIFAR100, CifarSpec
+
+
+def _batch(x: Any, y: Any, label: str, spec: CifarSpec) -> dict:
+    images = np.asarray(x, dtype=np.uint8).reshape(len(y), 3 * 32 * 32)
+    labels = [int(v) for v in np.asarray(y)]
+    batch = {
+        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(labels))],
+        b"batch_label": label.encode(),
+        spec.label_key.encode(): labels,
+        b"data": images,
+    }
+    if spec is CIFAR100:
+        batch[b"coarse_labels"] = [v // 5 for v in labels]
+    return batch
+
+
+def _write_tar(path: Path, folder: str, members: dict[str, object]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(folder)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        tar.addfile(info)
+        for name, obj in members.items():
+            payload = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(payload)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(payload))
 
 
 def write_cifar_archive(
@@ -31,39 +61,46 @@ def write_cifar_archive(
     Images are uint8 (N, 3, 32, 32) or (N, 3072), labels 0..99; the coarse labels are
     ``fine // 5`` (the real mapping is not needed by anything here).
     """
-    if len(classes) != NUM_CLASSES:
-        raise ValueError(f"classes must name {NUM_CLASSES} classes, got {len(classes)}")
-
-    def batch(x: Any, y: Any, label: str) -> dict:
-        images = np.asarray(x, dtype=np.uint8).reshape(len(y), 3 * 32 * 32)
-        fine = [int(v) for v in np.asarray(y)]
-        return {
-            b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(fine))],
-            b"batch_label": label.encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [v // 5 for v in fine],
-            b"data": images,
-        }
-
+    if len(classes) != CIFAR100.classes:
+        raise ValueError(f"classes must name {CIFAR100.classes} classes, got {len(classes)}")
     meta = {
         b"fine_label_names": [c.encode() for c in classes],
-        b"coarse_label_names": [f"superclass_{i}".encode() for i in range(NUM_CLASSES // 5)],
+        b"coarse_label_names": [f"superclass_{i}".encode() for i in range(CIFAR100.classes // 5)],
     }
     members = {
-        "train": batch(train_x, train_y, "training batch 1 of 1"),
-        "test": batch(test_x, test_y, "testing batch 1 of 1"),
+        "train": _batch(train_x, train_y, "training batch 1 of 1", CIFAR100),
+        "test": _batch(test_x, test_y, "testing batch 1 of 1", CIFAR100),
         "meta": meta,
     }
     path = Path(path)
-    with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo(FOLDER_NAME)
-        folder.type = tarfile.DIRTYPE
-        folder.mode = 0o755
-        tar.addfile(folder)
-        for name, obj in members.items():
-            payload = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"{FOLDER_NAME}/{name}")
-            info.size = len(payload)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(payload))
+    _write_tar(path, CIFAR100.folder, members)
+    return file_md5(path)
+
+
+def write_cifar10_archive(
+    path: str | Path,
+    train_x: torch.Tensor | np.ndarray,
+    train_y: torch.Tensor | np.ndarray,
+    test_x: torch.Tensor | np.ndarray,
+    test_y: torch.Tensor | np.ndarray,
+    classes: tuple[str, ...] | list[str],
+) -> str:
+    """Write a ``cifar-10-python.tar.gz`` in the original format and return its md5: the training
+    images dealt into ``data_batch_1`` .. ``data_batch_5`` in order, ``test_batch``, ``batches.meta``."""
+    if len(classes) != CIFAR10.classes:
+        raise ValueError(f"classes must name {CIFAR10.classes} classes, got {len(classes)}")
+    x, y = np.asarray(train_x), np.asarray(train_y)
+    cuts = np.array_split(np.arange(len(y)), len(CIFAR10.train))
+    members: dict[str, object] = {
+        name: _batch(x[idx], y[idx], f"training batch {i} of 5", CIFAR10)
+        for i, (name, idx) in enumerate(zip(CIFAR10.train, cuts, strict=True), start=1)
+    }
+    members["test_batch"] = _batch(test_x, test_y, "testing batch 1 of 1", CIFAR10)
+    members["batches.meta"] = {
+        b"label_names": [c.encode() for c in classes],
+        b"num_cases_per_batch": len(cuts[0]),
+        b"num_vis": 3072,
+    }
+    path = Path(path)
+    _write_tar(path, CIFAR10.folder, members)
     return file_md5(path)

@@ -1,9 +1,10 @@
 """Shared fixtures: a tiny CIFAR-100 archive in the original format, a loopback server for it.
 
-Every test runs with ``REXSEARCH_DATA`` pointing to its own empty folder and
-``REXSEARCH_CIFAR100_URL`` pointing to a closed loopback port, so no test reads the
-user's cache or reaches the internet; tests that need the data serve or pass the
-archive themselves.
+Every test runs with ``REXSEARCH_DATA`` pointing to its own empty folder, the download URLs of
+every data set (``REXSEARCH_CIFAR100_URL``, ``REXSEARCH_CIFAR10_URL``,
+``REXSEARCH_FASHION_MNIST_URL``) pointing to a closed loopback port and no system-wide copy of
+Fashion-MNIST, so no test reads the user's cache or Debian's files, or reaches the internet;
+tests that need the data serve or pass the files themselves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ import torch
 from cifar_archive import write_cifar_archive
 
 from rexsearch.config import BlockConfig, ReXNetConfig
-from rexsearch.data import ARCHIVE_NAME, NUM_CLASSES
+from rexsearch.datasets import fashion_mnist
+from rexsearch.datasets.cifar import CIFAR100
+
+ARCHIVE_NAME = CIFAR100.archive
+NUM_CLASSES = CIFAR100.classes
 
 #: Class names of the tiny archive.
 CLASSES = tuple(f"class_{i:02d}" for i in range(NUM_CLASSES))
@@ -145,8 +150,11 @@ def closed_port_url() -> str:
 def _no_real_cifar(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the user's data cache and from the internet."""
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.setenv("REXSEARCH_CIFAR100_URL", closed_port_url())
-    monkeypatch.delenv("REXSEARCH_CIFAR100_MD5", raising=False)
+    closed = closed_port_url()
+    for prefix in ("REXSEARCH_CIFAR100", "REXSEARCH_CIFAR10", "REXSEARCH_FASHION_MNIST"):
+        monkeypatch.setenv(f"{prefix}_URL", closed)
+        monkeypatch.delenv(f"{prefix}_MD5", raising=False)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", ())
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,16 @@ import torch
 from cifar_archive import write_cifar_archive
 from conftest import CLASSES, class_patterned, serve_directory
 
-from rexsearch import data as data_mod
-from rexsearch.data import (
-    ARCHIVE_NAME,
-    DECODED_NAME,
-    FOLDER_NAME,
-    DataError,
-    file_md5,
-    load_cifar100,
-    search_split,
-    stratified_subset,
-)
+from rexsearch.datasets import cifar, download
+from rexsearch.datasets.base import DataError, DataSet, cache_dir, file_md5
+from rexsearch.datasets.cifar import CIFAR100, load_cifar
+from rexsearch.datasets.splits import search_split, stratified_subset
+
+ARCHIVE_NAME, DECODED_NAME, FOLDER_NAME = CIFAR100.archive, CIFAR100.decoded, CIFAR100.folder
+
+
+def load_cifar100(data_dir=None, download=True, progress=None) -> DataSet:
+    return load_cifar(CIFAR100, data_dir, download, progress)
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -40,8 +39,8 @@ def test_archive_is_in_the_original_format(cifar_archive):
 
 def test_download_verify_cache_and_no_second_download(cifar_server, tmp_path, monkeypatch):
     calls = []
-    data = load_cifar100(progress=lambda done, total: calls.append((done, total)))
-    cache = data_mod.cache_dir()
+    data = load_cifar100(progress=lambda kind, label, done, total: calls.append((done, total)))
+    cache = cache_dir()
     size = (cache / ARCHIVE_NAME).stat().st_size
     assert cifar_server.requests == [f"/{ARCHIVE_NAME}"]
     assert calls[0] == (0, size) and calls[-1] == (size, size)
@@ -56,10 +55,10 @@ def test_download_verify_cache_and_no_second_download(cifar_server, tmp_path, mo
     assert torch.equal(data.test_x, test_x) and torch.equal(data.test_y, test_y)
     assert data.classes == CLASSES
 
-    def no_decoding(folder):
+    def no_decoding(spec, folder):
         raise AssertionError("the decoded cache should have been used")
 
-    monkeypatch.setattr(data_mod, "decode_folder", no_decoding)
+    monkeypatch.setattr(cifar, "decode_folder", no_decoding)
     again = load_cifar100()
     assert cifar_server.requests == [f"/{ARCHIVE_NAME}"]
     assert torch.equal(again.train_x, data.train_x) and again.classes == data.classes
@@ -70,16 +69,16 @@ def test_md5_mismatch_removes_the_download(cifar_server, monkeypatch):
     with pytest.raises(DataError, match=r"expected 0{32}; the bad file was removed") as info:
         load_cifar100()
     assert cifar_server.url() in str(info.value)
-    cache = data_mod.cache_dir()
+    cache = cache_dir()
     assert not (cache / ARCHIVE_NAME).exists() and _leftovers(cache) == []
 
 
 def test_no_network_names_the_three_ways_out():
-    url = data_mod.cifar100_url()
+    url = CIFAR100.url_now()
     with pytest.raises(DataError) as info:
         load_cifar100()
     message = str(info.value)
-    assert url in message and str(data_mod.cache_dir()) in message and "failed" in message
+    assert url in message and str(cache_dir()) in message and "failed" in message
     assert "--data-dir" in message and "put the archive into" in message and "--objectives rank" in message
     assert message.count(". ") <= 2
     with pytest.raises(DataError, match="downloading is off"):
@@ -169,7 +168,7 @@ def test_pickles_cannot_run_code(tmp_path, monkeypatch):
 
 def test_search_split_is_stratified_disjoint_and_seeded():
     x, y = class_patterned(10, seed=3)
-    data = data_mod.Cifar100(x, y, x[:0], y[:0], CLASSES)
+    data = DataSet("cifar100", "CIFAR-100", x, y, x[:0], y[:0], CLASSES, CIFAR100.mean, CIFAR100.std, "md5:x")
     split = search_split(data, val_images=300, train_images=200, seed=5)
     assert torch.equal(torch.bincount(split.val_y, minlength=100), torch.full((100,), 3))
     assert torch.equal(torch.bincount(split.train_y, minlength=100), torch.full((100,), 2))
@@ -211,7 +210,7 @@ def test_python2_era_numpy_pickles_load(tmp_path):
     legacy = payload.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert legacy != payload
     (tmp_path / "train").write_bytes(legacy)
-    assert data_mod.read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
+    assert cifar.read_pickle(tmp_path / "train")[b"data"].tolist() == list(range(6))
 
 
 # ---------------------------------------------------------------------------- hostile archives
@@ -316,7 +315,7 @@ def test_only_the_three_members_are_written(tmp_path, monkeypatch):
         *[_regular(f"./{FOLDER_NAME}/{m}", m.encode()) for m in ("train", "test", "meta")],
     ]
     monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
-    folder = data_mod.locate_cifar100(tmp_path)
+    folder = cifar.locate(CIFAR100, tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["meta", "test", "train"]
     assert (folder / "test").read_bytes() == b"test"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
@@ -331,7 +330,7 @@ def test_repeated_member_is_refused(tmp_path, monkeypatch):
 
 
 def test_gzip_bomb_member_is_refused_before_it_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_MEMBER_BYTES", 100_000)
+    monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", 100_000)
     bomb = b"\0" * 2_000_000  # compresses to about 2 kB
     members = [
         _regular(f"{FOLDER_NAME}/train", bomb),
@@ -342,14 +341,14 @@ def test_gzip_bomb_member_is_refused_before_it_is_written(tmp_path, monkeypatch)
     assert (tmp_path / ARCHIVE_NAME).stat().st_size < 10_000
     monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", md5)
     written = []
-    monkeypatch.setattr(data_mod, "write_member", lambda *a: written.append(a))
+    monkeypatch.setattr(download, "write_member", lambda *a: written.append(a))
     with pytest.raises(DataError, match="'cifar-100-python/train' would decompress to 2,000,000 bytes, more"):
         load_cifar100(tmp_path)
     assert written == [] and [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
 
 
 def test_archive_inflating_past_the_total_cap_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_ARCHIVE_BYTES", 200_000)
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 200_000)
     skipped = [_regular(f"{FOLDER_NAME}/junk{i}", b"\0" * 50_000) for i in range(8)]
     members = [*skipped, *[_regular(f"{FOLDER_NAME}/{m}") for m in ("train", "test", "meta")]]
     monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", _tar(tmp_path / ARCHIVE_NAME, members))
@@ -385,22 +384,22 @@ def test_labels_that_are_not_integers_in_range_are_a_data_error(tmp_path, monkey
 
 
 def test_interrupted_download_and_extraction_leave_nothing_behind(cifar_server):
-    cache = data_mod.cache_dir()
+    cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     (cache / f".{ARCHIVE_NAME}.part").write_bytes(b"half a download")  # killed while downloading
     (cache / f".{ARCHIVE_NAME}.k3j2h1.part").write_bytes(b"an older version's leftover")
     (cache / f".{FOLDER_NAME}.x1y2z3.part" / FOLDER_NAME).mkdir(parents=True)  # killed while extracting
-    (cache / data_mod.LOCK_NAME).write_text("")  # its lock file, no longer locked by anyone
+    (cache / CIFAR100.lock).write_text("")  # its lock file, no longer locked by anyone
     load_cifar100()
     assert _leftovers(cache) == []
     assert sorted(p.name for p in cache.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME, DECODED_NAME])
 
 
 def test_download_larger_than_the_cap_is_refused(cifar_server, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_DOWNLOAD_BYTES", 1000)
+    monkeypatch.setattr(cifar, "MAX_DOWNLOAD_BYTES", 1000)
     with pytest.raises(DataError, match=r"is not the CIFAR-100 archive: the server announces [\d,]+ bytes"):
         load_cifar100()
-    assert _leftovers(data_mod.cache_dir()) == []
+    assert _leftovers(cache_dir()) == []
 
 
 def test_download_without_length_is_capped_while_streaming(tmp_path, monkeypatch):
@@ -426,7 +425,7 @@ def test_download_without_length_is_capped_while_streaming(tmp_path, monkeypatch
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setattr(data_mod, "MAX_DOWNLOAD_BYTES", 50_000)
+        monkeypatch.setattr(cifar, "MAX_DOWNLOAD_BYTES", 50_000)
         monkeypatch.setenv("REXSEARCH_CIFAR100_URL", f"http://127.0.0.1:{server.server_address[1]}/x")
         with pytest.raises(DataError, match="it sent more than 50,000 bytes"):
             load_cifar100()
@@ -434,4 +433,4 @@ def test_download_without_length_is_capped_while_streaming(tmp_path, monkeypatch
         server.shutdown()
         server.server_close()
         thread.join()
-    assert list(data_mod.cache_dir().iterdir()) == []
+    assert list(cache_dir().iterdir()) == []

@@ -36,7 +36,7 @@ def _printed_front(capsys, results: RunResults) -> list[int]:
 
 
 def _front_of_table(out: str) -> list[int]:
-    lines = out[out.index("Pareto front (") :].splitlines()[1:]
+    lines = out[out.index("Pareto front") :].splitlines()[1:]
     numbers = []
     for line in lines:
         cells = line.split()

@@ -81,8 +81,40 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
     assert meta["fidelity"]["epochs"] == 1 and meta["objectives"] == ["accuracy", "rank"]
     assert (run_dir / "report.html").exists() and (run_dir / "trials.csv").exists()
     # the test archive is admitted by REXSEARCH_CIFAR100_MD5: the run says it is not CIFAR-100
-    assert meta["data"] == {"archive_md5": os.environ["REXSEARCH_CIFAR100_MD5"], "cifar100": False}
-    assert "stand-in data set" in (run_dir / "report.html").read_text(encoding="utf-8")
+    md5 = os.environ["REXSEARCH_CIFAR100_MD5"]
+    assert meta["data"]["archive_md5"] == md5 and meta["data"]["cifar100"] is False
+    assert meta["data"]["dataset"] == "cifar100" and meta["data"]["digest"] == f"md5:{md5}"
+    assert meta["data"]["split"] == {
+        "train_images": 300,
+        "val_images": 200,
+        "seed": 3,
+        "validation": "held out of the training images",
+    }
+    assert meta["settings"]["dataset"] == "cifar100" and meta["data"]["classes"] == 100
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "stand-in data set" in page and "on CIFAR-100</h1>" in page
+    assert all(t.user_attrs["proxy_config"]["num_classes"] == 100 for t in trials)
+
+
+def test_run_on_fashion_mnist_trains_ten_class_proxies(tmp_path, monkeypatch, capsys):
+    from dataset_files import fashion_env, write_fashion
+
+    monkeypatch.setenv("REXSEARCH_FASHION_MNIST_MD5", fashion_env(write_fashion(tmp_path / "fm")))
+    run_dir = tmp_path / "run"
+    args = ["run", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--flops-budget", "100M"]
+    args += ["--objectives", "accuracy", "--trials", "2", "--epochs", "1", "--train-images", "100"]
+    args += ["--val-images", "50", "--batch-size", "25", "--cpus-per-trial", "1", "--run-dir", str(run_dir)]
+    assert main([*args, "--quiet"]) == 0
+    assert "Pareto front on Fashion-MNIST" in capsys.readouterr().out
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["data"]["dataset"] == "fashion-mnist" and meta["data"]["classes"] == 10
+    assert meta["data"]["split"]["train_images"] == 100 and meta["data"]["image_shape"] == [1, 32, 32]
+    for t in _trials(run_dir):
+        assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
+        assert t.user_attrs["proxy_config"]["num_classes"] == 10
+    import pandas as pd
+
+    assert set(pd.read_csv(run_dir / "trials.csv")["dataset"]) == {"fashion-mnist"}
 
 
 def _failing_trial(tune_config, split=None, job=None):

@@ -10,7 +10,7 @@ from conftest import class_patterned
 from rexsearch.augment import augment_batch, channels_last, crop_flip, normalize, take
 from rexsearch.bench import bench_training
 from rexsearch.cli import main
-from rexsearch.data import Split
+from rexsearch.datasets.splits import Split
 from rexsearch.errors import UserError
 from rexsearch.train import (
     EpochMetrics,

@@ -16,6 +16,7 @@ from typing import Any
 
 from rexsearch.config import ReXNetConfig
 from rexsearch.cost import parse_budget
+from rexsearch.datasets import DATASETS, DEFAULT_DATASET, dataset_help
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
 from rexsearch.principles import get_preset
@@ -226,3 +227,43 @@ class Termination:
     def exit_code(self) -> int:
         """130 for Ctrl-C, 143 (128 + SIGTERM) for SIGTERM."""
         return 128 + signal.SIGTERM if self.received else 130
+
+
+def add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    """``--dataset`` and ``--data-dir`` (run, train)."""
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help=f"the data set proxies train on: {', '.join(DATASETS)} (default {DEFAULT_DATASET}). "
+        + dataset_help()
+        + ". See docs/datasets.md",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the data set's files are (cifar-100-python.tar.gz, cifar-10-python.tar.gz or their "
+        "extracted folders; Fashion-MNIST's four IDX files); default: the cache, Debian's copy of "
+        "Fashion-MNIST, then a download. With --dataset folder: the image folder (required)",
+    )
+
+
+def data_progress(quiet: bool):
+    """A progress callback for downloads (bytes) and decoding (images), on stderr."""
+    state = {"last": ""}
+
+    def report(kind: str, label: str, done: int, total: int) -> None:
+        if quiet or not total:
+            return
+        pct = int(100 * done / total)
+        if kind == "download":
+            line = f"downloading {label}: {pct:3d}% of {total / 1e6:.0f} MB"
+        else:
+            line = f"{label}: {done:,} of {total:,} ({pct}%)"
+        if line != state["last"]:
+            state["last"] = line
+            sys.stderr.write(f"\r{line}\033[K" if sys.stderr.isatty() else "")
+            if done >= total:
+                sys.stderr.write(f"\r{line}\033[K\n" if sys.stderr.isatty() else line + "\n")
+            sys.stderr.flush()
+
+    return report

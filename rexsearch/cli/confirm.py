@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, metavar="E", help="epochs (default: the search's)")
     p.add_argument("--pick", help="accuracy, rank or balanced: how the top configs are chosen")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--data-dir", help="directory holding cifar-100-python.tar.gz")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the run's data set is now (default: where the run found it); it must be the data set "
+        "the run was searched on, unchanged",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_confirm)
 
@@ -47,6 +52,8 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     from rexsearch.search.confirm import confirm
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    from rexsearch.cli.common import data_progress
+
     quiet = kw.pop("quiet", False)
     # the run's lock from the plan to the rewritten report: beside a live resume or another
     # confirm of the run this one is refused before it reads or writes anything
@@ -61,6 +68,7 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
             on_event=_event(quiet),
             lock=lock,
             on_ray=termination.install,
+            progress=data_progress(quiet),
             **kw,
         )
         results = RunResults.load(outcome.run)
@@ -93,7 +101,10 @@ def print_confirmation(results) -> None:
         print("no confirmation training completed")
         return
     m = METRICS["accuracy"]
-    print(f"Confirmed proxy accuracy ({int(summary['epochs'].max())} epochs, mean ± sample std over seeds):")
+    print(
+        f"Confirmed proxy accuracy on {results.run.dataset_title} ({int(summary['epochs'].max())} epochs, "
+        "mean ± sample std over seeds):"
+    )
     print_table(
         ["config", "kind", "seeds", "mean", "std"],
         [

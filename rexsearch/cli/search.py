@@ -15,13 +15,16 @@ from rexsearch.cli import command_help
 from rexsearch.cli.common import (
     Termination,
     add_budget_flags,
+    add_dataset_flags,
     budget_from_args,
+    data_progress,
     feasible_budget,
     none_completed,
     positive_int,
     print_table,
 )
 from rexsearch.cost import format_count
+from rexsearch.datasets import DEFAULT_DATASET
 from rexsearch.errors import UserError
 from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
 from rexsearch.space import Budget, load_space, shipped_space_names
@@ -50,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=command_help("run"),
         description="Search channel configurations inside a MACs budget (conv+linear multiply-"
         "accumulates at --resolution, batch 1) and/or a latency budget predicted by a latency table "
-        "of this machine. Trials train CIFAR-100 proxies on Ray Tune; Optuna maximises proxy accuracy "
-        "and feature rank (and may minimise latency). Writes a run directory (run.json, study.db, "
-        "ray/, trials.csv, report.html).",
+        "of this machine. Trials train proxies on a data set (--dataset, CIFAR-100 by default) on Ray "
+        "Tune; Optuna maximises proxy accuracy and feature rank (and may minimise latency). Writes a run "
+        "directory (run.json, study.db, ray/, trials.csv, report.html).",
     )
     add_budget_flags(p)
     p.add_argument("--space", default="rexnet", help=f"space name ({shipped}) or YAML file (default rexnet)")
@@ -69,13 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--val-images",
         type=positive_int,
-        default=5000,
-        help="held-out training images for selection (default 5000)",
+        help="held-out training images for selection (default 5000; --dataset folder: its val/ images, "
+        "else a tenth of its images, at most 5000)",
     )
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler, data split and trainings")
     p.add_argument("--run-dir", help="run directory (default runs/run-<time>)")
-    p.add_argument("--data-dir", help="directory holding cifar-100-python.tar.gz")
+    add_dataset_flags(p)
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUN_DIR/study.db)")
     p.add_argument("--study-name", default="rexsearch")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -129,7 +132,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--address", help="Ray cluster address")
     p.add_argument("--storage-path", help="Ray Tune's experiment folder (default: the run's)")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the run's data set is now (default: where the run found it); it must be the same "
+        "data set, unchanged",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_resume)
 
@@ -243,29 +251,14 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def _download_progress(view: StatusLine):
-    state = {"last": -1}
-
-    def report(done: int, total: int) -> None:
-        if view.quiet or not total:
-            return
-        pct = int(100 * done / total)
-        if pct != state["last"]:
-            state["last"] = pct
-            sys.stderr.write(f"\rdownloading CIFAR-100: {pct:3d}% of {total / 1e6:.0f} MB")
-            if done >= total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    return report
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.run_dir:
             raise UserError("--resume needs --run-dir RUN_DIR (or use `rexsearch resume RUN_DIR`)")
-        return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path)
+        return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path, args.dataset)
     from rexsearch.search import SearchSettings
+
+    dataset = args.dataset or DEFAULT_DATASET
 
     budget = budget_from_args(args)
     _check_latency_table(budget, args.latency_table)
@@ -281,10 +274,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         trials=args.trials,
         epochs=args.epochs,
         train_images=args.train_images,
-        val_images=args.val_images,
+        val_images=args.val_images if args.val_images or dataset == "folder" else 5000,
         batch_size=args.batch_size,
         seed=args.seed,
         data_dir=args.data_dir,
+        dataset=dataset,
         storage=args.storage,
         study_name=args.study_name,
         address=args.address,
@@ -350,7 +344,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _resume(
-    run_dir: str, address: str | None, data_dir: str | None, quiet: bool, storage_path: str | None = None
+    run_dir: str,
+    address: str | None,
+    data_dir: str | None,
+    quiet: bool,
+    storage_path: str | None = None,
+    dataset: str | None = None,
 ) -> int:
     import optuna
 
@@ -360,6 +359,11 @@ def _resume(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = load_run(run_dir)
     settings = settings_from_run(run, address=address, data_dir=data_dir, storage_path=storage_path)
+    if dataset is not None and dataset != settings.dataset:
+        raise UserError(
+            f"the run {run.path} was searched on {settings.dataset}, not {dataset}; resume it without "
+            "--dataset, or start a new run"
+        )
     _check_latency_table(settings.budget, settings.latency_table_path())
     check_resumable(run)  # read only: a missing, renamed or empty study writes nothing, not even the lock
     lock = RunLock.acquire(run.path)  # a second driver of this run stops here, before anything is written
@@ -388,7 +392,12 @@ def execute_run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
-    split = search.load_split(settings, _download_progress(view)) if settings.needs_data else None
+    split = None
+    if settings.needs_data:  # a missing, damaged or other data set stops here: before Ray and run.json
+        from rexsearch.rundir import load_run
+
+        run = None if new_run else load_run(settings.run_dir)
+        split = search.load_split(settings, data_progress(view.quiet), run)
     termination = Termination()
     started = search.ensure_ray(settings.address)
     termination.install()
@@ -396,12 +405,16 @@ def execute_run(
     try:
         resources = search.cluster_resources(settings)
         if new_run:
-            lock = own_lock = search.begin_run(settings, argv)
+            lock = own_lock = search.begin_run(settings, argv, split.dataset if split is not None else None)
         view.event(
             f"run directory: {settings.run_dir}  (Ray: {resources.cpus:g} CPU, "
             f"{resources.gpus:g} GPU, {resources.nodes} node(s); {resources.cpus_per_trial:g} CPU and "
             f"{resources.gpus_per_trial:g} GPU per trial)"
         )
+        if split is not None:
+            from rexsearch.datasets import describe
+
+            view.event(f"data set: {describe(split.dataset)}")
         if settings.needs_data and not resources.gpus:
             _cpu_note(settings, split, view)
         try:
@@ -475,7 +488,9 @@ def _cpu_note(settings, split, view: StatusLine) -> None:
         return
     # the trainer's batch (at most the training split), capped: images/s hardly changes above it
     batch = max(2, min(settings.batch_size, len(split.train_y), PROBE_BATCH))
-    ips = measure_throughput(base, batch, steps=PROBE_STEPS, repeats=PROBE_REPEATS)
+    ips = measure_throughput(
+        base, batch, steps=PROBE_STEPS, repeats=PROBE_REPEATS, num_classes=split.num_classes
+    )
     seconds = estimate_training_seconds(settings, split, ips)
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
@@ -550,7 +565,8 @@ def print_front(results) -> None:
     if results.budget.latency_ms is not None and "latency" not in names:
         names.append("latency")
     res = results.budget.resolution
-    print(f"Pareto front ({len(front)} trials; MACs = conv+linear multiply-accumulates at {res}x{res}):")
+    on = f" on {results.run.dataset_title}" if results.run.dataset_title else ""  # rank only: no data set
+    print(f"Pareto front{on} ({len(front)} trials; MACs = conv+linear multiply-accumulates at {res}x{res}):")
     if front.empty:
         return
     print_table(

@@ -1,4 +1,4 @@
-"""`rexsearch train` (full CIFAR-100 training of one config's proxy) and `rexsearch bench train`."""
+"""`rexsearch train` (full training of one config's proxy on a data set) and `rexsearch bench train`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ from typing import Any, TextIO
 
 from rexsearch.bench import CPU_FP32_PEAK_GFLOPS, bench_training
 from rexsearch.cli import command_help
-from rexsearch.cli.common import add_config_source, load_config_source, positive_int, print_json
+from rexsearch.cli.common import (
+    add_config_source,
+    add_dataset_flags,
+    load_config_source,
+    positive_int,
+    print_json,
+)
 from rexsearch.config import ReXNetConfig
-from rexsearch.data import load_cifar100, stratified_subset
+from rexsearch.datasets import DEFAULT_DATASET, DataSet, load_dataset
+from rexsearch.datasets.splits import evaluation_split
 from rexsearch.errors import UserError
 from rexsearch.principles import get_preset
 from rexsearch.proxy import PROXY_RESOLUTION
@@ -38,9 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help=command_help("train"),
         usage="%(prog)s (--preset NAME | --config FILE | RUN_DIR --trial N) [options]",
-        description="Train the CIFAR proxy of a config (see README, 'CIFAR-100 data and proxy "
-        "training') on the CIFAR-100 training set and report top-1 on the test set after every "
-        "epoch. The config is a preset, a config file, or the config of trial N of the search "
+        description="Train the proxy of a config (see README, 'CIFAR-100 data and proxy training') "
+        "on a data set's training images (--dataset: CIFAR-100 by default; with RUN_DIR the run's) and "
+        "report top-1 on its test images after every epoch (an image folder without test/: its val/ "
+        "images, else a held-out tenth of its images). The proxy's classifier has the data set's classes. "
+        "The config is a preset, a config file, or the config of trial N of the search "
         "in RUN_DIR (any trial that has one: complete, pruned, even failed). A checkpoint is "
         "written after each epoch; rerunning the same command with the same --out continues "
         "from the last finished epoch.",
@@ -87,14 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train-images",
         type=positive_int,
         metavar="N",
-        help="train on a class-stratified subset of N images (default: all 50,000)",
+        help="train on a class-stratified subset of N images (default: all)",
     )
-    opts.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="folder with cifar-100-python.tar.gz or cifar-100-python/ (default: the cache, then a download)",
-    )
-    opts.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-100")
+    add_dataset_flags(opts)
+    opts.add_argument("--no-download", action="store_true", help="fail instead of downloading the data set")
     opts.add_argument(
         "--seed", type=int, default=0, help="seed of weights, shuffling, augmentation (default 0)"
     )
@@ -190,13 +195,14 @@ def _label(config: ReXNetConfig, args: argparse.Namespace) -> str:
     return config.name or (Path(args.config).stem if args.config else config.short_hash())
 
 
-def _identity(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
+def _identity(trainer: Trainer, args: argparse.Namespace, data: DataSet) -> dict[str, Any]:
     """What must match for a rerun into the same --out to resume rather than start over."""
     settings = {k: v for k, v in trainer.settings.to_dict().items() if k not in _RESUMABLE_CHANGES}
     return {
         "config_hash": trainer.config.content_hash(),
         "settings": settings,
         "train_images": args.train_images,
+        "dataset": {"name": data.name, "digest": data.digest},
     }
 
 
@@ -229,6 +235,8 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         raise UserError(f"{out} has a checkpoint but no readable metrics.json; pass another --out") from None
     for key, value in identity.items():
         before = previous.get(key)
+        if key == "dataset" and before is None:  # a training recorded before --dataset: CIFAR-100
+            before = {"name": "cifar100", "digest": value["digest"]}
         if before == value:
             continue
         if isinstance(value, dict) and isinstance(before, dict):
@@ -242,8 +250,11 @@ def _check_resume(out: Path, identity: dict[str, Any]) -> None:
         )
 
 
-def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str, Any], Path]:
-    """The config to train, where it came from (for metrics.json) and the default --out."""
+def _config_and_source(
+    args: argparse.Namespace,
+) -> tuple[ReXNetConfig, dict[str, Any], Path, dict[str, Any]]:
+    """The config to train, where it came from (for metrics.json), the default --out, and the
+    default data set (``dataset``, ``data_dir``: a run's own, else CIFAR-100)."""
     given = [flag for flag in ("preset", "config") if getattr(args, flag) is not None]
     if len(given) == 2:
         raise UserError("give either --preset or --config, not both")
@@ -280,7 +291,10 @@ def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str
                 "training its config anyway",
                 file=sys.stderr,
             )
-        return config, source, info.train_dir(number, args.seed)
+        recorded = info.data.get("settings") or {}
+        data = {"dataset": (info.dataset or {}).get("dataset") or recorded.get("dataset") or DEFAULT_DATASET}
+        data["data_dir"] = recorded.get("data_dir")
+        return config, source, info.train_dir(number, args.seed), data
     if args.trial is not None:
         if given:
             raise UserError(f"--trial N takes its config from a run, not from --{given[0]}; give one of them")
@@ -293,11 +307,14 @@ def _config_and_source(args: argparse.Namespace) -> tuple[ReXNetConfig, dict[str
     else:
         source = {"kind": "config", "config_file": str(Path(args.config).resolve())}
     source["target_config_hash"] = config.content_hash()
-    return config, source, Path(f"runs/train-{_label(config, args)}-s{args.seed}")
+    default_data = {"dataset": DEFAULT_DATASET, "data_dir": None}
+    return config, source, Path(f"runs/train-{_label(config, args)}-s{args.seed}"), default_data
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config, source, default_out = _config_and_source(args)
+    config, source, default_out, default_data = _config_and_source(args)
+    dataset = args.dataset or default_data["dataset"]
+    data_dir = args.data_dir or (default_data["data_dir"] if dataset == default_data["dataset"] else None)
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -315,14 +332,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(out)  # before the data is loaded: a foreign folder is refused at once
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
 
-    def download_progress(done: int, total: int) -> None:
-        bar.show("downloading CIFAR-100", done, total, f"{_mb(done)} of {_mb(total)}" if total else _mb(done))
+    def data_progress(kind: str, label: str, done: int, total: int) -> None:
+        if kind == "download":
+            bar.show(
+                f"downloading {label}", done, total, f"{_mb(done)} of {_mb(total)}" if total else _mb(done)
+            )
+        else:
+            bar.show(label, done, total, f"{done:,} of {total:,} images")
 
-    data = load_cifar100(args.data_dir, download=not args.no_download, progress=download_progress)
+    data = load_dataset(
+        dataset, data_dir, download=not args.no_download, progress=data_progress, resolution=args.resolution
+    )
     bar.clear()
-    train_x, train_y = stratified_subset(data.train_x, data.train_y, args.train_images, args.seed)
-    trainer = Trainer(config, settings, train_y.numel())
-    identity = _identity(trainer, args)
+    chosen = evaluation_split(data, args.train_images, args.seed)
+    train_x, train_y = chosen.train_x, chosen.train_y
+    evaluated = {"test": "test", "val/": "val"}.get(chosen.what, "held-out")
+    trainer = Trainer(config, settings, train_y.numel(), data.num_classes, data.mean, data.std)
+    identity = _identity(trainer, args, data)
     _check_resume(out, identity)
     out.mkdir(parents=True, exist_ok=True)
     resumed = load_checkpoint(trainer, out)
@@ -332,8 +358,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if trainer.epoch >= settings.epochs:
             start = f"already finished ({trainer.epoch} epochs)"
         print(
-            f"{trainer.config.name or 'config'}: {start}; {train_y.numel():,} training images, "
-            f"{data.test_y.numel():,} test images, {settings.epochs} epochs on {trainer.device}; {out}",
+            f"{trainer.config.name or 'config'}: {start}; {data.title}, {train_y.numel():,} training images, "
+            f"{chosen.test_y.numel():,} {evaluated} images, {data.num_classes} classes, {settings.epochs} "
+            f"epochs on {trainer.device}; {out}",
             file=sys.stderr,
         )
 
@@ -346,7 +373,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "config": trainer.config.name,
                 "source": source,
                 **identity,
-                "test_images": data.test_y.numel(),
+                "data": {**data.identity(), "evaluated_on": chosen.what},
+                "test_images": chosen.test_y.numel(),
                 "epochs": [m.to_dict() for m in trainer.history],
                 "final_test_top1": curve[-1] if curve else None,
                 "best_test_top1": max(curve, default=None),
@@ -360,7 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.quiet:
             bar.clear()
             print(
-                f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.3f}  test top-1 "
+                f"epoch {m.epoch}/{settings.epochs}  loss {m.train_loss:.3f}  {evaluated} top-1 "
                 f"{100 * m.val_top1:.2f}%  {m.seconds:.1f} s  {m.images_per_s:.0f} img/s",
                 file=sys.stderr,
             )
@@ -373,11 +401,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not trainer.history:
         write_metrics(False)
-    result = trainer.fit(train_x, train_y, data.test_x, data.test_y, on_epoch, step_progress)
+    result = trainer.fit(train_x, train_y, chosen.test_x, chosen.test_y, on_epoch, step_progress)
     bar.clear()
     write_metrics(True)
     print(
-        f"{trainer.config.name or 'config'}: test top-1 {100 * result.final_accuracy:.2f}% "
+        f"{trainer.config.name or 'config'}: {evaluated} top-1 on {data.title} "
+        f"{100 * result.final_accuracy:.2f}% "
         f"(best {100 * result.best_accuracy:.2f}%) after {len(result.history)} epochs; "
         f"weights and metrics in {out}"
     )

@@ -107,7 +107,8 @@ def make_report(run: str | Path | RunInfo | RunResults) -> ReportFiles:
         failures_section(g),
     ]
     nav = " ".join(f'<a href="#{sid}">{label}</a>' for sid, label in NAV)
-    title = f"rexsearch report: {info.path.name}"
+    on = f" on {info.dataset_title}" if info.dataset_title else " (rank only)"
+    title = f"rexsearch report: {info.path.name}{on}"
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>{CSS}</style>"

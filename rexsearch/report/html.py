@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from rexsearch.cost import macs_convention
+from rexsearch.datasets import describe as describe_dataset
 from rexsearch.report.analysis import Groups, correlations, fmt_macs, fmt_metric, importances, profile_configs
 from rexsearch.report.figures import (
     confirmation_figure,
@@ -74,9 +75,12 @@ def summary_section(g: Groups) -> str:
     counts = frame["state"].value_counts()
     space = d.get("space")
     space_text = (space.get("name") or space.get("path")) if isinstance(space, dict) else str(space or "n/a")
+    data = info.dataset
     rows = [
         ["run directory", str(info.path)],
         ["command", mask_passwords(" ".join(map(str, d.get("command", [])))) or "n/a"],
+        ["data set", describe_dataset(data)],
+        *([["data set digest", str(data["digest"])]] if data and data.get("digest") else []),
         ["budget", f"{budget} at {info.resolution}x{info.resolution}"],
         [
             "objectives",

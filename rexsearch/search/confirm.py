@@ -206,11 +206,12 @@ def execute_confirm(
     from ray import tune
 
     from rexsearch.rundir import load_run
-    from rexsearch.search.run import trial_job
+    from rexsearch.search.run import check_same_data, proxy_classes, trial_job
     from rexsearch.search.trial import trial_function
     from rexsearch.search.tune import fit, run_config, trainable
 
     run = load_run(settings.run_dir)
+    check_same_data(run, getattr(split, "dataset", None))
     resources = resources or cluster_resources(settings)
     study = confirm_study(run, create=True)
     with warnings.catch_warnings():
@@ -234,7 +235,8 @@ def execute_confirm(
         }
         for t, seed in confirm_plan.todo
     ]
-    job = replace(trial_job(settings, run, resources), objectives=("accuracy",), epochs=confirm_plan.epochs)
+    job = trial_job(settings, run, resources, proxy_classes(settings, split))
+    job = replace(job, objectives=("accuracy",), epochs=confirm_plan.epochs)
     job = replace(job, keep_weights=False)
 
     fn = trainable(trial_function, split, job, resources)
@@ -263,9 +265,12 @@ def confirm(
     on_event: Callable[[str], None] | None = None,
     lock: Any = None,
     on_ray: Callable[[], None] | None = None,
+    progress: Callable[[str, str, int, int], None] | None = None,
 ) -> ConfirmOutcome:
     """Plan and run the confirmation of ``run_dir`` (joining or starting Ray, loading the split when
-    not given); Ray is shut down again only when this call started it.
+    not given: the run's data set, refused when its content differs from what the run recorded;
+    ``progress`` reports its download and decoding); Ray is shut down again only when this call
+    started it.
 
     The run's lock (:class:`~rexsearch.rundir.RunLock`) is held from the plan to the end: ``lock``
     when the caller holds it already, else taken here (a live ``resume`` or another ``confirm``
@@ -277,7 +282,7 @@ def confirm(
     run = load_run(run_dir)
     own = RunLock.acquire(run.path) if lock is None else None
     try:
-        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event, on_ray)
+        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event, on_ray, progress)
     finally:
         if own is not None:
             own.release()
@@ -294,9 +299,10 @@ def _confirm(
     split: Any,
     on_event: Callable[[str], None] | None,
     on_ray: Callable[[], None] | None,
+    progress: Callable[[str, str, int, int], None] | None,
 ) -> ConfirmOutcome:
     from rexsearch.search.cluster import ensure_ray
-    from rexsearch.search.run import load_split
+    from rexsearch.search.run import check_same_data, load_split
     from rexsearch.search.settings import settings_from_run
 
     confirm_plan = plan(RunResults.load(run), top, seeds, epochs, pick)
@@ -310,7 +316,10 @@ def _confirm(
         )
     if not confirm_plan.todo:
         return ConfirmOutcome(run, confirm_plan, 0, 0.0, False)
-    split = split if split is not None else load_split(settings)
+    if split is None:
+        split = load_split(settings, progress, run=run)
+    else:
+        check_same_data(run, getattr(split, "dataset", None))
     started = ensure_ray(settings.address)
     if on_ray:
         on_ray()

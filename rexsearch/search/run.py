@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rexsearch.errors import UserError
 from rexsearch.results import directions
 from rexsearch.rundir import RunInfo, RunLock, load_run
 from rexsearch.search.cluster import Resources, cluster_resources
@@ -53,14 +54,44 @@ class SearchOutcome:
     resume_counts: dict[str, int] = field(default_factory=dict)
 
 
-def load_split(settings: SearchSettings, progress: Callable[[int, int], None] | None = None) -> Any:
-    """CIFAR-100's search split (train/validation of the training set) for the accuracy objective."""
-    from rexsearch.data import load_cifar100, search_split
+def load_split(
+    settings: SearchSettings,
+    progress: Callable[[str, str, int, int], None] | None = None,
+    run: RunInfo | None = None,
+) -> Any:
+    """The search split of the run's data set (``--dataset``) for the accuracy objective.
 
-    data = load_cifar100(settings.data_dir, progress=progress)
-    return search_split(
+    With ``run`` (resume, confirm), the data must be the data set the run recorded (same name
+    and content digest): another one is refused before anything trains.
+    """
+    from rexsearch.datasets import load_dataset, search_split
+
+    data = load_dataset(settings.dataset, settings.data_dir, progress=progress)
+    split = search_split(
         data, val_images=settings.val_images, train_images=settings.train_images, seed=settings.seed
     )
+    if run is not None:
+        check_same_data(run, split.dataset)
+    return split
+
+
+def check_same_data(run: RunInfo, identity: dict[str, Any] | None) -> None:
+    """Refuse data other than what ``run`` recorded (run.json's ``data``) in one line."""
+    from rexsearch.datasets import mismatch
+
+    diff = mismatch(run.dataset, identity)
+    if diff:
+        raise UserError(
+            f"the run {run.path} was searched on {diff}; give it the data it was searched on "
+            "(the same --data-dir, unchanged), or start a new run"
+        )
+
+
+def proxy_classes(settings: SearchSettings, split: Any) -> int:
+    """The proxy's classifier width: the loaded data set's classes, else the named set's."""
+    if split is not None:
+        return int(split.num_classes)
+    return settings.proxy_classes or 100
 
 
 def estimate_training_seconds(settings: SearchSettings, split: Any, images_per_s: float) -> float:
@@ -73,9 +104,10 @@ def estimate_training_seconds(settings: SearchSettings, split: Any, images_per_s
     )
 
 
-def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources) -> TrialJob:
-    """The settings every trial of this session shares."""
+def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources, num_classes: int) -> TrialJob:
+    """The settings every trial of this session shares (``num_classes``: the proxy's head)."""
     return TrialJob(
+        num_classes=num_classes,
         objectives=tuple(settings.objectives),
         resolution=settings.resolution,
         seed=settings.seed,
@@ -115,6 +147,8 @@ def execute(
     run and a trial slot stays idle (the CLI imports the report's libraries then).
     """
     run = load_run(settings.run_dir)
+    if split is not None:
+        check_same_data(run, getattr(split, "dataset", None))
     own = RunLock.acquire(run.path) if lock is None else None
     try:
         return _execute(settings, run, split, on_progress, on_event, trainable_fn, resources, on_tail)
@@ -164,8 +198,9 @@ def _execute(
         )
     single = len(settings.objectives) == 1
     modes = ["max" if d == "maximize" else "min" for d in directions(settings.objectives)]
+    num_classes = proxy_classes(settings, split)
     searcher = StudySearcher(
-        TrialDecoder(space, budget),
+        TrialDecoder(space, budget, num_classes),
         metric=settings.objectives[0] if single else list(settings.objectives),
         mode=modes[0] if single else modes,
         sampler=make_sampler(settings.sampler, seed, len(settings.objectives)),
@@ -175,7 +210,8 @@ def _execute(
         budget=budget,
         pruned_ids=pruned_ids,
     )
-    fn = trainable(trainable_fn or trial_function, split, trial_job(settings, run, resources), resources)
+    job = trial_job(settings, run, resources, num_classes)
+    fn = trainable(trainable_fn or trial_function, split, job, resources)
     progress = Progress(total=target, done=counts["finished"])
     slots = min(settings.max_concurrent or resources.slots, resources.slots)
     tail = (remaining, slots, on_tail) if on_tail else None

@@ -29,9 +29,7 @@ from rexsearch.space import Budget, load_space
 from rexsearch.storage import mask_passwords, mask_url, open_storage
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-#: CIFAR-100's training images, the pool the search split is cut from.
-CIFAR_TRAIN_IMAGES = 50_000
-#: The smallest budget resolution: CIFAR's image size, at which every proxy is trained.
+#: The smallest budget resolution: the proxy's image size (CIFAR's), at which every proxy is trained.
 MIN_RESOLUTION = 32
 
 
@@ -49,10 +47,13 @@ class SearchSettings:
     trials: int = 64
     epochs: int = 30
     train_images: int | None = None
-    val_images: int = 5000
+    #: None: the data set's own validation images (an image folder's val/), else a tenth of the
+    #: training images (at most 5,000); see :func:`rexsearch.datasets.splits.search_split`
+    val_images: int | None = 5000
     batch_size: int = 128
     seed: int = 0
     data_dir: str | None = None
+    dataset: str = "cifar100"
     storage: str | None = None
     study_name: str = "rexsearch"
     address: str | None = None
@@ -103,6 +104,14 @@ class SearchSettings:
     def needs_data(self) -> bool:
         return "accuracy" in self.objectives
 
+    @property
+    def proxy_classes(self) -> int | None:
+        """The proxy's classifier width when the data set fixes it (None: an image folder's,
+        known once it is loaded)."""
+        from rexsearch.datasets import dataset_info
+
+        return dataset_info(self.dataset).classes
+
     def storage_url(self) -> str:
         return self.storage or sqlite_url(self.run_dir)
 
@@ -130,16 +139,19 @@ class SearchSettings:
             )
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        for name in ("trials", "epochs", "batch_size", "val_images", "resolution"):
+        for name in ("trials", "epochs", "batch_size", "resolution"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.val_images is not None and self.val_images < 1:
+            raise UserError("--val-images must be a positive integer")
+        self._validate_dataset()
         if self.train_images is not None and self.train_images < 1:
             raise UserError("--train-images must be a positive integer")
         if not 0 <= self.seed < 2**32:
             raise UserError(f"--seed must be an integer in [0, 2^32), got {self.seed}")
         if self.resolution < MIN_RESOLUTION:
             raise UserError(
-                f"--resolution must be at least {MIN_RESOLUTION} (CIFAR's image size, at which every "
+                f"--resolution must be at least {MIN_RESOLUTION} (the proxy's image size, at which every "
                 f"proxy is trained), got {self.resolution}"
             )
         if self.batch_size < 2:
@@ -147,13 +159,17 @@ class SearchSettings:
                 f"--batch-size must be at least 2 (BatchNorm needs two images), got {self.batch_size}"
             )
         if self.needs_data:
-            if self.val_images >= CIFAR_TRAIN_IMAGES:
+            from rexsearch.datasets import dataset_info
+
+            info = dataset_info(self.dataset)
+            known = info.train_images is not None and self.val_images is not None
+            if known and self.val_images >= info.train_images:  # type: ignore[operator]
                 raise UserError(
-                    f"--val-images must be below CIFAR-100's {CIFAR_TRAIN_IMAGES:,} training images, "
+                    f"--val-images must be below {info.title}'s {info.train_images:,} training images, "
                     f"got {self.val_images:,}"
                 )
             split = self.train_split_images
-            if self.batch_size > split:
+            if split is not None and self.batch_size > split:
                 raise UserError(
                     f"--batch-size {self.batch_size:,} is larger than the training split "
                     f"({split:,} images); give at most {split:,}"
@@ -186,10 +202,30 @@ class SearchSettings:
                 f"--{name.replace('_', '-')} {rest}: every trial's training would refuse it"
             ) from None
 
+    def _validate_dataset(self) -> None:
+        from rexsearch.datasets import dataset_info
+
+        dataset_info(self.dataset)  # an unknown name is refused, naming the choices
+        if self.dataset != "folder":
+            return
+        if not self.data_dir:
+            raise UserError("--dataset folder needs --data-dir PATH: a folder with one sub-folder per class")
+        if not self.needs_data:
+            raise UserError(
+                "--dataset folder needs the accuracy objective (a rank-only run trains nothing on it); "
+                "add accuracy to --objectives or leave --dataset out"
+            )
+
     @property
-    def train_split_images(self) -> int:
-        """Training images of the search split: ``--train-images`` or all but the held-out ones."""
-        available = CIFAR_TRAIN_IMAGES - self.val_images
+    def train_split_images(self) -> int | None:
+        """Training images of the search split: ``--train-images`` or all but the held-out ones
+        (None for an image folder, whose size is known once it is loaded)."""
+        from rexsearch.datasets import dataset_info
+
+        total = dataset_info(self.dataset).train_images
+        if total is None:
+            return None
+        available = total - (5000 if self.val_images is None else self.val_images)
         return min(self.train_images, available) if self.train_images else available
 
     def ray_storage_path(self) -> str:
@@ -197,6 +233,7 @@ class SearchSettings:
         return self.storage_path or str(Path(self.run_dir).resolve() / RAY_DIR)
 
     def fidelity(self) -> dict[str, Any]:
+        """Epochs, training and validation images, batch size, as given (run.json's ``fidelity``)."""
         return {
             "epochs": self.epochs,
             "train_images": self.train_images,
@@ -238,9 +275,13 @@ def _check_new_run_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir} exists and is not empty; choose another --run-dir")
 
 
-def begin_run(settings: SearchSettings, argv: list[str]) -> RunLock:
+def begin_run(settings: SearchSettings, argv: list[str], data: dict[str, Any] | None = None) -> RunLock:
     """Validate a new run, create its directory, take its lock, then write run.json; the caller
     holds the returned lock for the run and releases it.
+
+    ``data`` is the data set the run trains on (:attr:`rexsearch.datasets.splits.Split.dataset`:
+    its identity and the search split's sizes), recorded as run.json's ``data``; without it an
+    accuracy run records the data set's name only.
 
     Everything that can refuse the run is checked before the directory is made; the directory is
     checked again once the lock is held, so of two drivers started on the same new ``--run-dir``
@@ -267,7 +308,7 @@ def begin_run(settings: SearchSettings, argv: list[str]) -> RunLock:
     lock = RunLock.acquire(run_dir)
     try:
         _check_new_run_dir(run_dir)
-        _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded)
+        _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded, data)
     except OSError as exc:
         lock.release()
         raise UserError(os_error_message(exc, run_dir, "create the run directory")) from None
@@ -277,15 +318,24 @@ def begin_run(settings: SearchSettings, argv: list[str]) -> RunLock:
     return lock
 
 
-def start_run(settings: SearchSettings, argv: list[str]) -> Path:
+def start_run(settings: SearchSettings, argv: list[str], data: dict[str, Any] | None = None) -> Path:
     """:func:`begin_run` for a caller that takes the run's lock later (or not at all)."""
-    begin_run(settings, argv).release()
+    begin_run(settings, argv, data).release()
     return Path(settings.run_dir)
 
 
-def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[str], recorded: dict) -> None:
-    from rexsearch.data import dataset_identity
+def _write_run(
+    run_dir: Path,
+    settings: SearchSettings,
+    space: Any,
+    argv: list[str],
+    recorded: dict,
+    data: dict[str, Any] | None,
+) -> None:
+    from rexsearch.datasets import dataset_info
 
+    if settings.needs_data and data is None:
+        data = {"dataset": settings.dataset, "title": dataset_info(settings.dataset).title}
     budget = settings.budget
     latency: dict[str, Any] = {}
     if budget.latency_table is not None:
@@ -315,7 +365,7 @@ def _write_run(run_dir: Path, settings: SearchSettings, space: Any, argv: list[s
             "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
             "objectives": list(settings.objectives),
             "fidelity": settings.fidelity(),
-            **({"data": dataset_identity()} if settings.needs_data else {}),
+            **({"data": data} if settings.needs_data else {}),
             "storage": stored_storage(settings.storage, run_dir),
             "study_name": settings.study_name,
             "sampler": settings.sampler,

@@ -97,6 +97,8 @@ class TrialDecoder:
 
     space: Space
     budget: Budget
+    #: The proxy's classifier width (the data set's classes), recorded with each candidate.
+    num_classes: int = 100
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         baseline = trial.user_attrs.get("baseline")
@@ -112,7 +114,9 @@ class TrialDecoder:
         return {"candidate": self._payload(trial, candidate.config)}
 
     def _payload(self, trial: Any, config: ReXNetConfig) -> dict[str, Any]:
-        record = candidate_record(config, self.budget.resolution, self.budget.predict_ms(config))
+        record = candidate_record(
+            config, self.budget.resolution, self.budget.predict_ms(config), num_classes=self.num_classes
+        )
         for key, value in record.items():
             trial.set_user_attr(key, value)
         return {

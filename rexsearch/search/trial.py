@@ -38,6 +38,8 @@ class TrialJob:
     keep_weights: bool = False
     epochs: int = 30
     batch_size: int = 128
+    #: The proxy's classifier width: the data set's classes (CIFAR-100's 100 by default).
+    num_classes: int = 100
     #: Where the run's latency table was measured (:class:`~rexsearch.latency.Environment` as a
     #: dict): a worker on that device and runtime measures each candidate's latency.
     latency_environment: dict[str, Any] | None = None
@@ -120,7 +122,7 @@ def _run_trial(
     if job.latency_environment is not None:
         _measure_latency(config, candidate, job, base, collected)
         deadline.check("after the latency measurement")
-    proxy = proxy_config(config)
+    proxy = proxy_config(config, num_classes=job.num_classes)
     rank_kwargs: dict[str, Any] = {"protocol": job.rank_protocol}
     if job.rank_samples:
         rank_kwargs["samples"] = job.rank_samples
@@ -162,7 +164,7 @@ def _run_trial(
 
         path = Path(weights_path(job.run_dir, candidate["number"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(result.model, proxy_config(config, settings.resolution), path)
+        save_weights(result.model, proxy_config(config, settings.resolution, job.num_classes), path)
     tune.report(
         {
             **out,
