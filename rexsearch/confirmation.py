@@ -116,9 +116,11 @@ class Confirmation:
                     "std": sample_std(values),
                     "macs": first["macs"],
                     "epochs": first["epochs"],
+                    "config_hash": first["config_hash"],
                 }
             )
         columns = ["label", "role", "pick_rank", "source_trial", "n", "mean", "std", "macs", "epochs"]
+        columns.append("config_hash")
         frame = pd.DataFrame(rows, columns=columns)
         order = [
             (0, p or 0) if r == "searched" else (1, 0)
@@ -146,9 +148,21 @@ class Confirmation:
         if best is None:
             return []
         s = self.summary
-        others = s[s["label"] != best]
+        others = s[(s["label"] != best) & ~s["label"].isin(self.same_as_best())]
         others = pd.concat([others[others["role"] == "baseline"], others[others["role"] != "baseline"]])
         return [(str(x), difference(self.values(best), self.values(str(x)))) for x in others["label"]]
+
+    def same_as_best(self) -> list[str]:
+        """Other confirmed labels whose network is the best's own (the same config hash, e.g. a
+        search that found a baseline's config): they are never compared with it."""
+        best = self.best_label
+        if best is None:
+            return []
+        s = self.summary
+        own = s.loc[s["label"] == best, "config_hash"].iloc[0]
+        if own is None or (isinstance(own, float) and own != own):
+            return []
+        return [str(x) for x in s.loc[(s["label"] != best) & (s["config_hash"] == own), "label"]]
 
     def of_trial(self, number: int) -> pd.Series | None:
         """The summary row of the config confirmed from search trial ``number``, if any."""

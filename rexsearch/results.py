@@ -16,10 +16,13 @@ read them through :class:`RunResults`.
 * **Front**: among COMPLETE, feasible trials, the non-dominated ones over the run's
   objectives (accuracy and rank maximised, latency minimised); a single objective is paired
   with fewer MACs, so a one-objective run still has a front of trade-offs (:func:`front_keys`).
-* **Best** (``--pick``): on the front, the highest accuracy (default when the run measured
-  it), the highest rank (default for rank-only runs), the lowest latency (``latency``), or
-  ``balanced``: each front objective replaced by its rank among the front divided by the
-  front size, largest sum wins; ties go to fewer MACs, then to the lower trial number.
+* **Best** (``--pick``): among the feasible trials (the winner is always on the front), the
+  highest accuracy (default when the run measured it), the highest rank (default for
+  rank-only runs), the lowest latency (``latency``), or ``balanced``: each front objective
+  replaced by its rank among the feasible trials divided by their number, largest sum wins;
+  ties go to the other objectives, then to fewer MACs, then to the lower trial number
+  (:func:`order_best_first`). The verdict's best searched trial, ``confirm``'s targets and
+  ``export --trial best`` all follow this one order; the "best searched" ones skip baselines.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ RANK_PROTOCOLS: dict[str, str] = {
 DEFAULT_RANK_PROTOCOL = "batchnorm"
 
 BEST_DEFINITION = (
-    "'best' is the trial with the highest proxy accuracy on the feasible Pareto front "
-    "(--pick rank: the highest feature rank; --pick latency: the lowest latency; --pick balanced: "
-    "the best sum of rank-normalised objectives over the front); ties go to fewer MACs."
+    "'best' is the trial with the highest proxy accuracy within the budget, always on the feasible "
+    "Pareto front (--pick rank: the highest feature rank; --pick latency: the lowest latency; "
+    "--pick balanced: the best sum of rank-normalised objectives); ties go to the other objectives, "
+    "then to fewer MACs, then to the lower trial number."
 )
 
 
@@ -313,6 +317,38 @@ def front_keys(objectives: Sequence[str]) -> tuple[list[str], list[bool]]:
     return [objectives[0], "macs"], [maximize[0], False]
 
 
+def order_best_first(frame: pd.DataFrame, pick: str, objectives: Sequence[str]) -> pd.DataFrame:
+    """``frame`` best first by ``pick``: the one order behind "best" everywhere (the verdict's best
+    searched trial, the front's first row, ``export --trial best``, the configs ``confirm`` trains).
+
+    ``pick`` is a metric column, or ``balanced`` (the sum of the objectives' rank-normalised
+    values within ``frame``). Ties go to the other objectives in their directions, then to fewer
+    MACs, then to the lower trial number, so the first row is on the Pareto front and the order
+    never depends on the row order it was given.
+    """
+    import numpy as np
+    from scipy.stats import rankdata
+
+    keys, maximize = front_keys(objectives)
+    columns: list[str] = []
+    ascending: list[bool] = []
+    if pick == "balanced":
+        score = np.zeros(len(frame))
+        for key, up in zip(keys, maximize, strict=True):
+            values = frame[key].to_numpy(dtype=float)
+            score += rankdata(values if up else -values, method="average") / max(len(frame), 1)
+        frame = frame.assign(_balanced=score)
+        columns, ascending = ["_balanced"], [False]
+    else:
+        columns, ascending = [pick], [not METRICS[pick].maximize]
+    for key, up in zip(keys, maximize, strict=True):
+        if key not in columns and key != "macs":
+            columns.append(key)
+            ascending.append(not up)
+    ordered = frame.sort_values([*columns, "macs", "number"], ascending=[*ascending, True, True])
+    return ordered.drop(columns=["_balanced"], errors="ignore")
+
+
 def directions(objectives: Sequence[str]) -> list[str]:
     """Optuna's study directions for the objectives (``maximize``, or ``minimize`` for latency)."""
     return ["maximize" if METRICS[o].maximize else "minimize" for o in objectives]
@@ -493,12 +529,12 @@ class RunResults:
 
     @cached_property
     def front(self) -> pd.DataFrame:
-        """The feasible Pareto front, best first (primary metric down, then fewer MACs)."""
+        """The feasible Pareto front, best first (:func:`order_best_first` by the primary metric)."""
         keys, maximize = front_keys(self.objectives)
         pool = self.feasible
         if not pool.empty:
             pool = pool[pareto_mask(pool[keys].to_numpy(dtype=float), maximize)]
-        return pool.sort_values([self.primary, "macs", "number"], ascending=[False, True, True])
+        return order_best_first(pool, self.primary, self.objectives)
 
     def trial(self, number: int) -> Any:
         """Trial ``number``; a UserError naming the numbers the run has."""
@@ -508,12 +544,7 @@ class RunResults:
         numbers = f"0 to {max(t.number for t in self.trials)}" if self.trials else "none"
         raise UserError(f"{self.run.path} has no trial {number} (trial numbers: {numbers})")
 
-    def best(self, pick: str | None = None) -> tuple[Any, str]:
-        """The best trial by ``pick`` (module docstring) and a sentence saying why."""
-        import numpy as np
-        from scipy.stats import rankdata
-
-        pick = pick or self.primary
+    def _check_pick(self, pick: str) -> None:
         if pick not in PICKS:
             raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
         if pick == "accuracy" and "accuracy" not in self.objectives:
@@ -524,50 +555,38 @@ class RunResults:
             raise UserError(
                 f"{self.run.path} has no latency budget (no latency recorded); use another --pick"
             )
-        front = self.front
-        if front.empty:
+
+    def best(self, pick: str | None = None) -> tuple[Any, str]:
+        """The best trial by ``pick`` (module docstring) and a sentence saying why, naming a
+        baseline when one is best. The first of :func:`order_best_first` over the feasible
+        trials, which is always on the Pareto front."""
+        pick = pick or self.primary
+        self._check_pick(pick)
+        if self.front.empty:
             raise UserError(
                 f"{self.run.path} has no complete trial within the budget; export one with --trial N instead"
             )
+        order = order_best_first(self.feasible, pick, self.objectives)
+        first = order.iloc[0]
+        number = int(first["number"])
         if pick == "balanced":
-            keys, maximize = front_keys(self.objectives)
-            n = len(front)
-            score = np.zeros(n)
-            for key, up in zip(keys, maximize, strict=True):
-                values = front[key].to_numpy(dtype=float)
-                score += rankdata(values if up else -values, method="average") / n
-            order = front.assign(_score=score).sort_values(
-                ["_score", "macs", "number"], ascending=[False, True, True]
-            )
-            what = f"the best sum of rank-normalised {' and '.join(keys)} on the feasible Pareto front"
+            keys, _ = front_keys(self.objectives)
+            what = f"the best sum of rank-normalised {' and '.join(keys)} within the budget"
         else:
             up = bool(METRICS[pick].maximize)
-            order = front.sort_values([pick, "macs", "number"], ascending=[not up, True, True])
-            size = f"{len(front)} trial{'s' if len(front) > 1 else ''}"
-            what = f"the {'highest' if up else 'lowest'} {pick} on the feasible Pareto front ({size})"
-        number = int(order.iloc[0]["number"])
-        return self.trial(number), f"trial {number}: {what}, ties to fewer MACs"
+            size = f"{len(order)} trial{'s' if len(order) > 1 else ''}"
+            what = f"the {'highest' if up else 'lowest'} {pick} within the budget ({size})"
+        baseline = f", the baseline {first['baseline']}" if first["baseline"] else ""
+        why = f"trial {number}{baseline}: {what}, ties to the other objectives, then fewer MACs"
+        return self.trial(number), why
 
     def ranked(self, pick: str | None = None) -> list[int]:
-        """Feasible searched trials (no baselines), best first: ``best(pick)``, then the others by
-        ``pick``'s column (``balanced``: the rank-normalised sum over them), one per config hash."""
-        import numpy as np
-        from scipy.stats import rankdata
-
+        """Feasible searched trials (no baselines), best first by :func:`order_best_first` (the
+        order ``best`` and the report's verdict use), one per config hash."""
         pick = pick or self.primary
-        first = self.best(pick)[0].number
-        pool = self.feasible[self.feasible["baseline"] == ""]
-        if pick == "balanced":
-            keys, maximize = front_keys(self.objectives)
-            score = np.zeros(len(pool))
-            for key, up in zip(keys, maximize, strict=True):
-                values = pool[key].to_numpy(dtype=float)
-                score += rankdata(values if up else -values, method="average") / max(len(pool), 1)
-            pool = pool.assign(_order=score)
-        else:
-            pool = pool.assign(_order=pool[pick])
-        pool = pool.sort_values(["_order", "macs", "number"], ascending=[False, True, True])
-        numbers = [first, *(int(n) for n in pool["number"] if int(n) != first)]
+        self._check_pick(pick)
+        order = order_best_first(self.feasible, pick, self.objectives)
+        numbers = [int(n) for n in order.loc[order["baseline"] == "", "number"]]
         hashes = dict(zip(self.table["number"], self.table["config_hash"], strict=True))
         seen: set[Any] = set()
         out = []

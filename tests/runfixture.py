@@ -127,10 +127,13 @@ def make_run(
     keep_weights: Sequence[int] = (),
     seed: int = 0,
     params_budget: int | None = None,
+    chance: float | None = None,
 ) -> RunInfo:
     """Write a run directory at ``run_dir``; ``keep_weights`` lists trials whose proxy weights are kept.
 
     ``params_budget`` adds a parameter budget to the run (trials over it are infeasible).
+    ``chance`` (e.g. 0.1): every proxy accuracy sits within a point of it, as in a run whose
+    proxies have not learned.
     """
     run_dir = Path(run_dir)
     budget = Budget(BUDGET, params_budget, RESOLUTION)
@@ -180,6 +183,8 @@ def make_run(
         extra: dict[str, Any] | None = None,
     ) -> None:
         with_accuracy = "accuracy" in objectives
+        if chance is not None:
+            accuracy = chance + float(rng.uniform(-0.01, 0.01))
         attrs = _attrs(config, accuracy if with_accuracy else None, rank)
         attrs.update(extra or {})
         constraints = constraint_values(attrs, budget)

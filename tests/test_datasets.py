@@ -330,8 +330,8 @@ def test_a_truncated_gzip_stream_is_refused(tmp_path, monkeypatch):
 def test_a_huge_idx_header_is_refused_before_reading_the_pixels(tmp_path, monkeypatch):
     """The cap applies to the header's claim: the body is never read (nor allocated)."""
     reads: list[int] = []
-    real = fashion_mnist._read_exact
-    monkeypatch.setattr(fashion_mnist, "_read_exact", lambda s, n: (reads.append(n), real(s, n))[1])
+    real = fashion_mnist.read_exact
+    monkeypatch.setattr(fashion_mnist, "read_exact", lambda s, n: (reads.append(n), real(s, n))[1])
     payload = struct.pack(">4i", 2051, 10**9, 28, 28)
     monkeypatch.setenv(
         "REXSEARCH_FASHION_MNIST_MD5", _hostile_idx(tmp_path, "train-images-idx3-ubyte", payload)
@@ -371,7 +371,7 @@ def test_folder_decoded_resized_cached_and_keyed_by_content(tmp_path):
     hashed = lambda *a: pytest.fail("unchanged files are not hashed again")  # noqa: E731
     with pytest.MonkeyPatch.context() as m:
         m.setattr(folder, "decode_image", decoded)
-        m.setattr(folder, "_sha256", hashed)
+        m.setattr(folder, "entry_sha256", hashed)
         again = load_dataset("folder", root)
     assert again.digest == data.digest and torch.equal(again.train_x, data.train_x)
     write_image(root / "cat" / "0.jpg", (200, 200, 0))

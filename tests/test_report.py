@@ -118,8 +118,12 @@ def test_report_numbers(run, report):
     best = searched.sort_values("accuracy", ascending=False).iloc[0]
     linear = done[done["baseline"] == "rexnet-linear"].iloc[0]
     diff = 100 * (best["accuracy"] - linear["accuracy"])
-    assert f"trial #{best['number']}, accuracy {100 * best['accuracy']:.2f}%" in files.verdict
-    assert f"{diff:+.2f} points over rexnet-linear" in files.verdict
+    assert files.verdict.startswith("On single trainings, the best searched config")  # unconfirmed
+    assert f"trial #{best['number']}, {100 * best['accuracy']:.2f}%" in files.verdict
+    assert diff > 0
+    paper = f"rexnet-linear ({100 * linear['accuracy']:.2f}%)"
+    assert f"is ahead of the paper's ReXNet, {paper}, by {diff:.2f} points" in files.verdict
+    assert "beats" not in files.verdict and "rexsearch confirm" in files.verdict
     assert files.verdict in html.replace("&#x27;", "'")
     everything = frame[frame["state"] == "COMPLETE"]
     tau = stats.kendalltau(everything["rank"], everything["accuracy"]).statistic
@@ -146,13 +150,14 @@ def test_pareto_png(report):
 def test_rank_only_run_uses_rank(tmp_path):
     run = runfixture.make_run(tmp_path / "rank-only", objectives=["rank"])
     path = write_report(run.path)
-    html = path.read_text(encoding="utf-8")
+    html = path.read_text(encoding="utf-8").replace("&#x27;", "'")
     assert "This run is rank-only" in html
     assert "cannot be calibrated" in html
     assert "normalized feature rank vs MACs" in html
     table = pd.read_csv(run.path / "trials.csv")
     assert "value_rank" in table.columns and "value_accuracy" not in table.columns
-    assert "rank over rexnet-linear" in html
+    assert "By rank (one measurement per config), the best searched config" in html
+    assert "the paper's ReXNet, rexnet-linear (" in html
 
 
 def test_report_of_a_run_where_everything_failed(tmp_path):
@@ -186,7 +191,7 @@ def test_report_of_a_run_where_everything_failed(tmp_path):
 def test_cli_report(run, capsys):
     assert main(["report", str(run.path)]) == 0
     out = capsys.readouterr().out
-    assert "report.html" in out and "trials.csv" in out and "points over" in out
+    assert "report.html" in out and "trials.csv" in out and "is ahead of the paper's ReXNet, rexnet-linear" in out
 
 
 def test_cli_report_missing_run_exits_2(tmp_path, capsys):
@@ -206,3 +211,51 @@ def test_a_stand_in_data_set_is_named_in_the_report_and_the_model_card(tmp_path)
     data["data"]["cifar100"] = True
     (run.path / "run.json").write_text(json.dumps(data))
     assert "stand-in" not in write_report(run.path).read_text(encoding="utf-8")
+
+
+def _as_cifar10(info) -> None:
+    """Record the fixture run as a 10-class run (its run.json's data set)."""
+    import json
+
+    meta = info.path / "run.json"
+    data = json.loads(meta.read_text())
+    data["data"] = {"dataset": "cifar10", "title": "CIFAR-10", "classes": 10, "official": True}
+    data["data"]["split"] = {"train_images": 5000, "val_images": 1000, "seed": 0}
+    meta.write_text(json.dumps(data))
+
+
+def test_a_run_at_chance_is_named_so_and_wins_nothing(tmp_path):
+    info = runfixture.make_run(tmp_path / "run", chance=0.1)
+    _as_cifar10(info)
+    files = make_report(info.path)
+    assert files.verdict.startswith("The proxies have not learned: the best proxy accuracy, ")
+    assert "10.0% for 10 classes" in files.verdict and "beats" not in files.verdict
+    assert "run with --epochs 4" in files.verdict  # 3 x 5,000 / 128 = 117 steps; 4 epochs give 156
+    html = files.html.read_text()
+    assert '<p class="verdict warn">The proxies have not learned' in html
+
+
+def test_a_run_that_learned_is_not_called_chance(tmp_path):
+    info = runfixture.make_run(tmp_path / "run")
+    _as_cifar10(info)
+    files = make_report(info.path)
+    assert not files.verdict.startswith("The proxies have not learned")
+    assert '<p class="verdict open">' in files.html.read_text()  # single trainings: not green
+
+
+def test_a_config_is_never_compared_with_itself(tmp_path):
+    """The search's best is rexnet-linear's own network: the confirmed verdict says so and
+    compares it only with the other baseline."""
+    info = runfixture.make_run(tmp_path / "run")
+    runfixture.add_confirmation(
+        info,
+        {
+            "trial-0": [0.70, 0.71, 0.69],
+            "rexnet-linear": [0.70, 0.71, 0.69],
+            "mobilenetv2-stagewise": [0.60, 0.61, 0.62],
+        },
+    )
+    files = make_report(info.path)
+    assert "it is the same network as rexnet-linear, which it is not compared with" in files.verdict
+    assert "rexnet-linear (70.00%" not in files.verdict
+    assert "beats mobilenetv2-stagewise" in files.verdict

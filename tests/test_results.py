@@ -137,3 +137,47 @@ def test_a_real_rank_only_run_prints_the_front_the_report_and_export_use(tmp_pat
     best = _exported_trial(run_dir, tmp_path, capsys)
     assert printed and printed == reported == RunResults.load(run_dir).front["number"].tolist()
     assert best == printed[0]
+
+
+def test_best_means_one_thing_on_a_constructed_tie(tmp_path, capsys):
+    """A searched trial tied on accuracy with the best one, with fewer MACs but a lower rank, and a
+    baseline ahead of both: the verdict, the front, confirm and export agree on one order."""
+    import optuna
+
+    from rexsearch.report.analysis import Groups
+    from rexsearch.results import CONSTRAINTS_ATTR, RunResults
+    from rexsearch.search.confirm import targets
+
+    info = runfixture.make_run(tmp_path / "run")
+    results = RunResults.load(info)
+    best_searched = results.ranked()[0]
+    top = results.trial(best_searched)
+    study = info.open_study()
+
+    def add(accuracy: float, rank: float, macs_delta: int, extra: dict) -> int:
+        attrs = {**top.user_attrs, **extra, "macs": top.user_attrs["macs"] + macs_delta}
+        attrs["rank"] = rank
+        trial = optuna.trial.create_trial(
+            values=[accuracy, rank],
+            params=top.params,
+            distributions=top.distributions,
+            user_attrs=attrs,
+            system_attrs={CONSTRAINTS_ATTR: [-1.0] * len(top.system_attrs[CONSTRAINTS_ATTR])},
+        )
+        study.add_trial(trial)
+        return len(study.trials) - 1
+
+    accuracy, rank = top.values
+    twin = add(accuracy, rank - 0.05, -1_000_000, {"config_hash": "0123456789ab"})
+    ahead = add(accuracy + 0.01, rank, 0, {"config_hash": "ba9876543210", "baseline": "rexnet-linear"})
+    results = RunResults.load(info)
+    assert results.ranked()[0] == best_searched != twin  # the tie goes to the higher rank, not to MACs
+    assert int(Groups.of(results).best_searched()["number"]) == best_searched
+    assert int(results.front.iloc[0]["number"]) == ahead
+    assert results.best()[0].number == ahead
+    first = targets(results, 2)[0]
+    assert (first.source_trial, first.role) == (best_searched, "searched")  # never a baseline
+    out = tmp_path / "export"
+    assert main(["export", str(info.path), "--trial", "best", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"exported trial {ahead}, the baseline rexnet-linear:" in said, said

@@ -125,7 +125,7 @@ def _is_official(name: str, file_md5_: str, content_md5: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- IDX reading
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
+def read_exact(stream: BinaryIO, n: int) -> bytes:
     chunks, left = [], n
     while left:
         chunk = stream.read(min(left, 1 << 20))
@@ -147,7 +147,7 @@ def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> tuple[np.ndarray
     ndim = 1 + len(shape)
     try:
         with open_compressed(path) as stream:
-            header = _read_exact(stream, 4 + 4 * ndim)
+            header = read_exact(stream, 4 + 4 * ndim)
             if len(header) < 4:
                 raise DataError(f"{path} is not an IDX file: it ends before its 4-byte magic number")
             (found,) = struct.unpack(">i", header[:4])
@@ -171,7 +171,7 @@ def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> tuple[np.ndarray
                     f"{MAX_IDX_BYTES:,} bytes allowed (Fashion-MNIST's largest file holds 47,040,000); "
                     "refusing it"
                 )
-            body = _read_exact(stream, size)
+            body = read_exact(stream, size)
             if len(body) < size:
                 raise DataError(
                     f"{path} is truncated: its header claims {dims[0]:,} items, it holds {len(body):,} bytes "

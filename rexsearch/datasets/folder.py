@@ -169,7 +169,7 @@ def _in_threads(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _sha256(image: Entry) -> str:
+def entry_sha256(image: Entry) -> str:
     digest = hashlib.sha256()
     try:
         with open(image.path, "rb") as f:
@@ -202,7 +202,7 @@ def content_digest(root: Path, images: Iterable[Entry], progress: Progress | Non
             hashes[image.rel] = entry[2]
         else:
             todo.append(image)
-    for done, (image, sha) in enumerate(zip(todo, _in_threads(_sha256, todo), strict=True), 1):
+    for done, (image, sha) in enumerate(zip(todo, _in_threads(entry_sha256, todo), strict=True), 1):
         hashes[image.rel] = sha
         if progress and (done % 256 == 0 or done == len(todo)):
             progress("decode", f"hashing the images of {root}", done, len(todo))

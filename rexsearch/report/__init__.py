@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rexsearch import __version__
 from rexsearch.files import atomic_write, write_text_atomic
-from rexsearch.report.analysis import Groups, verdict
+from rexsearch.report.analysis import Groups, verdict, verdict_tone
 from rexsearch.report.figures import history_figure, pareto_png
 from rexsearch.report.html import (
     CSS,
@@ -96,7 +96,7 @@ def make_report(run: str | Path | RunInfo | RunResults) -> ReportFiles:
     line = verdict(g)
     sections = [
         summary_section(g),
-        section("verdict", "Verdict", para(line, "verdict")),
+        section("verdict", "Verdict", para(line, f"verdict {verdict_tone(g)}")),
         confirmation_section(g),
         pareto_section(g),
         section("history", "Optimisation history", history_figure(results.table, info)),

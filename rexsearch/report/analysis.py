@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from rexsearch.config import ReXNetConfig
-from rexsearch.results import METRICS, RunResults, directions, record_config
+from rexsearch.results import METRICS, RunResults, directions, order_best_first, record_config
 
 #: Fewest complete searched trials for which parameter importances are computed.
 MIN_IMPORTANCE_TRIALS = 5
@@ -62,10 +62,11 @@ class Groups:
         return {t.number: c for t in self.results.trials if (c := record_config(t.user_attrs)) is not None}
 
     def best_searched(self) -> pd.Series | None:
+        """The best searched trial: the first of :meth:`RunResults.ranked` (one order everywhere)."""
         if self.searched.empty:
             return None
-        ordered = self.searched.sort_values([self.metric, "macs", "number"], ascending=[False, True, True])
-        return ordered.iloc[0]
+        first = self.results.ranked(self.metric)[0]
+        return self.searched[self.searched["number"] == first].iloc[0]
 
 
 def fmt_metric(metric: str, value: Any) -> str:
@@ -84,14 +85,35 @@ SINGLE_TRAININGS = (
 
 
 def verdict(g: Groups) -> str:
-    """The report's verdict: the confirmed one when the run has confirmation trainings, otherwise
-    the single-training comparison, saying that it rests on single trainings."""
+    """The report's verdict: first, when the proxies have not learned, that no comparison holds;
+    then the confirmed verdict when the run has confirmation trainings, otherwise the
+    single-training comparison, saying that it rests on single trainings."""
+    chance = chance_level(g)
+    if chance:
+        return chance
     if g.results.confirmation:
         return confirmed_verdict(g)
     line = single_training_verdict(g)
     if g.metric == "accuracy" and g.best_searched() is not None and not g.baselines.empty:
         line += " " + SINGLE_TRAININGS.format(run=g.run.path)
     return line
+
+
+def verdict_tone(g: Groups) -> str:
+    """How the report colours the verdict: ``warn`` when the proxies have not learned or a
+    confirmed baseline is ahead of the search's best, ``good`` only when the confirmation shows
+    the best ahead of the paper's design beyond noise, else ``open`` (single trainings, ties)."""
+    from rexsearch.stats import BEATS, LOSES
+
+    if chance_level(g):
+        return "warn"
+    c = g.results.confirmation
+    if not c:
+        return "open"
+    words = {label: d.verdict for label, d in c.comparisons()}
+    if any(w == LOSES for w in words.values()):
+        return "warn"
+    return "good" if words.get(PAPER_BASELINE) == BEATS else "open"
 
 
 def confirmed_verdict(g: Groups) -> str:
@@ -118,33 +140,91 @@ def confirmed_verdict(g: Groups) -> str:
         f"{fmt_macs(r['macs'])} MACs)"
     )
     parts = []
-    for label, d in c.comparisons():
-        if summary.loc[label, "role"] != "baseline":
-            continue
+    compared = [(label, d) for label, d in c.comparisons() if summary.loc[label, "role"] == "baseline"]
+    compared.sort(key=lambda item: item[0] != PAPER_BASELINE)  # the paper's design first
+    for label, d in compared:
         interval = f", 95% CI [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if d.tested else ", no interval"
         parts.append(f"{d.verdict} {label} ({ms(label)}): {m.format_diff(d.diff)}{interval}")
+    same = c.same_as_best()
+    if same:
+        parts.append(f"it is the same network as {' and '.join(same)}, which it is not compared with")
     if not parts:
         return f"{head}; no baseline was confirmed to compare with."
     return f"{head} at the {budget} MACs budget: " + "; ".join(parts) + f" ({CI_METHOD})."
 
 
+#: The paper's design, which the headline compares the search's best with first.
+PAPER_BASELINE = "rexnet-linear"
+#: Standard errors of a binomial proportion within which an accuracy counts as chance.
+CHANCE_SIGMAS = 3.0
+#: Training steps per proxy from which the committed examples' proxies learned (reports/): a
+#: floor for the suggestion, not a promise.
+LEARNING_STEPS = 150
+
+
+def chance_level(g: Groups) -> str | None:
+    """A sentence when the proxies have not learned, else None: the best proxy accuracy of the run
+    is within :data:`CHANCE_SIGMAS` binomial standard errors of chance (1 / classes) over the
+    validation images, so no comparison between configs means anything. It names the fidelity
+    and suggests one with at least :data:`LEARNING_STEPS` steps per proxy."""
+    import math
+
+    if g.metric != "accuracy" or g.complete.empty:
+        return None
+    data = g.run.dataset or {}
+    fidelity = g.run.data.get("fidelity") or {}
+    classes = int(data.get("classes") or 100)
+    n = int((data.get("split") or {}).get("val_images") or fidelity.get("val_images") or 0)
+    if classes < 2 or n < 1:
+        return None
+    chance = 1.0 / classes
+    noise = CHANCE_SIGMAS * math.sqrt(chance * (1 - chance) / n)
+    best = float(g.complete["accuracy"].max())
+    if best > chance + noise:
+        return None
+    epochs = int(fidelity.get("epochs") or 0)
+    batch = int(fidelity.get("batch_size") or 128)
+    images = int((data.get("split") or {}).get("train_images") or fidelity.get("train_images") or 0)
+    steps = epochs * images // batch if images else None
+    hint = ""
+    if steps is not None and images:
+        wanted = max(epochs + 1, math.ceil(LEARNING_STEPS * batch / images))
+        hint = (
+            f" Each proxy trained about {steps} steps ({epochs} epochs x {images:,} images / batch "
+            f"{batch}); for at least {LEARNING_STEPS}, run with --epochs {wanted} (or more --train-images)."
+        )
+    return (
+        f"The proxies have not learned: the best proxy accuracy, {fmt_metric('accuracy', best)}, is within "
+        f"noise of chance ({100 * chance:.1f}% for {classes} classes, ±{100 * noise:.1f} points over "
+        f"{n:,} validation images), so no config is shown better than another at this fidelity.{hint}"
+    )
+
+
 def single_training_verdict(g: Groups) -> str:
-    """One sentence from one training per config: did the best searched config beat the baselines."""
+    """One sentence from one training per config. It answers first whether the best searched
+    config is ahead of the paper's ReXNet (:data:`PAPER_BASELINE`) or behind it, then the other
+    baselines; single trainings never "beat" anything (no seed noise is measured)."""
     metric = g.metric
     m = METRICS[metric]
     budget = g.run.describe_budget()
     best = g.best_searched()
     if best is None:
         return f"No searched trial completed within the budget ({budget}); nothing to compare."
-    head = (
-        f"The best searched config (trial #{best['number']}, {metric} {m.format(best[metric])}, "
+
+    def points(diff: float) -> str:
+        return m.format_diff(diff).lstrip("+")
+
+    lead = "On single trainings," if metric == "accuracy" else f"By {metric} (one measurement per config),"
+    mine = (
+        f"the best searched config (trial #{best['number']}, {m.format(best[metric])}, "
         f"{fmt_macs(best['macs'])} MACs)"
     )
     frame = g.results.table
-    expected = frame.loc[frame["baseline"] != "", "baseline"].tolist()
+    expected = list(dict.fromkeys(frame.loc[frame["baseline"] != "", "baseline"].tolist()))
     if not expected:
-        return f"{head}; the run has no baseline trials to compare with."
-    parts, wins = [], 0
+        return f"{mine[0].upper()}{mine[1:]}; the run has no baseline trials to compare with."
+    expected.sort(key=lambda name: name != PAPER_BASELINE)
+    parts = []
     for name in expected:
         rows = g.baselines[g.baselines["baseline"] == name]
         if rows.empty:
@@ -152,18 +232,21 @@ def single_training_verdict(g: Groups) -> str:
             continue
         b = rows.iloc[0]
         diff = float(best[metric] - b[metric])
-        wins += diff > 0
         over = not pd.isna(b["feasible"]) and not bool(b["feasible"])
-        note = ", over the budget" if over else ""
-        parts.append(f"{m.format_diff(diff)} over {name} ({m.format(b[metric])}{note})")
-    compared = len(g.baselines)
-    if compared and wins == compared:
-        outcome = "beats every baseline" if compared > 1 else "beats the baseline"
-    elif wins:
-        outcome = f"beats {wins} of {compared} baselines"
-    else:
-        outcome = "does not beat the baselines"
-    return f"{head} {outcome} at the budget ({budget}): " + "; ".join(parts) + "."
+        what = f"{name} ({m.format(b[metric])}{', over the budget' if over else ''})"
+        if not parts and name == PAPER_BASELINE:
+            if diff > 0:
+                parts.append(f"{lead} {mine} is ahead of the paper's ReXNet, {what}, by {points(diff)}")
+            elif diff < 0:
+                parts.append(f"{lead} the paper's ReXNet, {what}, is ahead of {mine} by {points(-diff)}")
+            else:
+                parts.append(f"On single trainings, {mine} ties with the paper's ReXNet, {what}")
+            continue
+        if not parts:
+            parts.append(f"{lead} {mine}")
+        side = "ahead of" if diff > 0 else "behind" if diff < 0 else "level with"
+        parts.append(f"{side} {what} by {points(abs(diff))}" if diff else f"{side} {what}")
+    return "; ".join(parts) + f" at the budget ({budget})."
 
 
 def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> list[dict[str, Any]]:
@@ -218,7 +301,7 @@ def importances(study: Any, searched_numbers: set[int], objectives: Sequence[str
 
 
 def profile_configs(g: Groups, configs: dict[int, ReXNetConfig]) -> list[tuple[str, Any, bool]]:
-    top = g.searched.sort_values([g.metric, "macs"], ascending=[False, True]).head(TOP_PROFILES)
+    top = order_best_first(g.searched, g.metric, g.results.objectives).head(TOP_PROFILES)
     out = []
     for r in top.itertuples():
         if r.number in configs:

@@ -56,7 +56,9 @@ h1{margin-top:24px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top
 table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}
 th,td{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f4f4f4}
 td:not(:first-child){font-variant-numeric:tabular-nums}
-.verdict{font-size:18px;font-weight:600;background:#eef6ee;border-left:5px solid #2ca02c;padding:10px 14px}
+.verdict{font-size:18px;font-weight:600;background:#f3f4f6;border-left:5px solid #8a8f98;padding:10px 14px}
+.verdict.good{background:#eef6ee;border-left-color:#2ca02c}
+.verdict.warn{background:#fdf3e7;border-left-color:#e07b00}
 .note{background:#fff7e6;border-left:5px solid #ff7f0e;padding:8px 14px}
 .muted{color:#666;font-size:13px}
 nav a{margin-right:14px}
