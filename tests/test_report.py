@@ -191,7 +191,8 @@ def test_report_of_a_run_where_everything_failed(tmp_path):
 def test_cli_report(run, capsys):
     assert main(["report", str(run.path)]) == 0
     out = capsys.readouterr().out
-    assert "report.html" in out and "trials.csv" in out and "is ahead of the paper's ReXNet, rexnet-linear" in out
+    assert "report.html" in out and "trials.csv" in out
+    assert "is ahead of the paper's ReXNet, rexnet-linear" in out
 
 
 def test_cli_report_missing_run_exits_2(tmp_path, capsys):
