@@ -357,3 +357,26 @@ def test_eta_counts_the_split_the_trials_train_on():
     small = SimpleNamespace(train_y=torch.zeros(1200), val_y=torch.zeros(300))
     seconds = search.estimate_training_seconds(settings, small, images_per_s=100.0)
     assert seconds == pytest.approx(4 * 3 * (1200 + 300 / 3) / 100.0)  # not CIFAR-100's 45,000 images
+
+
+def test_eta_follows_max_concurrent_and_cpus_per_trial():
+    """Trials that run side by side share the wall time: the estimate divides by how many run
+    at once, which --max-concurrent and the per-trial CPUs decide."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from rexsearch import search
+    from rexsearch.search.cluster import Resources
+
+    small = SimpleNamespace(train_y=torch.zeros(1200), val_y=torch.zeros(300))
+    two_cpus = Resources(cpus_per_trial=1.0, gpus_per_trial=0.0, cpus=2.0, gpus=0.0, nodes=1)
+    one_slot = Resources(cpus_per_trial=2.0, gpus_per_trial=0.0, cpus=2.0, gpus=0.0, nodes=1)
+    base = {"run_dir": "unused", "flops_budget": 400_000_000, "trials": 4, "epochs": 3}
+    free = search.SearchSettings(**base)
+    capped = search.SearchSettings(**base, max_concurrent=1)
+    assert search.concurrent_trials(free, two_cpus) == 2
+    assert search.concurrent_trials(capped, two_cpus) == 1
+    assert search.concurrent_trials(free, one_slot) == 1
+    serial = search.estimate_training_seconds(free, small, 100.0)
+    assert search.estimate_training_seconds(free, small, 100.0, concurrent=2) == pytest.approx(serial / 2)

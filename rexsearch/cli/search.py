@@ -416,7 +416,7 @@ def execute_run(
 
             view.event(f"data set: {describe(split.dataset)}")
         if settings.needs_data and not resources.gpus:
-            _cpu_note(settings, split, view)
+            _cpu_note(settings, split, view, resources)
         try:
             outcome = search.execute(
                 settings,
@@ -477,8 +477,10 @@ def execute_run(
     return 0
 
 
-def _cpu_note(settings, split, view: StatusLine) -> None:
-    from rexsearch.search import estimate_training_seconds
+def _cpu_note(settings, split, view: StatusLine, resources) -> None:
+    import torch
+
+    from rexsearch.search import concurrent_trials, estimate_training_seconds
     from rexsearch.space import InfeasibleError, baseline_candidate
     from rexsearch.train import measure_throughput
 
@@ -486,17 +488,25 @@ def _cpu_note(settings, split, view: StatusLine) -> None:
         base = baseline_candidate("rexnet-linear", settings.budget).config
     except InfeasibleError:
         return
-    # the trainer's batch (at most the training split), capped: images/s hardly changes above it
+    # the trainer's batch (at most the training split), capped: images/s hardly changes above it;
+    # timed on as many threads as a trial gets, then shared among the trials that run at once
     batch = max(2, min(settings.batch_size, len(split.train_y), PROBE_BATCH))
-    ips = measure_throughput(
-        base, batch, steps=PROBE_STEPS, repeats=PROBE_REPEATS, num_classes=split.num_classes
-    )
-    seconds = estimate_training_seconds(settings, split, ips)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(resources.cpus_per_trial)))
+    try:
+        ips = measure_throughput(
+            base, batch, steps=PROBE_STEPS, repeats=PROBE_REPEATS, num_classes=split.num_classes
+        )
+    finally:
+        torch.set_num_threads(threads)
+    at_once = concurrent_trials(settings, resources)
+    seconds = estimate_training_seconds(settings, split, ips, at_once)
     view.event(
-        f"no GPU: the baseline proxy trains at about {ips:.0f} images/s here, so {settings.trials} trials x "
+        f"no GPU: the baseline proxy trains at about {ips:.0f} images/s per trial here "
+        f"({resources.cpus_per_trial:g} CPU each, {at_once} at a time), so {settings.trials} trials x "
         f"{settings.epochs} epochs on {len(split.train_y):,} training images would take about "
         f"{_duration(seconds)} (before early stopping); shorten with --trials, --epochs and "
-        "--train-images (e.g. --trials 8 --epochs 2 --train-images 5000)"
+        "--train-images (e.g. --trials 8 --epochs 3 --train-images 5000)"
     )
 
 

@@ -26,7 +26,13 @@ from rexsearch.search.cluster import (
     default_resources,
     ensure_ray,
 )
-from rexsearch.search.run import SearchOutcome, estimate_training_seconds, execute, load_split
+from rexsearch.search.run import (
+    SearchOutcome,
+    concurrent_trials,
+    estimate_training_seconds,
+    execute,
+    load_split,
+)
 from rexsearch.search.settings import SAMPLERS, SearchSettings, begin_run, settings_from_run, start_run
 from rexsearch.search.study import TrialDecoder, check_resumable, prepare_resume, record_outcome, session_seed
 from rexsearch.search.trial import Deadline, TrialJob, TrialTimeoutError, trial_function
@@ -48,6 +54,7 @@ __all__ = [
     "check_resources",
     "check_resumable",
     "cluster_resources",
+    "concurrent_trials",
     "default_resources",
     "ensure_ray",
     "estimate_training_seconds",

@@ -94,14 +94,25 @@ def proxy_classes(settings: SearchSettings, split: Any) -> int:
     return settings.proxy_classes or 100
 
 
-def estimate_training_seconds(settings: SearchSettings, split: Any, images_per_s: float) -> float:
-    """Wall time of the run's trainings at ``images_per_s``, on the split the trials will train on
-    (its real size: a small data set or ``--train-images`` is counted as it is)."""
+def concurrent_trials(settings: SearchSettings, resources: Resources) -> int:
+    """How many trials run at once: the cluster's slots for the per-trial request, at most
+    ``--max-concurrent``."""
+    slots = resources.slots
+    return max(1, min(slots, settings.max_concurrent) if settings.max_concurrent else slots)
+
+
+def estimate_training_seconds(
+    settings: SearchSettings, split: Any, images_per_s: float, concurrent: int = 1
+) -> float:
+    """Wall time of the run's trainings at ``images_per_s`` (one trial's throughput on its own
+    CPUs), ``concurrent`` trials at a time, on the split the trials will train on (its real
+    size: a small data set or ``--train-images`` is counted as it is)."""
     from rexsearch.train import estimate_seconds
 
-    return estimate_seconds(
+    serial = estimate_seconds(
         settings.trials, settings.epochs, len(split.train_y), len(split.val_y), images_per_s
     )
+    return serial / max(1, concurrent)
 
 
 def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources, num_classes: int) -> TrialJob:
