@@ -2,9 +2,11 @@
 (1,797 8x8 grey images, 10 classes) upsampled to 32x32 RGB and packed in CIFAR-100's archive format
 (labels 0-9 of the 100; classes 10-99 have no images). Not CIFAR-100: for examples only.
 
-    python benchmarks/build_digits_archive.py --out DIR   # prints the archive's md5
+    python benchmarks/build_digits_archive.py --out DIR   # prints the lines to paste
 
-Then run rexsearch with ``--data-dir DIR`` and ``REXSEARCH_CIFAR100_MD5`` set to that md5.
+The archive is the same bytes every time (fixed tar and gzip metadata), so its md5 is the one
+the example READMEs quote. It prints the environment line and the command to paste: rexsearch
+with ``--data-dir DIR`` and ``REXSEARCH_CIFAR100_MD5`` set to that md5.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md5 = write_cifar_archive(out / CIFAR100.archive, x[:n], y[:n], x[n:], y[n:], classes)
-    print(md5)
+    print(f"export REXSEARCH_CIFAR100_MD5={md5}")
+    print(
+        f"rexsearch run --flops-budget 100M --data-dir {out.resolve()} --trials 8 --epochs 8 --batch-size 50"
+    )
 
 
 if __name__ == "__main__":

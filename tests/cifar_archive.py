@@ -35,7 +35,15 @@ def _batch(x: Any, y: Any, label: str, spec: CifarSpec) -> dict:
 
 
 def _write_tar(path: Path, folder: str, members: dict[str, object]) -> None:
-    with tarfile.open(path, "w:gz") as tar:
+    """The archive with fixed metadata (tar and gzip times 0, no file name in the gzip header),
+    so the same members give the same bytes, and the same md5, every time."""
+    import gzip
+
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         info = tarfile.TarInfo(folder)
         info.type = tarfile.DIRTYPE
         info.mode = 0o755

@@ -434,3 +434,16 @@ def test_download_without_length_is_capped_while_streaming(tmp_path, monkeypatch
         server.server_close()
         thread.join()
     assert list(cache_dir().iterdir()) == []
+
+
+def test_the_archive_builder_gives_the_same_bytes_every_time(tmp_path, monkeypatch):
+    """The stand-in archive of the committed examples (benchmarks/build_digits_archive.py) is built
+    by write_cifar_archive: fixed tar and gzip metadata, so a rebuild later has the same md5."""
+    import time
+
+    x, y = class_patterned(1, seed=3)
+    first = write_cifar_archive(tmp_path / "a.tar.gz", x[:70], y[:70], x[70:], y[70:], CLASSES)
+    later = time.time() + 86_400
+    monkeypatch.setattr(time, "time", lambda: later)  # a day later, as gzip sees the clock
+    second = write_cifar_archive(tmp_path / "b.tar.gz", x[:70], y[:70], x[70:], y[70:], CLASSES)
+    assert first == second
