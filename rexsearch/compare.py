@@ -490,6 +490,9 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
             table(["run A", "run B", "KS D", "p", "median A", "median B", "ahead"], ks_rows),
         ),
     ]
+    stand_in = list(dict.fromkeys(s for r in c.runs if (s := r.results.run.stand_in_data)))
+    if stand_in:  # the same banner as the report's, first on the page
+        sections.insert(0, "".join(para(text, "note") for text in stand_in))
     data = c.runs[0].results.run.dataset_title
     title = "rexsearch design-space comparison" + (f" on {data}" if data else "")
     page = (

@@ -88,3 +88,20 @@ def test_fidelity_mismatch_is_found(runs, tmp_path):
         compare_runs([runs[0].path, other.path])
     c = compare_runs([runs[0].path, other.path], force=True)
     assert c.forced and write_comparison(c, tmp_path / "f")["html"].exists()
+
+
+def test_compare_html_carries_the_stand_in_banner(tmp_path):
+    import html
+    import json
+
+    base = tmp_path / "runs"
+    made = [runfixture.make_run(base / f"space-{i}", seed=i) for i in range(2)]
+    for run in made:  # trained on a re-packed archive (a checksum override), as the examples were
+        meta = run.path / "run.json"
+        data = json.loads(meta.read_text())
+        data["data"] = {"archive_md5": "39590fe2585e2020fde87009e28d5255", "cifar100": False}
+        meta.write_text(json.dumps(data))
+    paths = write_comparison(compare_runs([r.path for r in made]), tmp_path / "cmp")
+    page = html.unescape(paths["html"].read_text())
+    assert page.count("not CIFAR-100's") == 1 and "39590fe2585e2020fde87009e28d5255" in page
+    assert page.index("not CIFAR-100's") < page.index('id="runs"')
