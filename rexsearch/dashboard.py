@@ -6,8 +6,8 @@ or another local program from doing so behind the user's back:
 - every request must name the served address in its ``Host`` header (a page that reaches the
   server through DNS rebinding sends its own domain name there, and is refused);
 - writes (any method other than GET, HEAD and OPTIONS) are refused unless the server was made
-  with ``allow_edits=True``; even then a write whose ``Origin`` is not the served address is
-  refused (a cross-site form or fetch).
+  with ``allow_edits=True``; even then a write whose ``Origin`` is not the address the request
+  was sent to (its ``Host``) is refused (a cross-site form or fetch; ``Origin: null`` too).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class HostGuard:
                     start_response, "this dashboard is read-only; restart it with --allow-edits to edit"
                 )
             origin = environ.get("HTTP_ORIGIN")
-            if origin is not None and not self.served(urlsplit(origin).netloc):
+            if origin is not None and urlsplit(origin).netloc.lower() != environ["HTTP_HOST"].strip().lower():
                 return _refuse(start_response, "edits are accepted only from the dashboard's own pages")
         return self.app(environ, start_response)
 

@@ -556,6 +556,19 @@ class RunResults:
                 f"{self.run.path} has no latency budget (no latency recorded); use another --pick"
             )
 
+    def _ordered(self, pick: str) -> pd.DataFrame:
+        """The feasible trials best first by ``pick`` (:func:`order_best_first`). A pick that is
+        not one of the front's objectives (``--pick rank`` on an accuracy-only run, ``latency``
+        as a budget only) orders the front first, so that "best" is always a point of it."""
+        import pandas as pd
+
+        keys, _ = front_keys(self.objectives)
+        if pick == "balanced" or pick in keys:
+            return order_best_first(self.feasible, pick, self.objectives)
+        front = order_best_first(self.front, pick, self.objectives)
+        rest = self.feasible[~self.feasible["number"].isin(front["number"])]
+        return pd.concat([front, order_best_first(rest, pick, self.objectives)])
+
     def best(self, pick: str | None = None) -> tuple[Any, str]:
         """The best trial by ``pick`` (module docstring) and a sentence saying why, naming a
         baseline when one is best. The first of :func:`order_best_first` over the feasible
@@ -566,7 +579,7 @@ class RunResults:
             raise UserError(
                 f"{self.run.path} has no complete trial within the budget; export one with --trial N instead"
             )
-        order = order_best_first(self.feasible, pick, self.objectives)
+        order = self._ordered(pick)
         first = order.iloc[0]
         number = int(first["number"])
         if pick == "balanced":
@@ -585,7 +598,7 @@ class RunResults:
         order ``best`` and the report's verdict use), one per config hash."""
         pick = pick or self.primary
         self._check_pick(pick)
-        order = order_best_first(self.feasible, pick, self.objectives)
+        order = self._ordered(pick)
         numbers = [int(n) for n in order.loc[order["baseline"] == "", "number"]]
         hashes = dict(zip(self.table["number"], self.table["config_hash"], strict=True))
         seen: set[Any] = set()

@@ -84,8 +84,8 @@ def resolve_storage(url: str, run_dir: str | Path) -> str:
     folder = target.parent
     if folder != home and (folder / RUN_JSON).is_file():
         raise UserError(
-            f"the run.json of {run_dir} names the SQLite storage {target}, which belongs to the run "
-            f"{folder}; a run cannot use another run's study"
+            f"the SQLite storage {target} of the run {run_dir} belongs to the run {folder}; a run "
+            "cannot use another run's study (choose another --storage)"
         )
     return url if Path(path).is_absolute() else f"sqlite:///{target.as_posix()}"
 

@@ -47,10 +47,21 @@ def _secret_pair(pair: str) -> bool:
     return bool(sep) and _SECRET_IN_VALUE_RE.search(unquote_plus(value)) is not None
 
 
+#: A URL's userinfo, read wide: the user name ends at the first ``:`` (SQLAlchemy lets it hold
+#: ``@``), the password runs to the last ``@`` of the URL, so a password holding ``?``, ``/`` or
+#: an unencoded ``@`` is never taken for the host or the query.
+_USERINFO_RE = re.compile(r"([\w+.-]+://)([^:/]*)(?::(.*))?@")
+
+
 def _rewrite_url(url: str, hide: bool) -> str:
     """One URL with its passwords masked (``hide``: ``***``) or removed (not ``hide``)."""
-    base, sep, query = url.partition("?")
-    base = _PASSWORD_RE.sub(r"\1***\3", base) if hide else _PASSWORD_RE.sub(r"\1@", base).replace(":@", "@")
+    head, rest = "", url
+    userinfo = _USERINFO_RE.match(url)
+    if userinfo and userinfo.group(3) is not None:
+        head = userinfo.group(1) + userinfo.group(2) + (":***@" if hide else "@")
+        rest = url[userinfo.end() :]
+    base, sep, query = rest.partition("?")
+    base = head + base
     if not sep:
         return base
     pairs = []

@@ -541,3 +541,16 @@ def test_a_killed_driver_leaves_no_ray_processes(tmp_path):
     for pid in left:  # stop exactly what this test started before failing
         os.kill(pid, signal.SIGKILL)
     assert not left, f"Ray processes of the killed driver still running: {left}"
+
+
+def test_a_new_run_cannot_store_its_study_in_another_runs_folder(tmp_path, capsys):
+    other = runfixture.make_run(tmp_path / "a")
+    trials = len(other.open_study().trials)
+    run_dir = tmp_path / "b"
+    storage = f"sqlite:///{other.path / 'study.db'}"
+    args = ["run", "--flops-budget", "300M", "--objectives", "rank", "--storage", storage]
+    assert main([*args, "--study-name", "b", "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"belongs to the run {other.path}" in err and err.count("\n") == 1, err
+    assert not (run_dir / "run.json").exists()
+    assert len(other.open_study().trials) == trials

@@ -380,3 +380,6 @@ def test_eta_follows_max_concurrent_and_cpus_per_trial():
     assert search.concurrent_trials(free, one_slot) == 1
     serial = search.estimate_training_seconds(free, small, 100.0)
     assert search.estimate_training_seconds(free, small, 100.0, concurrent=2) == pytest.approx(serial / 2)
+    # fewer trials than slots: one round, not a fraction of one trial
+    one = search.estimate_training_seconds(search.SearchSettings(**{**base, "trials": 1}), small, 100.0)
+    assert search.estimate_training_seconds(free, small, 100.0, concurrent=16) == pytest.approx(one)

@@ -131,6 +131,10 @@ def test_masking_covers_every_url_form():
         f"postgresql+psycopg2://u@db.example/x?sslmode=require&PASSWORD+={SECRET}",
         # a libpq dsn string handed through the query
         f"postgresql+psycopg2://u@db.example/x?dsn=host%3Ddb%20password%3D{SECRET}",
+        # SQLAlchemy reads a password holding ? or /, and a user name holding @
+        f"postgresql+psycopg2://u:pa?ss{SECRET}@db.example/x",
+        f"postgresql+psycopg2://u:pa/ss{SECRET}@db.example/x",
+        f"postgresql+psycopg2://me@corp:{SECRET}@db.example/x",
     ]
     for url in forms:
         assert SECRET not in mask_url(url), url

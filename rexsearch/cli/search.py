@@ -402,6 +402,7 @@ def execute_run(
     started = search.ensure_ray(settings.address)
     termination.install()
     own_lock = None
+    confirmed = None
     try:
         resources = search.cluster_resources(settings)
         if new_run:
@@ -433,7 +434,7 @@ def execute_run(
             from rexsearch.search.confirm import confirm as run_confirm
 
             top, seeds = confirm
-            run_confirm(
+            confirmed = run_confirm(
                 settings.run_dir,
                 top,
                 seeds,
@@ -444,14 +445,20 @@ def execute_run(
             )
         # the report is written while Ray shuts down (which mostly waits for its processes)
         report = Background(lambda: _write_report(outcome, settings))
-    finally:
+    except BaseException:
         if own_lock is not None:
             own_lock.release()
+        raise
+    finally:
         if started:
             import ray
 
             ray.shutdown()
-    results, report_line = report.result()
+    try:
+        results, report_line = report.result()  # under the run's lock: the report is the run's
+    finally:
+        if own_lock is not None:
+            own_lock.release()
     _finish(outcome, settings, results, report_line)
     if outcome.interrupted:
         print(
@@ -467,6 +474,18 @@ def execute_run(
             file=sys.stderr,
         )
         return 1
+    if confirmed is not None and confirmed.interrupted:  # the same words and code as `confirm`
+        print(
+            f"interrupted after {confirmed.trained} of {len(confirmed.plan.todo)} confirmation trainings: "
+            f"the verdict above is incomplete; continue with `rexsearch confirm {settings.run_dir}`",
+            file=sys.stderr,
+        )
+        return termination.exit_code
+    if confirmed is not None and confirmed.trained:
+        failure = none_completed(results.confirmation.table, "confirmation training")
+        if failure:
+            print(f"rexsearch: {failure}", file=sys.stderr)
+            return 1
     table = results.table
     failure = none_completed(table, "trial") or none_completed(
         table[table["baseline"] == ""], "searched trial"

@@ -110,7 +110,8 @@ def verdict_tone(g: Groups) -> str:
     c = g.results.confirmation
     if not c:
         return "open"
-    words = {label: d.verdict for label, d in c.comparisons()}
+    summary = c.summary.set_index("label")
+    words = {label: d.verdict for label, d in c.comparisons() if summary.loc[label, "role"] == "baseline"}
     if any(w == LOSES for w in words.values()):
         return "warn"
     return "good" if words.get(PAPER_BASELINE) == BEATS else "open"
@@ -171,6 +172,9 @@ def chance_level(g: Groups) -> str | None:
 
     if g.metric != "accuracy" or g.complete.empty:
         return None
+    confirmed = g.results.confirmation
+    # a confirmation (possibly at more epochs) is judged on its own trainings
+    accuracies = confirmed.complete["accuracy"] if confirmed else g.complete["accuracy"]
     data = g.run.dataset or {}
     fidelity = g.run.data.get("fidelity") or {}
     classes = int(data.get("classes") or 100)
@@ -179,10 +183,10 @@ def chance_level(g: Groups) -> str | None:
         return None
     chance = 1.0 / classes
     noise = CHANCE_SIGMAS * math.sqrt(chance * (1 - chance) / n)
-    best = float(g.complete["accuracy"].max())
+    best = float(accuracies.max())
     if best > chance + noise:
         return None
-    epochs = int(fidelity.get("epochs") or 0)
+    epochs = int((confirmed.complete["epochs"].max() if confirmed else 0) or fidelity.get("epochs") or 0)
     batch = int(fidelity.get("batch_size") or 128)
     images = int((data.get("split") or {}).get("train_images") or fidelity.get("train_images") or 0)
     steps = epochs * images // batch if images else None
@@ -224,11 +228,13 @@ def single_training_verdict(g: Groups) -> str:
     if not expected:
         return f"{mine[0].upper()}{mine[1:]}; the run has no baseline trials to compare with."
     expected.sort(key=lambda name: name != PAPER_BASELINE)
-    parts = []
+    parts: list[str] = []
     for name in expected:
         rows = g.baselines[g.baselines["baseline"] == name]
         if rows.empty:
-            parts.append(f"{name} did not complete")
+            parts.append(
+                f"{lead} {mine}; {name} did not complete" if not parts else f"{name} did not complete"
+            )
             continue
         b = rows.iloc[0]
         diff = float(best[metric] - b[metric])

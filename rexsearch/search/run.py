@@ -8,6 +8,7 @@ the new session runs exactly the trials still missing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,10 +110,8 @@ def estimate_training_seconds(
     size: a small data set or ``--train-images`` is counted as it is)."""
     from rexsearch.train import estimate_seconds
 
-    serial = estimate_seconds(
-        settings.trials, settings.epochs, len(split.train_y), len(split.val_y), images_per_s
-    )
-    return serial / max(1, concurrent)
+    one = estimate_seconds(1, settings.epochs, len(split.train_y), len(split.val_y), images_per_s)
+    return one * math.ceil(settings.trials / max(1, concurrent))  # rounds of trials side by side
 
 
 def trial_job(settings: SearchSettings, run: RunInfo, resources: Resources, num_classes: int) -> TrialJob:

@@ -301,6 +301,8 @@ def begin_run(settings: SearchSettings, argv: list[str], data: dict[str, Any] | 
         **settings.to_dict(),
         "storage": settings.storage and stored_storage(settings.storage, run_dir),
     }
+    if recorded["storage"]:  # a --storage in another run's folder would bypass that run's lock
+        resolve_storage(recorded["storage"], run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
