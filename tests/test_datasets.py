@@ -424,6 +424,14 @@ def test_folder_with_train_val_and_test(tmp_path):
         (lambda r: make_folder(r, {"val": 2}), "has val/ but no train/"),
         (lambda r: make_folder(r, {"train": 2, "cat": 1}), "has train/ and other folders"),
         (lambda r: r.parent.mkdir(exist_ok=True) or r.write_text("x"), "is not a folder"),
+        (
+            lambda r: make_folder(r, {"train": 2}) and (r / "val").mkdir(),
+            "val holds no class folder with images",
+        ),
+        (
+            lambda r: make_folder(r) and (r / "cat" / "9.png").symlink_to(r / "gone.png"),
+            "cannot read the image",
+        ),
     ],
     ids=[
         "empty-class",
@@ -435,6 +443,8 @@ def test_folder_with_train_val_and_test(tmp_path):
         "val-only",
         "mixed",
         "file",
+        "empty-val",
+        "broken-link",
     ],
 )
 def test_folder_refusals_name_the_problem_in_one_line(tmp_path, build, problem):

@@ -143,13 +143,22 @@ def scan(root: Path) -> tuple[tuple[str, ...], dict[str, list[Entry]]]:
             if total > MAX_IMAGES:
                 raise DataError(f"{root} holds more than {MAX_IMAGES:,} images; use a smaller folder")
             for path in images:
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except OSError as exc:  # a broken link, a file removed while scanning
+                    raise DataError(f"cannot read the image {path}: {exc.strerror or exc}") from None
                 if st.st_size > MAX_FILE_BYTES:
                     raise DataError(
                         f"{path} has {st.st_size:,} bytes, more than the {MAX_FILE_BYTES:,} allowed per image"
                     )
                 rel = path.relative_to(root).as_posix()
                 found[part].append(Entry(path, rel, st.st_size, st.st_mtime_ns, part, index[class_dir.name]))
+    for part in ("val", "test"):
+        if part in parts and not found[part]:
+            raise DataError(
+                f"{parts[part]} holds no class folder with images; put its images into the training "
+                f"classes' folders (e.g. {parts[part] / classes[0]}) or remove it"
+            )
     if skipped:
         log.warning("skipped %d files that are not PNG or JPEG images (e.g. %s)", len(skipped), skipped[0])
     return classes, found
