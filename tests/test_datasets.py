@@ -464,3 +464,48 @@ def test_folder_caps(tmp_path, monkeypatch):
     monkeypatch.setattr(folder, "MAX_IMAGES", 10)
     with pytest.raises(DataError, match="holds more than 10 images"):
         load_dataset("folder", root)
+
+
+def test_a_dripping_server_is_given_up_in_one_line(tmp_path, monkeypatch):
+    """A server that sends a byte now and then never trips the per-read timeout: the download's
+    minimum rate does, and nothing of it stays in the cache."""
+    import http.server
+    import threading
+    import time
+
+    from rexsearch.datasets import download
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.is_set():
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(download, "RATE_GRACE_S", 1.0)
+    monkeypatch.setattr(download, "MIN_RATE_BYTES_S", 1024)
+    monkeypatch.setenv("REXSEARCH_CIFAR10_URL", f"http://127.0.0.1:{server.server_port}/{CIFAR10.archive}")
+    try:
+        start = time.monotonic()
+        with pytest.raises(DataError, match="too slow") as info:
+            load_dataset("cifar10")
+        assert time.monotonic() - start < 20
+        assert "\n" not in str(info.value)
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert not [p for p in cache_dir().rglob("*") if p.is_file()]

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help=command_help("train"),
         usage="%(prog)s (--preset NAME | --config FILE | RUN_DIR --trial N) [options]",
-        description="Train the proxy of a config (see README, 'CIFAR-100 data and proxy training') "
+        description="Train the proxy of a config (see README, 'Data sets and proxy training') "
         "on a data set's training images (--dataset: CIFAR-100 by default; with RUN_DIR the run's) and "
         "report top-1 on its test images after every epoch (an image folder without test/: its val/ "
         "images, else a held-out tenth of its images). The proxy's classifier has the data set's classes. "

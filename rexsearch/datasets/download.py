@@ -25,6 +25,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -38,6 +39,12 @@ from rexsearch.datasets.base import DataError, Progress
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
+#: A download slower than this on average, once :data:`RATE_GRACE_S` have passed, is given up:
+#: a server dripping a byte every few seconds never trips the per-read timeout.
+MIN_RATE_BYTES_S = 16 * 1024
+RATE_GRACE_S = 60.0
+#: No download runs longer than this, however fast it still is.
+DEADLINE_S = 3600.0
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 #: Errors a download raises when the network or the server fails (said in one line).
@@ -95,10 +102,12 @@ def _download_to(
         if total > max_bytes:
             raise too_big(f"the server announces {total:,} bytes")
         done = 0
+        start = time.monotonic()
         if progress:
             progress("download", label, done, total)
-        while chunk := response.read(CHUNK):
+        while chunk := response.read1(CHUNK):
             done += len(chunk)
+            _check_pace(done, time.monotonic() - start)
             if done > max_bytes:
                 raise too_big(f"it sent more than {max_bytes:,} bytes")
             out.write(chunk)
@@ -108,6 +117,18 @@ def _download_to(
     if total and done != total:
         raise OSError(f"the connection closed after {done} of {total} bytes")
     return digest.hexdigest()
+
+
+def _check_pace(done: int, seconds: float) -> None:
+    """Give a download up past :data:`DEADLINE_S`, or below :data:`MIN_RATE_BYTES_S` on average
+    after :data:`RATE_GRACE_S` (an OSError: the callers say it in one line with the ways out)."""
+    if seconds > DEADLINE_S:
+        raise OSError(f"the download took longer than {DEADLINE_S:.0f} s ({done:,} bytes so far); gave up")
+    if seconds > RATE_GRACE_S and done < MIN_RATE_BYTES_S * seconds:
+        raise OSError(
+            f"the download is too slow: {done:,} bytes in {seconds:.0f} s, below "
+            f"{MIN_RATE_BYTES_S // 1024} KiB/s; gave up"
+        )
 
 
 def content_length(value: str | None) -> int:
