@@ -20,7 +20,7 @@ from rexsearch.datasets.base import file_md5
 from rexsearch.datasets.cifar import CIFAR10, CIFAR100, CifarSpec
 
 
-def _batch(x: Any, y: Any, label: str, spec: CifarSpec) -> dict:
+def cifar_batch(x: Any, y: Any, label: str, spec: CifarSpec) -> dict:
     images = np.asarray(x, dtype=np.uint8).reshape(len(y), 3 * 32 * 32)
     labels = [int(v) for v in np.asarray(y)]
     batch = {
@@ -34,7 +34,7 @@ def _batch(x: Any, y: Any, label: str, spec: CifarSpec) -> dict:
     return batch
 
 
-def _write_tar(path: Path, folder: str, members: dict[str, object]) -> None:
+def write_members(path: Path, folder: str, members: dict[str, object]) -> None:
     """The archive with fixed metadata (tar and gzip times 0, no file name in the gzip header),
     so the same members give the same bytes, and the same md5, every time."""
     import gzip
@@ -76,12 +76,12 @@ def write_cifar_archive(
         b"coarse_label_names": [f"superclass_{i}".encode() for i in range(CIFAR100.classes // 5)],
     }
     members = {
-        "train": _batch(train_x, train_y, "training batch 1 of 1", CIFAR100),
-        "test": _batch(test_x, test_y, "testing batch 1 of 1", CIFAR100),
+        "train": cifar_batch(train_x, train_y, "training batch 1 of 1", CIFAR100),
+        "test": cifar_batch(test_x, test_y, "testing batch 1 of 1", CIFAR100),
         "meta": meta,
     }
     path = Path(path)
-    _write_tar(path, CIFAR100.folder, members)
+    write_members(path, CIFAR100.folder, members)
     return file_md5(path)
 
 
@@ -100,15 +100,15 @@ def write_cifar10_archive(
     x, y = np.asarray(train_x), np.asarray(train_y)
     cuts = np.array_split(np.arange(len(y)), len(CIFAR10.train))
     members: dict[str, object] = {
-        name: _batch(x[idx], y[idx], f"training batch {i} of 5", CIFAR10)
+        name: cifar_batch(x[idx], y[idx], f"training batch {i} of 5", CIFAR10)
         for i, (name, idx) in enumerate(zip(CIFAR10.train, cuts, strict=True), start=1)
     }
-    members["test_batch"] = _batch(test_x, test_y, "testing batch 1 of 1", CIFAR10)
+    members["test_batch"] = cifar_batch(test_x, test_y, "testing batch 1 of 1", CIFAR10)
     members["batches.meta"] = {
         b"label_names": [c.encode() for c in classes],
         b"num_cases_per_batch": len(cuts[0]),
         b"num_vis": 3072,
     }
     path = Path(path)
-    _write_tar(path, CIFAR10.folder, members)
+    write_members(path, CIFAR10.folder, members)
     return file_md5(path)

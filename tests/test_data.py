@@ -447,3 +447,42 @@ def test_the_archive_builder_gives_the_same_bytes_every_time(tmp_path, monkeypat
     monkeypatch.setattr(time, "time", lambda: later)  # a day later, as gzip sees the clock
     second = write_cifar_archive(tmp_path / "b.tar.gz", x[:70], y[:70], x[70:], y[70:], CLASSES)
     assert first == second
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        ("labels", "'fine_labels' is not a flat list of int values"),
+        ("names", "'fine_label_names' is not a flat list of bytes or str values"),
+        ("data", "'data' must be a uint8 array, got a list"),
+    ],
+)
+def test_a_billion_laughs_pickle_is_refused_before_it_expands(tmp_path, monkeypatch, member, problem):
+    """Lists that share references pass the archive's checksum and would expand into 2^40
+    elements when read: refused from their shape, and the extracted folder is not kept."""
+    from cifar_archive import cifar_batch, write_members
+
+    bomb: list = [1]
+    for _ in range(40):
+        bomb = [bomb, bomb]
+    x, y = class_patterned(1, seed=1)
+    train = cifar_batch(x, y, "training batch 1 of 1", CIFAR100)
+    test = cifar_batch(x[:10], y[:10], "testing batch 1 of 1", CIFAR100)
+    meta = {b"fine_label_names": [c.encode() for c in CLASSES], b"coarse_label_names": []}
+    if member == "labels":
+        train[b"fine_labels"] = bomb
+    elif member == "names":
+        meta[b"fine_label_names"] = [bomb] * 100
+    else:
+        train[b"data"] = bomb
+    archive = tmp_path / "dl" / CIFAR100.archive
+    archive.parent.mkdir()
+    write_members(archive, CIFAR100.folder, {"train": train, "test": test, "meta": meta})
+    assert archive.stat().st_size < 1_000_000  # small on disk: the lists are references
+    with serve_directory(archive.parent) as served:
+        monkeypatch.setenv("REXSEARCH_CIFAR100_URL", served.url())
+        monkeypatch.setenv("REXSEARCH_CIFAR100_MD5", file_md5(archive))  # a mirror's own md5
+        with pytest.raises(DataError, match=problem) as info:
+            load_cifar(CIFAR100)
+    assert "\n" not in str(info.value)
+    assert not (cache_dir() / CIFAR100.folder).exists()

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,30 @@ def read_pickle(path: Path, title: str = "CIFAR") -> dict:
     return data
 
 
+#: The most labels one CIFAR member holds (50,000 in CIFAR-100's train): a larger list is no
+#: CIFAR member, refused before it is read.
+MAX_LABELS = 60_000
+
+
+def _flat(value: Any, path: Path, key: str, kinds: tuple[type, ...]) -> Any:
+    """``value`` when it is an ndarray, or a flat list of at most :data:`MAX_LABELS` elements
+    of ``kinds``; anything else (nested or shared lists, which a pickle can make expand into
+    gigabytes when read, other types) is a DataError before it is read element by element."""
+    if isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, list):
+        raise DataError(f"{path}: {key!r} is a {type(value).__name__}, not an array or a list")
+    if len(value) > MAX_LABELS:
+        raise DataError(
+            f"{path}: {key!r} holds {len(value):,} entries, more than a CIFAR member ({MAX_LABELS:,})"
+        )
+    if not all(type(v) in kinds for v in value):
+        raise DataError(
+            f"{path}: {key!r} is not a flat list of {' or '.join(k.__name__ for k in kinds)} values"
+        )
+    return value
+
+
 def _as_array(value: Any, path: Path, key: str) -> np.ndarray:
     """``value`` as a numpy array; ragged or odd values are a DataError naming ``key``."""
     try:
@@ -303,10 +328,14 @@ def decode_batch(spec: CifarSpec, path: Path) -> tuple[torch.Tensor, torch.Tenso
     for key in ("data", spec.label_key):
         if key.encode() not in data:
             raise DataError(f"{path} lacks the key {key!r}; is it the {spec.title} python version?")
-    images = _as_array(data[b"data"], path, "data")
+    images = data[b"data"]
+    if not isinstance(images, np.ndarray):  # the format's images are one uint8 array, never a list
+        raise DataError(f"{path}: 'data' must be a uint8 array, got a {type(images).__name__}")
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' must be uint8 N x 3072, got {images.dtype} {images.shape}")
-    labels = _as_array(data[spec.label_key.encode()], path, spec.label_key)
+    labels = _as_array(
+        _flat(data[spec.label_key.encode()], path, spec.label_key, (int,)), path, spec.label_key
+    )
     expected = f"{path}: {spec.label_key!r} must be {images.shape[0]} integer labels in 0..{spec.classes - 1}"
     if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
         raise DataError(f"{expected}, got {labels.dtype} {labels.shape}")
@@ -319,6 +348,8 @@ def decode_batch(spec: CifarSpec, path: Path) -> tuple[torch.Tensor, torch.Tenso
 def decode_classes(spec: CifarSpec, path: Path) -> tuple[str, ...]:
     meta = read_pickle(path, spec.title)
     names = meta.get(spec.names_key.encode())
+    if isinstance(names, list):
+        names = _flat(names, path, spec.names_key, (bytes, str))
     if not isinstance(names, list) or len(names) != spec.classes:
         raise DataError(f"{path} lacks the {spec.classes} {spec.names_key!r}")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
@@ -337,6 +368,17 @@ def decode_folder(spec: CifarSpec, folder: Path) -> dict[str, Any]:
     test_x, test_y = _decode_parts(spec, folder, spec.test)
     tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     return {"tensors": tensors, "classes": decode_classes(spec, folder / spec.meta)}
+
+
+def _forget_extracted(folder: Path) -> None:
+    """Remove an extracted folder that failed to decode when it lies in the cache (never a
+    folder of the user's): a refused member is not left behind to be found again."""
+    try:
+        inside = folder.resolve().is_relative_to(cache_dir().resolve())
+    except OSError:
+        return
+    if inside and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fingerprint(spec: CifarSpec, folder: Path) -> str:
@@ -371,7 +413,11 @@ def load_cifar(
         tensors, info = cached
         classes = tuple(info["classes"])
     else:
-        fresh = decode_folder(spec, folder)
+        try:
+            fresh = decode_folder(spec, folder)
+        except DataError:
+            _forget_extracted(folder)
+            raise
         tensors, classes = fresh["tensors"], fresh["classes"]
         save_decoded(decoded, tensors, fmt, fingerprint, {"classes": list(classes)})
     md5 = spec.md5_now()
