@@ -1425,3 +1425,54 @@ def test_onnxruntime_table_without_a_multiple_measures_blocked_families(space, t
     for config in _shapes(space, 1):
         assert again.predict(config) == pytest.approx(table.predict(config), rel=1e-12)
         assert again.predict(config) > 0
+
+
+def _damaged(data: dict, how: str) -> dict:
+    data = json.loads(json.dumps(data))
+    if how == "negative-time":
+        data["families"][0]["ms"][0] = -1.0
+    elif how == "nan-time":
+        data["families"][0]["ms"][0] = float("nan")
+    elif how == "negative-intercept":
+        data["correction"]["intercept_ms"] = -1e6
+    elif how == "huge-batch":
+        data["environment"]["batch"] = 10**9
+    elif how == "huge-resolution":
+        data["resolution"] = 10**7
+    elif how == "calibration-rows":
+        data["correction"]["calibration"] = [{}] * 20_000
+    return data
+
+
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("negative-time", "negative or non-finite time"),
+        ("nan-time", "negative or non-finite time"),
+        ("negative-intercept", "would predict negative times"),
+        ("huge-batch", "batch 1000000000 is outside"),
+        ("huge-resolution", "resolution 10000000 is outside"),
+        ("calibration-rows", "20,000 calibration rows"),
+    ],
+)
+def test_damaged_tables_are_refused_in_one_line(table, tmp_path, capsys, how, problem):
+    path = tmp_path / "table.json"
+    table.save(path)
+    path.write_text(json.dumps(_damaged(json.loads(path.read_text()), how)))
+    with pytest.raises(LatencyTableError, match=problem):
+        load_table(path)
+    assert main(["latency-table", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert problem.split()[0] in err and err.count("\n") == 1, err
+
+
+def test_unreadable_table_files_exit_2(tmp_path, capsys):
+    for name, content in (
+        ("utf8.json", b'{"format": "\xff"}'),
+        ("deep.json", b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ("digits.json", b'{"format": ' + b"9" * 5000 + b"}"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        assert main(["latency-table", "show", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert "internal error" not in err and err.count("\n") == 1, err

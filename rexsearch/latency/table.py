@@ -32,7 +32,7 @@ from typing import Any
 
 from rexsearch.config import ReXNetConfig
 from rexsearch.errors import LatencyTableError, UserError
-from rexsearch.files import write_text_atomic
+from rexsearch.files import loads_json, read_text_file, write_text_atomic
 from rexsearch.latency.correction import Correction
 from rexsearch.latency.device import Environment, environment, measure_latency
 from rexsearch.latency.ops import (
@@ -54,6 +54,15 @@ TABLE_FORMAT = "rexsearch.latency-table/2"
 #: Tables of format 1 keyed activations by (name, hw) alone; they load with that time in both
 #: contexts of :data:`ACT_CONTEXTS`, which is how they were measured.
 _FORMATS = (TABLE_FORMAT, "rexsearch.latency-table/1")
+
+#: A table is a few hundred kilobytes; a file far larger is no table (and its automatic margin
+#: would refit once per calibration row).
+MAX_TABLE_BYTES = 32 * 2**20
+#: Bounds on what a table can have been measured at (larger is damage, or a hostile file).
+MAX_TABLE_RESOLUTION = 2048
+MAX_TABLE_BATCH = 4096
+MAX_TABLE_THREADS = 1024
+MAX_CALIBRATION_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -279,7 +288,10 @@ class LatencyTable:
         return sum(self.components(config, resolution)[: len(KINDS)])
 
     def predict(self, config: ReXNetConfig, resolution: int | None = None) -> float:
-        return self.correction.apply(self.components(config, resolution))
+        ms = self.correction.apply(self.components(config, resolution))
+        if not (math.isfinite(ms) and ms >= 0):  # never a negative or NaN prediction
+            raise LatencyTableError(f"the latency table predicts {ms} ms for this network; it is damaged")
+        return ms
 
     def check_environment(self, target: Environment, source: str = "the latency table") -> None:
         """Raise when the table was measured elsewhere than ``target``, naming both."""
@@ -336,7 +348,7 @@ class LatencyTable:
             families = [Family.from_dict(f) for f in data["families"]]
             if data["format"] != TABLE_FORMAT:
                 families = [g for f in families for g in _format1(f)]
-            return cls(
+            table = cls(
                 Environment.from_dict(data["environment"]),
                 int(data["resolution"]),
                 {(f.op, f.key): f for f in families},
@@ -347,10 +359,49 @@ class LatencyTable:
                 _multiple(data.get("blocked_alignment"), "blocked_alignment"),
                 _multiple(data.get("plain_input_below"), "plain_input_below"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise LatencyTableError(
                 f"{source} is a damaged latency table ({type(exc).__name__}: {exc})"
             ) from None
+        problem = table.damage()
+        if problem:
+            raise LatencyTableError(f"{source} is a damaged latency table: {problem}")
+        return table
+
+    def damage(self) -> str | None:
+        """What makes the table's numbers impossible, or None: times that are negative, NaN or
+        infinite, channel axes that are not increasing positive integers, a resolution, batch or
+        thread count beyond any measurement, too many calibration rows, a correction that is not
+        finite or would predict less than nothing for a network of no time."""
+        if not 8 <= self.resolution <= MAX_TABLE_RESOLUTION:
+            return f"resolution {self.resolution} is outside 8..{MAX_TABLE_RESOLUTION}"
+        env = self.environment
+        if not 1 <= env.batch <= MAX_TABLE_BATCH:
+            return f"batch {env.batch} is outside 1..{MAX_TABLE_BATCH}"
+        if not 1 <= env.threads <= MAX_TABLE_THREADS:
+            return f"threads {env.threads} is outside 1..{MAX_TABLE_THREADS}"
+        for (op, key), family in self.families.items():
+            if not all(math.isfinite(v) and v >= 0 for v in family.ms):
+                return f"the family {op} {list(key)} has a negative or non-finite time"
+            for axis in family.axes:
+                if not axis or any(v < 1 for v in axis) or list(axis) != sorted(set(axis)):
+                    return f"the family {op} {list(key)} has an axis that is not increasing positive channels"
+        c = self.correction
+        numbers = (
+            c.intercept_ms,
+            c.slope,
+            c.per_op_ms,
+            c.per_mweight_ms,
+            c.per_mconversion_ms,
+            *c.kind_slopes,
+        )
+        if not all(math.isfinite(v) for v in numbers):
+            return "its correction holds a non-finite number"
+        if c.intercept_ms < 0 or c.slope < 0 or min(c.kind_slopes, default=0.0) < 0:
+            return "its correction would predict negative times (a negative intercept or slope)"
+        if len(c.calibration) > MAX_CALIBRATION_ROWS:
+            return f"{len(c.calibration):,} calibration rows, more than {MAX_CALIBRATION_ROWS:,}"
+        return None
 
 
 def _format1(family: Family) -> list[Family]:
@@ -373,12 +424,8 @@ def _multiple(value: Any, field: str = "channel_multiple") -> int | None:
 def load_table(path: str | Path, expect: Environment | None = None) -> LatencyTable:
     """Read a table file; with ``expect``, refuse a table measured in another environment."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise LatencyTableError(f"cannot read the latency table {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise LatencyTableError(f"{path} is not a latency table (not valid JSON: {exc.msg})") from None
+    text = read_text_file(path, "the latency table", MAX_TABLE_BYTES, LatencyTableError)
+    data = loads_json(text, f"the latency table {path}", LatencyTableError)
     table = LatencyTable.from_dict(data, str(path))
     if expect is not None:
         table.check_environment(expect, f"the latency table {path}")

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from rexsearch.errors import UserError
+from rexsearch.files import read_text_file
 from rexsearch.space.generators import GENERATORS, Param
 from rexsearch.space.spaces import SPACE_FORMAT, Space, Variable
 
@@ -254,8 +255,6 @@ def resolve_space_path(space: str | Path) -> Path:
 def load_space(space: str | Path) -> Space:
     """Load and validate a space by name or path."""
     path = resolve_space_path(space)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read the space file {path}: {exc.strerror or exc}") from None
+    # a little over the character cap in bytes: parse_space then names the length
+    text = read_text_file(path, "the space file", 4 * MAX_SPACE_CHARS, SpaceError)
     return parse_space(text, str(path))
