@@ -45,6 +45,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def bounded_int(low: int, high: int, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (a usage error, exit 2, naming the range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            shown = text if len(text) <= 30 else text[:27] + "..."
+            raise argparse.ArgumentTypeError(f"expected {what} in {low:,}..{high:,}, got {shown!r}")
+        return value
+
+    return parse
+
+
+#: What a seed can be (torch and numpy take 32-bit seeds everywhere rexsearch passes one).
+SEED = bounded_int(0, 2**32 - 1, "an integer seed")
+
+
 def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     """Refuse, before any work is done, an output file that could not be written: a directory,
     a missing folder, or one this process cannot create files in (tried with a probe file)."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rexsearch.cli import command_help
-from rexsearch.cli.common import Termination, none_completed, positive_int, print_table
+from rexsearch.cli.common import Termination, bounded_int, none_completed, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +19,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "interval. Pairs already trained are skipped, so an interrupted confirmation resumes.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="searched configs (default 3)")
-    p.add_argument("--seeds", type=positive_int, default=3, metavar="S", help="seeds per config (default 3)")
-    p.add_argument("--epochs", type=positive_int, metavar="E", help="epochs (default: the search's)")
+    p.add_argument(
+        "--top",
+        type=bounded_int(1, 100),
+        default=3,
+        metavar="K",
+        help="searched configs (default 3, at most 100)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=bounded_int(1, 100),
+        default=3,
+        metavar="S",
+        help="seeds per config (default 3, at most 100)",
+    )
+    p.add_argument(
+        "--epochs", type=bounded_int(1, 100_000), metavar="E", help="epochs (default: the search's)"
+    )
     p.add_argument("--pick", help="accuracy, rank or balanced: how the top configs are chosen")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument(

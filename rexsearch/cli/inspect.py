@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from rexsearch.cli import command_help
+from rexsearch.cli.common import SEED
 from rexsearch.cost import macs_convention
 from rexsearch.errors import UserError
 from rexsearch.export import FORMATS, WEIGHTS, export_preset, export_trial
@@ -33,13 +34,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _seed(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layout", choices=LAYOUTS, default="rexsearch", help="state_dict layout (default rexsearch)"
     )
-    p.add_argument("--seed", type=_seed, default=None, help="seed of fresh weights (default: the run's, 0)")
+    p.add_argument("--seed", type=SEED, default=None, help="seed of fresh weights (default: the run's, 0)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     p.set_defaults(handler=cmd_export)
 

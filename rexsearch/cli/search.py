@@ -16,6 +16,7 @@ from rexsearch.cli.common import (
     Termination,
     add_budget_flags,
     add_dataset_flags,
+    bounded_int,
     budget_from_args,
     data_progress,
     feasible_budget,
@@ -113,12 +114,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--confirm",
-        type=positive_int,
+        type=bounded_int(1, 100),
         metavar="K",
         help="after the search, retrain the top K configs and every baseline with --confirm-seeds "
         "seeds (as `rexsearch confirm RUN_DIR --top K`)",
     )
-    p.add_argument("--confirm-seeds", type=positive_int, default=3, metavar="S", help="default 3")
+    p.add_argument(
+        "--confirm-seeds", type=bounded_int(1, 100), default=3, metavar="S", help="default 3, at most 100"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no live progress view")
     p.set_defaults(handler=cmd_run)
