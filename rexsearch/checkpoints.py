@@ -210,6 +210,11 @@ def load_model(path: str | Path, preset: str | None = None) -> nn.Module:
         state, metadata = read_torch(path), {}
     else:
         raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .safetensors, .pt or .pth")
+    for key, tensor in state.items():  # weights are numbers of a float type (BatchNorm's counter aside)
+        if not tensor.is_floating_point() and not key.endswith("num_batches_tracked"):
+            raise UserError(
+                f"{path}: {key} holds {tensor.dtype} values; a network's weights are floating point"
+            )
     layout = metadata.get(META_LAYOUT) or detect_layout(state, path)
     if layout not in LAYOUTS:
         raise LayoutError(f"{path}: unknown layout {layout!r} in its metadata")

@@ -47,7 +47,7 @@ from rexsearch.checkpoints import CHECKPOINT_JSON, save_state
 from rexsearch.config import ReXNetConfig
 from rexsearch.datasets.splits import Split
 from rexsearch.errors import UserError
-from rexsearch.files import atomic_write, write_text_atomic
+from rexsearch.files import atomic_write, loads_json, read_text_file, write_text_atomic
 from rexsearch.model import build_model
 from rexsearch.proxy import PROXY_CLASSES, PROXY_RESOLUTION, proxy_config
 
@@ -471,18 +471,39 @@ def load_checkpoint(trainer: Trainer, directory: Path) -> bool:
     pointer = directory / CHECKPOINT_JSON
     if not pointer.is_file():
         return False
+    import pickle
+
+    def refuse(why: str) -> UserError:
+        why = " ".join(why.split())
+        why = why if len(why) <= 200 else why[:197] + "..."
+        return UserError(
+            f"cannot resume from the checkpoint in {directory} ({why}); remove {pointer} to start over"
+        )
+
     try:
-        info = json.loads(pointer.read_text())
+        info = loads_json(read_text_file(pointer, CHECKPOINT_JSON, 1 << 20), str(pointer))
+        names = [info.get("weights"), info.get("state")] if isinstance(info, dict) else [None]
+        if not all(isinstance(n, str) and n and Path(n).name == n and n not in (".", "..") for n in names):
+            raise refuse(f"{CHECKPOINT_JSON} must name two files of this folder")
         tensors = load_file(str(directory / info["weights"]), device=str(trainer.device))
-        state = torch.load(directory / info["state"], map_location=trainer.device, weights_only=True)
-        if state.get("format") != STATE_FORMAT or state["epoch"] != info["epoch"]:
+        try:
+            state = torch.load(directory / info["state"], map_location=trainer.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise refuse(
+                f"{info['state']} holds Python objects other than tensors, and rexsearch will not unpickle it"
+            ) from None
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != STATE_FORMAT
+            or state["epoch"] != info["epoch"]
+        ):
             raise ValueError("the state file does not match checkpoint.json")
         trainer.model.load_state_dict(tensors)
         trainer.optimizer.load_state_dict(state["optimizer"])
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise UserError(
-            f"cannot resume from the checkpoint in {directory} ({exc}); remove {pointer} to start over"
-        ) from None
+    except UserError as exc:
+        raise refuse(str(exc)) if not str(exc).startswith("cannot resume") else exc from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError, EOFError) as exc:
+        raise refuse(f"{type(exc).__name__}: {exc}") from None
     trainer.epoch = int(state["epoch"])
     trainer.history = [EpochMetrics(**m) for m in state["history"]]
     return True

@@ -8,7 +8,14 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from rexsearch.checkpoints import META_CONFIG, META_LAYOUT, load_model, read_safetensors, save_weights
+from rexsearch.checkpoints import (
+    META_CONFIG,
+    META_DIGEST,
+    META_LAYOUT,
+    load_model,
+    read_safetensors,
+    save_weights,
+)
 from rexsearch.errors import UserError
 from rexsearch.model import build_model
 from rexsearch.proxy import proxy_config
@@ -52,3 +59,50 @@ def test_pickled_objects_are_refused_in_plain_words(tmp_path):
         UserError, match="holds Python objects other than tensors; rexsearch will not unpickle"
     ):
         load_model(path, preset="rexnet-1.0")
+
+
+def test_weights_of_a_non_float_type_are_refused(tmp_path):
+    model = build_model(proxy_config(tiny_config()))
+    path = tmp_path / "ints.safetensors"
+    save_weights(model, proxy_config(tiny_config()), path)
+    state, metadata = read_safetensors(path)
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].to(torch.int32)
+    from safetensors.torch import save_file
+
+    metadata.pop(META_DIGEST)  # written by another tool: no checksum to catch it first
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    with pytest.raises(UserError, match=f"{key} holds torch.int32 values"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("damage", ["pickled-state", "foreign-weights", "not-json", "not-a-dict"])
+def test_damaged_training_checkpoints_are_refused_in_one_line(tmp_path, damage):
+    from rexsearch.train import load_checkpoint
+
+    trainer = Trainer(tiny_config(), TrainSettings(epochs=1, batch_size=8, device="cpu"), 16)
+    save_checkpoint(trainer, tmp_path)
+    pointer = tmp_path / "checkpoint.json"
+    if damage == "pickled-state":
+
+        class Payload:
+            def __reduce__(self):
+                return (print, ("unpickled!",))
+
+        with (tmp_path / "checkpoint-epoch0.pt").open("wb") as f:
+            pickle.dump({"optimizer": Payload()}, f)
+        problem = "rexsearch will not unpickle it"
+    elif damage == "foreign-weights":
+        pointer.write_text('{"epoch": 0, "weights": "../elsewhere/w.safetensors", "state": "x.pt"}')
+        problem = "must name two files of this folder"
+    elif damage == "not-json":
+        pointer.write_bytes(b"\xff\xfe")
+        problem = "is not UTF-8 text"
+    else:
+        pointer.write_text("[1, 2]")
+        problem = "must name two files of this folder"
+    with pytest.raises(UserError, match=problem) as info:
+        load_checkpoint(
+            Trainer(tiny_config(), TrainSettings(epochs=1, batch_size=8, device="cpu"), 16), tmp_path
+        )
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
