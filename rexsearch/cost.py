@@ -117,14 +117,20 @@ def _count(config: ReXNetConfig, resolution: int) -> _Counter:
     return c
 
 
-def memory_estimate(config: ReXNetConfig, resolution: int = 224, batch: int = 1) -> int:
+def memory_estimate(
+    config: ReXNetConfig, resolution: int = 224, batch: int = 1, training: bool = False
+) -> int:
     """Bytes that building ``config`` and running a no-grad forward of ``batch`` images take, roughly.
 
     Float32 weights (twice: the module and its initialisation) plus three live copies of
     the largest activation per image; from the config alone, so it can be checked before
-    anything is allocated.
+    anything is allocated. ``training``: weights, gradients, momentum and the initialisation
+    (four copies), and every activation kept for the backward pass (each conv's output, its
+    BatchNorm and its nonlinearity: three per value BatchNorm normalises) for ``batch`` images.
     """
     c = _count(config, resolution)
+    if training:
+        return 4 * (4 * c.params + batch * (3 * (c.other // 2) + 3 * c.peak))
     return 4 * (2 * c.params + 3 * batch * c.peak)
 
 
@@ -153,6 +159,7 @@ def check_memory(
     batch: int = 1,
     purpose: str = "build it",
     available: int | None = None,
+    training: bool = False,
 ) -> None:
     """Raise a UserError, before anything is allocated, when ``config`` would not fit in memory.
 
@@ -160,7 +167,7 @@ def check_memory(
     "the network is too large to ...".
     """
     limit = available if available is not None else available_memory() or FALLBACK_MEMORY_LIMIT
-    need = memory_estimate(config, resolution, batch)
+    need = memory_estimate(config, resolution, batch, training)
     if need > limit:
         c = _count(config, resolution)
         raise UserError(

@@ -554,3 +554,34 @@ def test_a_new_run_cannot_store_its_study_in_another_runs_folder(tmp_path, capsy
     assert f"belongs to the run {other.path}" in err and err.count("\n") == 1, err
     assert not (run_dir / "run.json").exists()
     assert len(other.open_study().trials) == trials
+
+
+@pytest.mark.parametrize(
+    ("command", "purpose"),
+    [
+        (["train", "--preset", "rexnet-1.0", "--epochs", "1", "--dataset", "fashion-mnist"], "train it"),
+        (["latency", "--preset", "rexnet-1.0"], "time it"),
+        (["latency-table", "build", "--quick"], "time it for a latency table"),
+        (["run", "--flops-budget", "100M", "--dataset", "fashion-mnist"], "train the proxies of this budget"),
+    ],
+)
+def test_every_command_that_runs_a_network_checks_its_memory_first(
+    tmp_path, capsys, monkeypatch, command, purpose
+):
+    """Under a memory cap every command that builds or runs a network refuses (exit 2) with the
+    estimate and the memory available, before it allocates anything or starts Ray."""
+    import rexsearch.cost
+
+    monkeypatch.setattr(rexsearch.cost, "available_memory", lambda: 1_000_000)  # 1 MB left
+    out, table = tmp_path / "out", tmp_path / "table.json"
+    args = {
+        "train": ["--out", str(out)],
+        "latency-table": ["--out", str(table)],
+        "run": ["--run-dir", str(out)],
+    }
+    assert main([*command, *args.get(command[0], [])]) == 2
+    err = capsys.readouterr().err
+    assert f"the network is too large to {purpose}" in err and "than the 1.0 MB of memory available" in err, (
+        err
+    )
+    assert err.count("\n") == 1 and not out.exists() and not table.exists()

@@ -21,6 +21,7 @@ from rexsearch.cli.common import (
     print_json,
     print_table,
 )
+from rexsearch.cost import check_memory
 from rexsearch.errors import UserError
 from rexsearch.latency import (
     AUTO_MARGIN_SHARE,
@@ -38,6 +39,7 @@ from rexsearch.latency import (
     load_table,
     measure_latency,
 )
+from rexsearch.principles import get_preset
 from rexsearch.space import calibration_networks, calibration_shapes, shipped_space_names
 
 
@@ -142,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     config = load_config_source(args)
+    check_memory(config, args.resolution, args.batch, purpose="time it")
     env = environment(args.device, args.runtime, args.threads, args.batch)
     table = load_table(args.latency_table, expect=env) if args.latency_table else None
     result = measure_latency(config, args.resolution, warmup=args.warmup, repeats=args.repeats, env=env)
@@ -195,6 +198,8 @@ def _say_multiple(table: LatencyTable) -> None:
 
 def cmd_table_build(args: argparse.Namespace) -> int:
     check_out_file(args.out)  # before minutes of measuring, not after
+    # the table times the shipped spaces' operators and calibration networks at this size and batch
+    check_memory(get_preset("rexnet-3.0"), args.resolution, args.batch, purpose="time it for a latency table")
     points, repeats, shapes, calibration = args.points, args.repeats, None, None
     if args.quick:  # a coarse grid and few calibration networks: too few for --latency-margin auto
         points, repeats, shapes = min(points, 4), min(repeats, 3), calibration_shapes(per_space=2)

@@ -395,6 +395,8 @@ def execute_run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     check_storage(settings.storage_url())  # an unusable --storage stops here: before data, Ray and run.json
+    if settings.needs_data:
+        _check_trial_memory(settings)
     split = None
     if settings.needs_data:  # a missing, damaged or other data set stops here: before Ray and run.json
         from rexsearch.rundir import load_run
@@ -497,6 +499,27 @@ def execute_run(
         print(f"rexsearch: {failure}; see trials.csv", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_trial_memory(settings) -> None:
+    """Refuse, before Ray starts, a budget or batch whose proxies cannot train in this machine's
+    memory: the baselines at the budget stand for the candidates, which all sit just under it."""
+    from rexsearch.cost import check_memory
+    from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
+    from rexsearch.space import BASELINES, InfeasibleError, baseline_candidate
+
+    for name in BASELINES:
+        try:
+            config = baseline_candidate(name, settings.budget).config
+        except InfeasibleError:
+            continue
+        check_memory(
+            proxy_config(config),
+            PROXY_RESOLUTION,
+            settings.batch_size,
+            purpose=f"train the proxies of this budget ({name} at it) at --batch-size {settings.batch_size}",
+            training=True,
+        )
 
 
 def _cpu_note(settings, split, view: StatusLine, resources) -> None:

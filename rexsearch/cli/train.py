@@ -19,11 +19,12 @@ from rexsearch.cli.common import (
     print_json,
 )
 from rexsearch.config import ReXNetConfig
+from rexsearch.cost import check_memory
 from rexsearch.datasets import DEFAULT_DATASET, DataSet, load_dataset
 from rexsearch.datasets.splits import evaluation_split
 from rexsearch.errors import UserError
 from rexsearch.principles import get_preset
-from rexsearch.proxy import PROXY_RESOLUTION
+from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
 from rexsearch.results import RunResults, describe_state, trial_number
 from rexsearch.train import (
     EpochMetrics,
@@ -330,6 +331,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else default_out
     _check_out(out)  # before the data is loaded: a foreign folder is refused at once
+    # the proxy at its training batch, with a 100-class head (the largest of the named sets)
+    check_memory(
+        proxy_config(config, args.resolution),
+        args.resolution,
+        args.batch_size,
+        purpose="train it",
+        training=True,
+    )
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
 
     def data_progress(kind: str, label: str, done: int, total: int) -> None:
