@@ -100,6 +100,7 @@ def _fidelity(results: RunResults) -> dict[str, Any]:
     return {
         "MACs budget": results.run.flops_budget,
         "params budget": results.run.params_budget,
+        "latency budget (ms)": results.run.latency_budget_ms,
         "resolution": results.run.resolution,
         "objectives": ",".join(results.objectives),
         **{k: f.get(k) for k in ("epochs", "train_images", "val_images", "batch_size")},
@@ -366,10 +367,8 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
     existing = [out / n for n in (COMPARE_HTML, COMPARE_CSV, COMPARE_TRIALS_CSV) if (out / n).exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} exists; choose another --out or pass --force to replace it")
-    out.mkdir(parents=True, exist_ok=True)
     summary = c.summary()
-    csv = atomic_write(out / COMPARE_CSV, lambda tmp: summary.to_csv(tmp, index=False))
-    trials_csv = atomic_write(out / COMPARE_TRIALS_CSV, lambda tmp: c.trials().to_csv(tmp, index=False))
+    trials = c.trials()
     m = METRICS[c.metric]
     run_rows = [
         [
@@ -377,8 +376,9 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
             r.space,
             r.sampler,
             str(r.results.run.path),
-            f"{r.results.run.flops_budget:,}",
+            "n/a" if r.results.run.flops_budget is None else f"{r.results.run.flops_budget:,}",
             "n/a" if r.results.run.params_budget is None else f"{r.results.run.params_budget:,}",
+            "n/a" if r.results.run.latency_budget_ms is None else f"{r.results.run.latency_budget_ms:g}",
             str(r.results.run.resolution),
             r.results.run.dataset_title or "none (rank only)",
             ", ".join(f"{k} {v}" for k, v in (r.results.run.data.get("fidelity") or {}).items()),
@@ -442,6 +442,7 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
                     "directory",
                     "MACs budget",
                     "params budget",
+                    "latency budget (ms)",
                     "resolution",
                     "data set",
                     "fidelity",
@@ -505,6 +506,10 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
         f"{COMPARE_TRIALS_CSV}.</p>"
         "</body></html>\n"
     )
+    # everything is computed before the first file is written: a failure leaves no half output
+    out.mkdir(parents=True, exist_ok=True)
+    csv = atomic_write(out / COMPARE_CSV, lambda tmp: summary.to_csv(tmp, index=False))
+    trials_csv = atomic_write(out / COMPARE_TRIALS_CSV, lambda tmp: trials.to_csv(tmp, index=False))
     html = write_text_atomic(out / COMPARE_HTML, page)
     return {"html": html, "csv": csv, "trials_csv": trials_csv}
 

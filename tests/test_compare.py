@@ -105,3 +105,24 @@ def test_compare_html_carries_the_stand_in_banner(tmp_path):
     page = html.unescape(paths["html"].read_text())
     assert page.count("not CIFAR-100's") == 1 and "39590fe2585e2020fde87009e28d5255" in page
     assert page.index("not CIFAR-100's") < page.index('id="runs"')
+
+
+def test_runs_with_a_latency_budget_only_compare(tmp_path, capsys):
+    import json
+
+    from rexsearch.latency import Correction, LatencyTable, environment
+
+    # the run's own table file (never used to predict here: the trials' latencies are recorded)
+    table = LatencyTable(environment("cpu", "torch", 1), 224, {}, Correction(0.0, 1.0))
+    made = [runfixture.make_run(tmp_path / f"lat-{i}", seed=i) for i in range(2)]
+    for run in made:  # a latency budget and no MACs budget, as `run --latency-budget` alone records
+        table.save(run.path / "latency-table.json")
+        meta = run.path / "run.json"
+        data = json.loads(meta.read_text())
+        data["budget"].update(flops=None, latency_ms=5.0)
+        meta.write_text(json.dumps(data))
+    out = tmp_path / "cmp"
+    assert main(["compare", *(str(r.path) for r in made), "--out", str(out)]) == 0, capsys.readouterr().err
+    page = (out / "compare.html").read_text()
+    assert "latency budget (ms)" in page and "<td>5</td>" in page
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.html", "compare_trials.csv"]
