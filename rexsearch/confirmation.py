@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from rexsearch.errors import UserError
 from rexsearch.rundir import RunInfo
 
 if TYPE_CHECKING:
@@ -32,11 +33,22 @@ def confirm_study(run: RunInfo, create: bool = False, storage: Any = None) -> An
 
     storage = storage or run.open_storage()
     name = confirm_study_name(run)
-    if not create:
-        if name not in {s.study_name for s in storage.get_all_studies()}:
+    summaries = {s.study_name: s for s in storage.get_all_studies()}
+    found = summaries.get(name)
+    if found is not None and found.user_attrs.get("source_study") != run.study_name:
+        # a study of that name that is not this run's confirmation (another run's study in shared
+        # storage, named so): never read as this run's, never written into
+        if not create:
             return None
-        return optuna.load_study(study_name=name, storage=storage)
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+        raise UserError(
+            f"the storage already holds a study {name!r} that is not the confirmation of {run.study_name!r}; "
+            "rename it (optuna's copy_study and delete_study) before confirming this run"
+        )
+    if not create:
+        return None if found is None else optuna.load_study(study_name=name, storage=storage)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    study.set_user_attr("source_study", run.study_name)  # what marks it as this run's
+    return study
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,19 @@ def test_sigterm_stops_confirm_like_a_run(tmp_path, cifar_server, monkeypatch, c
     assert "the verdict above is incomplete" in err and f"rexsearch confirm {run_dir}" in err
     trials = confirm_study(RunResults.load(run_dir).run).get_trials()
     assert trials and not [t for t in trials if t.state.name == "RUNNING"]
+
+
+def test_a_study_named_like_the_confirmation_is_never_read_as_it(run):
+    """Another run in the same storage whose study is named `<study>-confirm`: this run's report
+    ignores it, and confirm refuses to write into it."""
+    import optuna
+
+    storage = run.open_storage()
+    other = optuna.create_study(
+        study_name=f"{run.study_name}-confirm", storage=storage, directions=["maximize"] * 2
+    )
+    other.enqueue_trial({})
+    assert not RunResults.load(run).confirmation  # not this run's confirmation
+    assert "Confirmed" not in make_report(run.path).verdict
+    with pytest.raises(UserError, match="is not the confirmation of 'rexsearch'"):
+        confirm_study(run, create=True)  # what confirm writes into
