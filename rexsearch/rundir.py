@@ -328,9 +328,24 @@ def _check_keys(meta: Path, data: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise bad(f"budget.{key}", "a positive integer")
-    settings = data.get("settings")
-    if settings is not None and not isinstance(settings, dict):
-        raise bad("settings", "an object")
+    # the optional keys readers use: each of its kind when present
+    optional = {
+        "settings": (dict, "an object"),
+        "fidelity": (dict, "an object"),
+        "versions": (dict, "an object"),
+        "data": (dict, "an object"),
+        "space": (dict, "an object"),
+        "command": (list, "a list of the command's words"),
+    }
+    for key, (kind, what) in optional.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise bad(key, what)
+    for key, value in (data.get("fidelity") or {}).items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise bad(f"fidelity.{key}", "a non-negative integer")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise bad("seed", "an integer in [0, 2^32)")
 
 
 def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:

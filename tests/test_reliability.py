@@ -585,3 +585,26 @@ def test_every_command_that_runs_a_network_checks_its_memory_first(
         err
     )
     assert err.count("\n") == 1 and not out.exists() and not table.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("fidelity", "x", "'fidelity' must be an object"),
+        ("fidelity", {"epochs": "x"}, "'fidelity.epochs' must be a non-negative integer"),
+        ("seed", "abc", "'seed' must be an integer in [0, 2^32)"),
+        ("command", 5, "'command' must be a list"),
+        ("versions", 5, "'versions' must be an object"),
+        ("data", "x", "'data' must be an object"),
+    ],
+)
+def test_wrong_typed_run_json_fields_are_one_sentence(tmp_path, capsys, key, value, message):
+    run = runfixture.make_run(tmp_path / "run")
+    meta = run.path / "run.json"
+    data = json.loads(meta.read_text())
+    data[key] = value
+    meta.write_text(json.dumps(data))
+    for command in (["report", str(run.path)], ["export", str(run.path), "--out", str(tmp_path / "x")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "internal error" not in err, err
