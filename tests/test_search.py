@@ -383,3 +383,39 @@ def test_eta_follows_max_concurrent_and_cpus_per_trial():
     # fewer trials than slots: one round, not a fraction of one trial
     one = search.estimate_training_seconds(search.SearchSettings(**{**base, "trials": 1}), small, 100.0)
     assert search.estimate_training_seconds(free, small, 100.0, concurrent=16) == pytest.approx(one)
+
+
+def _slow_trial(tune_config, split=None, job=None):
+    """A rank trial that takes a second longer, so that a time budget runs out mid-search."""
+    import time
+
+    from rexsearch.search import trial_function
+
+    time.sleep(1.0)
+    trial_function(tune_config, split, job)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_time_budget_stops_launching_trials_and_keeps_the_run_resumable(tmp_path):
+    from ray import cloudpickle
+
+    from rexsearch import search
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    settings = search.SearchSettings(
+        run_dir=str(tmp_path / "run"),
+        flops_budget=200_000_000,
+        trials=12,
+        objectives=("rank",),
+        cpus_per_trial=1,
+        max_concurrent=1,
+        rank_samples=8,
+        time_budget=2.0,
+    )
+    search.start_run(settings, ["test"])
+    outcome = search.execute(settings, trainable_fn=_slow_trial)
+    assert outcome.stopped_by_time and not outcome.interrupted
+    assert 1 <= outcome.finished < 12
+    trials = _trials(tmp_path / "run")
+    assert len(trials) == outcome.finished  # the trials it started ended; none left running
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]

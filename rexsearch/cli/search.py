@@ -47,6 +47,19 @@ def _float(text: str) -> float:
     return value
 
 
+def _duration_arg(text: str) -> float:
+    """Seconds from ``3600``, ``90s``, ``45m`` or ``2h`` (an argparse type)."""
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1].lower()) if text and text[-1].lower() in scale else (text, "s")
+    try:
+        value = float(number) * scale[unit]
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 1e9):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 3600, 90m or 2h, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     shipped = ", ".join(shipped_space_names())
     p = sub.add_parser(
@@ -92,6 +105,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-trial", type=_float, help="may be fractional, e.g. 0.25")
     p.add_argument("--max-concurrent", type=positive_int)
     p.add_argument("--max-failures", type=positive_int, default=10, help="stop after this many failed trials")
+    p.add_argument(
+        "--time-budget",
+        type=_duration_arg,
+        metavar="TIME",
+        help="launch no further trial once this much time has passed (e.g. 45m, 2h, 3600); running "
+        "trials finish, and `rexsearch resume` continues the run",
+    )
     p.add_argument(
         "--trial-timeout",
         type=_float,
@@ -291,6 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         storage_path=args.storage_path,
         trial_timeout=args.trial_timeout,
+        time_budget=args.time_budget,
         trial_retries=args.trial_retries,
         keep_weights=args.keep_weights,
         rank_protocol=args.rank_protocol,
@@ -472,6 +493,12 @@ def execute_run(
             file=sys.stderr,
         )
         return termination.exit_code
+    if outcome.stopped_by_time:
+        print(
+            f"the --time-budget is spent: {outcome.finished} of {outcome.target} trials finished; continue "
+            f"with `rexsearch resume {settings.run_dir}`",
+            file=sys.stderr,
+        )
     if outcome.stopped_by_failures:
         print(
             f"stopped after {settings.max_failures} failed trials (--max-failures); see trials.csv "

@@ -9,6 +9,7 @@ the new session runs exactly the trials still missing.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ class SearchOutcome:
     interrupted: bool
     stopped_by_failures: bool
     resume_counts: dict[str, int] = field(default_factory=dict)
+    stopped_by_time: bool = False  # --time-budget spent: no further trial was launched
 
 
 def load_split(
@@ -193,6 +195,7 @@ def _execute(
     remaining = target - counts["finished"]
     if remaining <= 0:
         return SearchOutcome(run, counts["finished"], target, False, False, counts)
+    deadline = time.monotonic() + settings.time_budget if settings.time_budget else None
 
     pruned_ids: set[str] = set()
     scheduler = None
@@ -219,6 +222,7 @@ def _execute(
         objectives=settings.objectives,
         budget=budget,
         pruned_ids=pruned_ids,
+        deadline=deadline,
     )
     job = trial_job(settings, run, resources, num_classes)
     fn = trainable(trainable_fn or trial_function, split, job, resources)
@@ -254,7 +258,11 @@ def _execute(
     interrupted = fit(tuner)
     searcher.flush_errors()
     finished = count_finished(study)
-    if finished < target and failures[0] < settings.max_failures:
+    stopped_by_time = deadline is not None and time.monotonic() >= deadline and finished < target
+    if finished < target and failures[0] < settings.max_failures and not stopped_by_time:
         interrupted = True
     fail_running(study)
-    return SearchOutcome(run, finished, target, interrupted, failures[0] >= settings.max_failures, counts)
+    stopped = failures[0] >= settings.max_failures
+    return SearchOutcome(
+        run, finished, target, interrupted, stopped, counts, stopped_by_time and not interrupted
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -63,6 +64,7 @@ class SearchSettings:
     max_failures: int = 10
     storage_path: str | None = None
     trial_timeout: float | None = None
+    time_budget: float | None = None  # seconds after which no further trial is launched
     trial_retries: int = 2
     keep_weights: bool = False
     rank_samples: int | None = None
@@ -181,6 +183,8 @@ class SearchSettings:
             raise UserError(f"--gpus-per-trial must not be negative, got {self.gpus_per_trial}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise UserError(f"--max-concurrent must be a positive integer, got {self.max_concurrent}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise UserError(f"--time-budget must be a positive duration, got {self.time_budget}")
         if self.trial_timeout is not None and not self.trial_timeout > 0:
             raise UserError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout}")
         if self.trial_retries < 0:

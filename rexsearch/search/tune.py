@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rexsearch.search.cluster import auth_hint, is_auth_error
@@ -29,15 +30,29 @@ class StudySearcher(OptunaSearch):
     """OptunaSearch that records design.md's user attributes, constraints and true states."""
 
     def __init__(
-        self, *args: Any, objectives: tuple[str, ...], budget: Budget, pruned_ids: set[str], **kwargs: Any
+        self,
+        *args: Any,
+        objectives: tuple[str, ...],
+        budget: Budget,
+        pruned_ids: set[str],
+        deadline: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.deadline = deadline  # time.monotonic() after which no trial is suggested (--time-budget)
         self._objectives = tuple(objectives)
         self._budget = budget
         self._pruned_ids = pruned_ids
         self._dead: set[str] = set()
         self._messages: dict[str, str] = {}
         self._driver_latency: dict[str, tuple[float | None, str]] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """A new trial's config, or FINISHED once the time budget is spent: running trials end
+        as they would, no further one starts."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
 
     # OptunaSearch's private state, read only here -------------------------------------
     @property
