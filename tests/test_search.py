@@ -419,3 +419,25 @@ def test_time_budget_stops_launching_trials_and_keeps_the_run_resumable(tmp_path
     trials = _trials(tmp_path / "run")
     assert len(trials) == outcome.finished  # the trials it started ended; none left running
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+
+
+def test_the_status_line_ticks_with_every_epoch_of_a_running_trial(capsys):
+    from types import SimpleNamespace
+
+    from rexsearch.cli.search import StatusLine
+    from rexsearch.search.tune import LiveView, Progress
+
+    progress = Progress(total=4, epochs_per_trial=3)
+    line = StatusLine(quiet=False)
+    view = LiveView(progress, line, [0])
+    a, b = SimpleNamespace(trial_id="a", status="RUNNING"), SimpleNamespace(trial_id="b", status="RUNNING")
+    view.on_trial_result(0, [a, b], a, {"epoch": 1})
+    view.on_trial_result(0, [a, b], b, {"epoch": 2})
+    view.on_trial_result(0, [a, b], a, {"epoch": 2})
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3  # a line per epoch, before any trial ended
+    assert "running 2 (epochs 2/3, 2/3)" in lines[-1] and "elapsed" in lines[-1]
+    a.last_result = {"final": True, "accuracy": 0.8123}
+    view.on_trial_complete(0, [a, b], a)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "done 1, running 1 (epochs 2/3)" in last and "acc 81.23%" in last

@@ -232,14 +232,17 @@ class StatusLine:
             return
         best = []
         if p.best_accuracy is not None:
-            best.append(f"acc {p.best_accuracy:.4f}")
+            best.append(f"acc {100 * p.best_accuracy:.2f}%")
         if p.best_rank is not None:
             best.append(f"rank {p.best_rank:.4f}")
         if p.best_latency is not None:
             best.append(f"latency {p.best_latency:.2f} ms")
         eta = f", ETA {_duration(p.eta)}" if p.eta is not None else ""
+        epochs = ""
+        if p.epochs and p.epochs_per_trial:
+            epochs = " (epochs " + ", ".join(f"{e}/{p.epochs_per_trial}" for e in p.epochs.values()) + ")"
         line = (
-            f"[{p.done + p.failed + p.pruned}/{p.total}] done {p.done}, running {p.running}, "
+            f"[{p.done + p.failed + p.pruned}/{p.total}] done {p.done}, running {p.running}{epochs}, "
             f"failed {p.failed}, pruned {p.pruned} | best {' '.join(best) or '-'} | "
             f"{_duration(p.elapsed)} elapsed{eta}"
         )

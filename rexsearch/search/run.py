@@ -226,7 +226,11 @@ def _execute(
     )
     job = trial_job(settings, run, resources, num_classes)
     fn = trainable(trainable_fn or trial_function, split, job, resources)
-    progress = Progress(total=target, done=counts["finished"])
+    progress = Progress(
+        total=target,
+        done=counts["finished"],
+        epochs_per_trial=settings.epochs if settings.needs_data else None,
+    )
     slots = min(settings.max_concurrent or resources.slots, resources.slots)
     tail = (remaining, slots, on_tail) if on_tail else None
     failures = [0]

@@ -252,6 +252,9 @@ class Progress:
     best_rank: float | None = None
     best_latency: float | None = None  # the lowest (measured, else predicted) latency, ms
     started: float = field(default_factory=time.time)
+    #: Epochs reported so far by each running trial (Tune trial id), and epochs a trial trains.
+    epochs: dict[str, int] = field(default_factory=dict)
+    epochs_per_trial: int | None = None
 
     @property
     def elapsed(self) -> float:
@@ -304,7 +307,17 @@ class LiveView(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._update(trials)
 
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        """Every epoch a trial reports: the line ticks while trials run, not only when one ends."""
+        epoch = result.get("epoch")
+        if isinstance(epoch, int) and not result.get("final"):
+            self.progress.epochs[trial.trial_id] = epoch
+            self._update(trials)
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.progress.epochs.pop(trial.trial_id, None)
         p = self.progress
         result = trial.last_result or {}
         if result.get("error"):
@@ -326,6 +339,7 @@ class LiveView(Callback):
         self._update(trials, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.progress.epochs.pop(trial.trial_id, None)
         self.progress.failed += 1
         self.failures[0] += 1
         message = trial_error_message(trial)
