@@ -211,3 +211,19 @@ def test_a_study_named_like_the_confirmation_is_never_read_as_it(run):
     assert "Confirmed" not in make_report(run.path).verdict
     with pytest.raises(UserError, match="is not the confirmation of 'rexsearch'"):
         confirm_study(run, create=True)  # what confirm writes into
+
+
+def test_the_confirmation_estimate_follows_the_search_and_the_slots(run):
+    from rexsearch.search import SearchSettings
+    from rexsearch.search.cluster import Resources
+
+    results = RunResults.load(run)
+    p = confirm_mod.plan(results, top=1, seeds=2)
+    settings = SearchSettings(run_dir=str(run.path), flops_budget=runfixture.BUDGET)
+    two = Resources(cpus_per_trial=1.0, gpus_per_trial=0.0, cpus=2.0, gpus=0.0, nodes=1)
+    line = confirm_mod.estimate_line(results, p, settings, two)
+    table = results.table
+    each = table.loc[table["state"] == "COMPLETE", "train_seconds"].median()
+    rounds = -(-len(p.todo) // 2)
+    assert line.startswith(f"{len(p.todo)} trainings to run, 2 at a time: about {each * rounds / 60:.0f} min")
+    assert f"({each:.0f} s each" in line

@@ -48,14 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_confirm)
 
 
-def _event(quiet: bool):
-    def event(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    return event
-
-
 def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pick: str | None, **kw) -> int:
     """Confirm, rewrite the report, print the confirmed configs and the verdict (exit code)."""
     import optuna
@@ -71,7 +63,10 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     quiet = kw.pop("quiet", False)
     # the run's lock from the plan to the rewritten report: beside a live resume or another
     # confirm of the run this one is refused before it reads or writes anything
+    from rexsearch.cli.search import StatusLine
+
     termination = Termination()
+    status = StatusLine(quiet)
     with RunLock.acquire(load_run(run_dir).path) as lock:
         outcome = confirm(
             run_dir,
@@ -79,12 +74,14 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
             seeds,
             epochs,
             pick,
-            on_event=_event(quiet),
+            on_event=status.event,
+            on_progress=status,
             lock=lock,
             on_ray=termination.install,
             progress=data_progress(quiet),
             **kw,
         )
+        status.end()
         results = RunResults.load(outcome.run)
         files = make_report(results)
     print_confirmation(results)

@@ -471,7 +471,9 @@ def execute_run(
                 split=split,
                 on_event=view.event,
                 lock=lock,
+                on_progress=view,
             )
+            view.end()
         # the report is written while Ray shuts down (which mostly waits for its processes)
         report = Background(lambda: _write_report(outcome, settings))
     except BaseException:

@@ -195,20 +195,46 @@ class ConfirmOutcome:
     interrupted: bool
 
 
+def estimate_line(
+    results: RunResults, confirm_plan: ConfirmPlan, settings: SearchSettings, resources: Resources
+) -> str:
+    """How long the pending trainings take, from the search's own trainings (the median
+    seconds of its complete trials, scaled to the confirmation's epochs) and the trainings
+    that run at once."""
+    import math
+
+    from rexsearch.search.run import concurrent_trials
+
+    table = results.table
+    seconds = table.loc[table["state"] == "COMPLETE", "train_seconds"].dropna()
+    search_epochs = int((results.run.data.get("fidelity") or {}).get("epochs") or 0)
+    at_once = concurrent_trials(settings, resources)
+    if seconds.empty or not search_epochs:
+        return f"{len(confirm_plan.todo)} trainings to run, {at_once} at a time"
+    each = float(seconds.median()) * confirm_plan.epochs / search_epochs
+    total = each * math.ceil(len(confirm_plan.todo) / at_once)
+    return (
+        f"{len(confirm_plan.todo)} trainings to run, {at_once} at a time: about {total / 60:.0f} min "
+        f"({each:.0f} s each, the median of the search's trainings scaled to {confirm_plan.epochs} epochs)"
+    )
+
+
 def execute_confirm(
     settings: SearchSettings,
     confirm_plan: ConfirmPlan,
     split: Any,
     on_event: Callable[[str], None] | None = None,
     resources: Resources | None = None,
+    on_progress: Callable[[Any], None] | None = None,
 ) -> ConfirmOutcome:
-    """Train the plan's pending pairs on Ray Tune (Ray initialised by the caller)."""
+    """Train the plan's pending pairs on Ray Tune (Ray initialised by the caller); ``on_progress``
+    gets the same :class:`~rexsearch.search.tune.Progress` as a search's status line."""
     from ray import tune
 
     from rexsearch.rundir import load_run
     from rexsearch.search.run import check_same_data, proxy_classes, trial_job
     from rexsearch.search.trial import trial_function
-    from rexsearch.search.tune import fit, run_config, trainable
+    from rexsearch.search.tune import LiveView, Progress, fit, run_config, trainable
 
     run = load_run(settings.run_dir)
     check_same_data(run, getattr(split, "dataset", None))
@@ -240,11 +266,15 @@ def execute_confirm(
     job = replace(job, keep_weights=False)
 
     fn = trainable(trial_function, split, job, resources)
+    views = []
+    if on_progress:
+        progress = Progress(total=len(confirm_plan.todo), epochs_per_trial=confirm_plan.epochs)
+        views.append(LiveView(progress, on_progress, [0]))
     tuner = tune.Tuner(
         fn,
         param_space={"candidate": tune.grid_search(candidates)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=settings.max_concurrent),
-        run_config=run_config(settings, "confirm", [recorder]),
+        run_config=run_config(settings, "confirm", [recorder, *views]),
     )
     interrupted = fit(tuner)
     # Tune's own SIGINT handler ends fit() normally after stopping the session: trainings it never
@@ -266,6 +296,7 @@ def confirm(
     lock: Any = None,
     on_ray: Callable[[], None] | None = None,
     progress: Callable[[str, str, int, int], None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
 ) -> ConfirmOutcome:
     """Plan and run the confirmation of ``run_dir`` (joining or starting Ray, loading the split when
     not given: the run's data set, refused when its content differs from what the run recorded;
@@ -282,7 +313,9 @@ def confirm(
     run = load_run(run_dir)
     own = RunLock.acquire(run.path) if lock is None else None
     try:
-        return _confirm(run, top, seeds, epochs, pick, address, data_dir, split, on_event, on_ray, progress)
+        return _confirm(
+            run, top, seeds, epochs, pick, address, data_dir, split, on_event, on_ray, progress, on_progress
+        )
     finally:
         if own is not None:
             own.release()
@@ -300,6 +333,7 @@ def _confirm(
     on_event: Callable[[str], None] | None,
     on_ray: Callable[[], None] | None,
     progress: Callable[[str, str, int, int], None] | None,
+    on_progress: Callable[[Any], None] | None = None,
 ) -> ConfirmOutcome:
     from rexsearch.search.cluster import ensure_ray
     from rexsearch.search.run import check_same_data, load_split
@@ -324,7 +358,10 @@ def _confirm(
     if on_ray:
         on_ray()
     try:
-        return execute_confirm(settings, confirm_plan, split, on_event)
+        resources = cluster_resources(settings)
+        if on_event:
+            on_event(estimate_line(RunResults.load(run), confirm_plan, settings, resources))
+        return execute_confirm(settings, confirm_plan, split, on_event, resources, on_progress)
     finally:
         if started:
             import ray
