@@ -305,3 +305,17 @@ def test_cli_train_on_fashion_mnist_records_the_data_set(tmp_path, monkeypatch, 
     root = make_folder(tmp_path / "pets", {"": 8})
     assert main([*args, "--dataset", "folder", "--data-dir", str(root), "--epochs", "2"]) == 2
     assert "holds a training with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({DEBIAN})")
+def test_a_multi_day_cpu_run_is_refused_with_a_first_look(tmp_path, monkeypatch, capsys):
+    """No fidelity flag, no GPU, no terminal: the defaults (days here) are refused before run.json,
+    with a command that fits, and its estimate."""
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", (DEBIAN,))
+    run_dir = tmp_path / "run"
+    args = ["run", "--dataset", "fashion-mnist", "--flops-budget", "100M", "--cpus-per-trial", "1"]
+    assert main([*args, "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the defaults would take about" in err and "--trials 16 --epochs 3 --train-images 5000" in err, err
+    assert not run_dir.exists()

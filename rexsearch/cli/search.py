@@ -9,7 +9,9 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from rexsearch.cli import command_help
 from rexsearch.cli.common import (
@@ -434,6 +436,8 @@ def execute_run(
     confirmed = None
     try:
         resources = search.cluster_resources(settings)
+        if settings.needs_data and not resources.gpus:  # may refuse a multi-day run: before run.json
+            _cpu_note(settings, split, view, resources, asked_for=_fidelity_given(argv) or not new_run)
         if new_run:
             lock = own_lock = search.begin_run(settings, argv, split.dataset if split is not None else None)
         view.event(
@@ -445,8 +449,6 @@ def execute_run(
             from rexsearch.datasets import describe
 
             view.event(f"data set: {describe(split.dataset)}")
-        if settings.needs_data and not resources.gpus:
-            _cpu_note(settings, split, view, resources)
         try:
             outcome = search.execute(
                 settings,
@@ -554,7 +556,20 @@ def _check_trial_memory(settings) -> None:
         )
 
 
-def _cpu_note(settings, split, view: StatusLine, resources) -> None:
+#: Flags that set how long a run takes: given any, the user chose the run's length.
+FIDELITY_FLAGS = ("--trials", "--epochs", "--train-images", "--time-budget")
+#: A run estimated longer than this on CPUs alone, with none of :data:`FIDELITY_FLAGS`, is asked
+#: about on a terminal and refused elsewhere (with a command that fits a first look).
+MAX_UNASKED_S = 24 * 3600
+#: The first look suggested instead: its proxies learned in reports/fashion-mnist (3 epochs x 5,000).
+FIRST_LOOK = {"trials": 16, "epochs": 3, "train_images": 5000}
+
+
+def _fidelity_given(argv: list[str]) -> bool:
+    return any(a == f or a.startswith(f + "=") for a in argv for f in FIDELITY_FLAGS)
+
+
+def _cpu_note(settings, split, view: StatusLine, resources, asked_for: bool = True) -> None:
     import torch
 
     from rexsearch.search import concurrent_trials, estimate_training_seconds
@@ -578,12 +593,28 @@ def _cpu_note(settings, split, view: StatusLine, resources) -> None:
         torch.set_num_threads(threads)
     at_once = concurrent_trials(settings, resources)
     seconds = estimate_training_seconds(settings, split, ips, at_once)
+    first = replace(settings, **FIRST_LOOK)
+    images = min(FIRST_LOOK["train_images"], len(split.train_y))
+    look = SimpleNamespace(train_y=range(images), val_y=split.val_y)
+    quick = estimate_training_seconds(first, look, ips, at_once)
+    flags = f"--trials {first.trials} --epochs {first.epochs} --train-images {first.train_images}"
     view.event(
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s per trial here "
         f"({resources.cpus_per_trial:g} CPU each, {at_once} at a time), so {settings.trials} trials x "
         f"{settings.epochs} epochs on {len(split.train_y):,} training images would take about "
-        f"{_duration(seconds)} (before early stopping); shorten with --trials, --epochs and "
-        "--train-images (e.g. --trials 8 --epochs 3 --train-images 5000)"
+        f"{_duration(seconds)} (before early stopping); {flags} would take about {_duration(quick)}"
+    )
+    if asked_for or seconds <= MAX_UNASKED_S:
+        return
+    suggestion = f"rexsearch run ... {flags} (or --time-budget 1h)"
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        answer = input(f"Start a run of about {_duration(seconds)}? [y/N] ").strip().lower()
+        if answer in ("y", "yes"):
+            return
+        raise UserError(f"not started; for a first look: {suggestion}")
+    raise UserError(
+        f"the defaults would take about {_duration(seconds)} on this machine's CPUs; give the run's length "
+        f"with {', '.join(FIDELITY_FLAGS)}, e.g. {suggestion}, about {_duration(quick)}"
     )
 
 
