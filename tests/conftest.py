@@ -224,3 +224,36 @@ def study_counts(db: Path) -> dict[str, int]:
     except sqlite3.Error:
         return {}
     return dict(rows)
+
+
+def sigterm_when(script: str, args: list[str], ready, env: dict[str, str], what: str) -> tuple[int, str]:
+    """Run ``script`` as its own driver, send it SIGTERM once ``ready()`` holds (polled every
+    50 ms, at most 120 s), and return its exit code and stderr; fails the test when the driver
+    ends first or never gets ready. The driver is killed on any way out."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if ready():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"{what} ended before SIGTERM: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"{what} never got ready for SIGTERM")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err

@@ -151,13 +151,9 @@ def test_sigterm_stops_confirm_like_a_run(tmp_path, cifar_server, monkeypatch, c
     """SIGTERM mid-confirmation: exit 143, no stack dump, finished trainings kept, none left
     running, and the output says the verdict is incomplete."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     import ray
-    from conftest import study_counts
+    from conftest import sigterm_when, study_counts
 
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
@@ -166,31 +162,13 @@ def test_sigterm_stops_confirm_like_a_run(tmp_path, cifar_server, monkeypatch, c
     assert main(["run", *args, "--run-dir", str(run_dir)]) == 0
     searched = study_counts(run_dir / "study.db")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CONFIRM_SIGTERM_SCRIPT, str(run_dir)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            counts = study_counts(run_dir / "study.db")
-            if counts.get("RUNNING", 0) >= 1 and sum(counts.values()) > sum(searched.values()):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"confirm ended before SIGTERM: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.05)
-        else:
-            pytest.fail("confirm started no training")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err[-2000:]
+
+    def ready() -> bool:
+        counts = study_counts(run_dir / "study.db")
+        return counts.get("RUNNING", 0) >= 1 and sum(counts.values()) > sum(searched.values())
+
+    code, err = sigterm_when(CONFIRM_SIGTERM_SCRIPT, [str(run_dir)], ready, env, "confirm")
+    assert code == 143, err[-2000:]
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]
     assert "the verdict above is incomplete" in err and f"rexsearch confirm {run_dir}" in err
     trials = confirm_study(RunResults.load(run_dir).run).get_trials()

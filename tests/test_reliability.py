@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import runfixture
 import torch
-from conftest import study_counts
+from conftest import sigterm_when, study_counts
 from optuna.trial import TrialState
 
 from rexsearch.cli import main
@@ -466,28 +466,13 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
 
     run_dir = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_SCRIPT, str(run_dir)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            counts = study_counts(run_dir / "study.db")
-            if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before SIGTERM: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run made no progress")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode in (143, 130), err[-2000:]
+
+    def ready() -> bool:
+        counts = study_counts(run_dir / "study.db")
+        return counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) >= 1
+
+    code, err = sigterm_when(SIGTERM_SCRIPT, [str(run_dir)], ready, env, "the run")
+    assert code in (143, 130), err[-2000:]
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]
     assert "rexsearch resume" in err
     trials = load_run(run_dir).open_study().get_trials()
