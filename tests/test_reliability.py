@@ -593,3 +593,30 @@ def test_wrong_typed_run_json_fields_are_one_sentence(tmp_path, capsys, key, val
         assert main(command) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "internal error" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (
+            ["export", "--preset", "rexnet-1.0", "--out", "OUT", "--seed", str(2**70)],
+            "--seed: expected an integer seed",
+        ),
+        (["confirm", "RUN", "--seeds", "1000000000"], "--seeds: expected an integer in 1..100"),
+        (["confirm", "RUN", "--top", "0"], "--top: expected an integer in 1..100"),
+        (["space", "SPACE", "--flops-budget", "100M"], "is not UTF-8 text"),
+    ],
+)
+def test_absurd_numbers_and_unreadable_spaces_are_usage_errors(tmp_path, capsys, command, message):
+    space = tmp_path / "space.yaml"
+    space.write_bytes(b"name: \xff\n")
+    words = [
+        {"OUT": str(tmp_path / "out"), "RUN": str(tmp_path), "SPACE": str(space)}.get(w, w) for w in command
+    ]
+    try:
+        code = main(words)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err and "Traceback" not in err, err
