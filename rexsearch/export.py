@@ -384,7 +384,7 @@ def _trial_card(
         metrics.append(f"| {m.label} | {m.format(value)} |")
     curve = attrs.get("accuracy_curve")
     if curve:
-        metrics.append(f"| proxy accuracy per epoch | {', '.join(f'{a:.4f}' for a in curve)} |")
+        metrics.append(f"| proxy accuracy per epoch | {', '.join(f'{100 * a:.2f}%' for a in curve)} |")
     if weights == "init":
         weights_text = (
             f"Freshly initialised weights (seed {seed}) of the target network; train it before use."

@@ -87,7 +87,7 @@ def test_export_best_round_trip(run, tmp_path):
     assert "multiply-accumulates of conv and linear layers" in card
     assert f"{trial.user_attrs['params']:,}" in card
     assert "highest proxy accuracy within the budget, always on the feasible Pareto front" in card
-    assert f"{trial.values[0]:.4f}" in card
+    assert f"{100 * trial.values[0]:.2f}%" in card
 
 
 def test_export_proxy_weights(run, tmp_path):

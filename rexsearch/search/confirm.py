@@ -180,7 +180,7 @@ class ConfirmRecorder(Callback):
         self.done += 1
         if self.on_event:
             attrs = self.study.trials[number].user_attrs
-            what = f"accuracy {accuracy:.4f}" if not error else f"failed: {error}"
+            what = f"accuracy {100 * accuracy:.2f}%" if not error else f"failed: {error}"
             self.on_event(f"confirmed {attrs.get('label')} seed {attrs.get('seed')}: {what}")
 
 
