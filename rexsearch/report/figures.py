@@ -100,6 +100,12 @@ def _macs_window(g: Groups, info: RunInfo) -> tuple[tuple[float, float] | None, 
     return (lo - pad, hi + pad), note
 
 
+def axis_format(metric: str) -> str:
+    """Plotly's tick format for a metric's axis: accuracy (a fraction) in percent, as every table
+    and sentence shows it; other metrics as they are."""
+    return ".1%" if metric == "accuracy" else ""
+
+
 def pareto_figures(g: Groups, info: RunInfo) -> list[str]:
     import plotly.graph_objects as go
 
@@ -119,6 +125,7 @@ def pareto_figures(g: Groups, info: RunInfo) -> list[str]:
         title=f"{label} vs MACs (front: more {metric}, fewer MACs)",
         xaxis_title=f"MACs (millions, conv+linear at {info.resolution}x{info.resolution})",
         yaxis_title=label,
+        yaxis_tickformat=axis_format(metric),
         height=480,
     )
     out = [figure_html(fig, "pareto-macs")]
@@ -135,7 +142,9 @@ def pareto_figures(g: Groups, info: RunInfo) -> list[str]:
             "feature rank vs parameters (rank-only run; front: more rank, fewer params)",
             ("parameters (millions)"),
         )
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=label, height=480)
+    fig.update_layout(
+        title=title, xaxis_title=xtitle, yaxis_title=label, yaxis_tickformat=axis_format(metric), height=480
+    )
     out.append(figure_html(fig, "pareto-rank"))
     if info.latency_budget_ms is not None:
         out.append(_latency_figure(g, info))
@@ -158,6 +167,7 @@ def _latency_figure(g: Groups, info: RunInfo) -> str:
         title=f"{METRICS[metric].label} vs latency (front: more {metric}, lower latency)",
         xaxis_title=f"latency (ms, measured on the worker, else predicted){where if env else ''}",
         yaxis_title=METRICS[metric].label,
+        yaxis_tickformat=axis_format(metric),
         height=480,
     )
     return figure_html(fig, "pareto-latency")
@@ -211,7 +221,7 @@ def history_figure(frame: pd.DataFrame, info: RunInfo) -> str:
                 row=i,
                 col=1,
             )
-        fig.update_yaxes(title_text=name, row=i, col=1)
+        fig.update_yaxes(title_text=name, tickformat=axis_format(name), row=i, col=1)
     fig.update_xaxes(title_text="trial number", row=len(objectives), col=1)
     fig.update_layout(title="optimisation history", height=300 * len(objectives) + 80)
     return figure_html(fig, "history")
@@ -333,9 +343,9 @@ def principles_figure(g: Groups) -> tuple[str, list[list[str]]]:
                     fmt_metric(metric, float(values[-1])),
                 ]
             )
-        fig.update_yaxes(title_text=metric, row=i, col=1)
+        fig.update_yaxes(title_text=metric, tickformat=axis_format(metric), row=i, col=1)
         fig.update_yaxes(title_text="fraction of trials", range=[0, 1.04], row=i, col=2)
-        fig.update_xaxes(title_text=f"{metric} (at most x)", row=i, col=2)
+        fig.update_xaxes(title_text=f"{metric} (at most x)", tickformat=axis_format(metric), row=i, col=2)
     fig.update_layout(title="per-principle analysis", height=340 * len(PRINCIPLES) + 80)
     fig.update_layout(margin={"r": 170})
     return figure_html(fig, "principles"), rows
