@@ -214,7 +214,7 @@ def test_a_trial_measured_over_budget_is_recorded_infeasible():
 def test_live_view_shows_the_lowest_latency(capsys):
     from types import SimpleNamespace
 
-    from rexsearch.cli.search import StatusLine
+    from rexsearch.cli.status import StatusLine
     from rexsearch.search import LiveView, Progress
 
     progress = Progress(total=3)
@@ -355,7 +355,8 @@ def test_trials_table_without_a_macs_budget(table_file, budget_ms):
 
 
 def test_run_says_how_far_the_machine_drifted_from_the_table(table_file, capsys):
-    from rexsearch.cli.search import RUN_DRIFT_NETWORKS, StatusLine, say_drift
+    from rexsearch.cli.search import RUN_DRIFT_NETWORKS, say_drift
+    from rexsearch.cli.status import StatusLine
 
     budget = Budget(latency_ms=5.0, latency_table=load_table(table_file), resolution=int(RES))
     say_drift(budget, StatusLine(quiet=False))

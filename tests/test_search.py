@@ -424,7 +424,7 @@ def test_time_budget_stops_launching_trials_and_keeps_the_run_resumable(tmp_path
 def test_the_status_line_ticks_with_every_epoch_of_a_running_trial(capsys):
     from types import SimpleNamespace
 
-    from rexsearch.cli.search import StatusLine
+    from rexsearch.cli.status import StatusLine
     from rexsearch.search.tune import LiveView, Progress
 
     progress = Progress(total=4, epochs_per_trial=3)

@@ -63,7 +63,7 @@ def run_confirmation(run_dir: str, top: int, seeds: int, epochs: int | None, pic
     quiet = kw.pop("quiet", False)
     # the run's lock from the plan to the rewritten report: beside a live resume or another
     # confirm of the run this one is refused before it reads or writes anything
-    from rexsearch.cli.search import StatusLine
+    from rexsearch.cli.status import StatusLine
 
     termination = Termination()
     status = StatusLine(quiet)

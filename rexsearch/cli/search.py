@@ -26,6 +26,7 @@ from rexsearch.cli.common import (
     positive_int,
     print_table,
 )
+from rexsearch.cli.status import StatusLine, duration_text
 from rexsearch.cost import format_count
 from rexsearch.datasets import DEFAULT_DATASET
 from rexsearch.errors import UserError
@@ -219,64 +220,6 @@ def cmd_space(args: argparse.Namespace) -> int:
     headers = ["#", "MACs", "params", *(["predicted ms"] if latency else []), "depth", "expand", "act"]
     print_table([*headers, "channels"], rows)
     return 0
-
-
-class StatusLine:
-    """One status line on stderr (rewritten in place on a terminal)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last = ""
-
-    def __call__(self, p) -> None:
-        if self.quiet:
-            return
-        best = []
-        if p.best_accuracy is not None:
-            best.append(f"acc {100 * p.best_accuracy:.2f}%")
-        if p.best_rank is not None:
-            best.append(f"rank {p.best_rank:.4f}")
-        if p.best_latency is not None:
-            best.append(f"latency {p.best_latency:.2f} ms")
-        eta = f", ETA {_duration(p.eta)}" if p.eta is not None else ""
-        epochs = ""
-        if p.epochs and p.epochs_per_trial:
-            epochs = " (epochs " + ", ".join(f"{e}/{p.epochs_per_trial}" for e in p.epochs.values()) + ")"
-        line = (
-            f"[{p.done + p.failed + p.pruned}/{p.total}] done {p.done}, running {p.running}{epochs}, "
-            f"failed {p.failed}, pruned {p.pruned} | best {' '.join(best) or '-'} | "
-            f"{_duration(p.elapsed)} elapsed{eta}"
-        )
-        if line == self.last:
-            return
-        self.last = line
-        if self.tty:
-            sys.stderr.write("\r\033[K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def event(self, message: str) -> None:
-        if not self.quiet:
-            self.end()
-            print(message, file=sys.stderr)
-
-    def end(self) -> None:
-        if self.tty and self.last and not self.quiet:
-            sys.stderr.write("\n")
-            self.last = ""
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -602,19 +545,19 @@ def _cpu_note(settings, split, view: StatusLine, resources, asked_for: bool = Tr
         f"no GPU: the baseline proxy trains at about {ips:.0f} images/s per trial here "
         f"({resources.cpus_per_trial:g} CPU each, {at_once} at a time), so {settings.trials} trials x "
         f"{settings.epochs} epochs on {len(split.train_y):,} training images would take about "
-        f"{_duration(seconds)} (before early stopping); {flags} would take about {_duration(quick)}"
+        f"{duration_text(seconds)} (before early stopping); {flags} would take about {duration_text(quick)}"
     )
     if asked_for or seconds <= MAX_UNASKED_S:
         return
     suggestion = f"rexsearch run ... {flags} (or --time-budget 1h)"
     if sys.stdin.isatty() and sys.stderr.isatty():
-        answer = input(f"Start a run of about {_duration(seconds)}? [y/N] ").strip().lower()
+        answer = input(f"Start a run of about {duration_text(seconds)}? [y/N] ").strip().lower()
         if answer in ("y", "yes"):
             return
         raise UserError(f"not started; for a first look: {suggestion}")
     raise UserError(
-        f"the defaults would take about {_duration(seconds)} on this machine's CPUs; give the run's length "
-        f"with {', '.join(FIDELITY_FLAGS)}, e.g. {suggestion}, about {_duration(quick)}"
+        f"the defaults would take about {duration_text(seconds)} on this machine's CPUs; give the run's "
+        f"length with {', '.join(FIDELITY_FLAGS)}, e.g. {suggestion}, about {duration_text(quick)}"
     )
 
 
