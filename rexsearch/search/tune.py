@@ -317,7 +317,7 @@ class LiveView(Callback):
             self._update(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.progress.epochs.pop(trial.trial_id, None)
+        self.progress.epochs.pop(getattr(trial, "trial_id", None), None)
         p = self.progress
         result = trial.last_result or {}
         if result.get("error"):
@@ -339,7 +339,7 @@ class LiveView(Callback):
         self._update(trials, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.progress.epochs.pop(trial.trial_id, None)
+        self.progress.epochs.pop(getattr(trial, "trial_id", None), None)
         self.progress.failed += 1
         self.failures[0] += 1
         message = trial_error_message(trial)
