@@ -243,7 +243,6 @@ def execute_confirm(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy"])
-    study.set_user_attr("source_study", run.study_name)
     study.set_user_attr("seeds", list(confirm_plan.seeds))
     fail_running(study)  # trainings a dead driver left RUNNING: FAIL (interrupted), trained again
     start = time.monotonic()
