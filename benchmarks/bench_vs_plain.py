@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the CIFAR-format archive writer lives with the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the CIFAR-format archive writer: tests/support/
 
-from cifar_archive import write_cifar_archive  # noqa: E402
+from support.cifar_archive import write_cifar_archive  # noqa: E402
 
 from rexsearch.config import ReXNetConfig  # noqa: E402
 from rexsearch.datasets import load_dataset  # noqa: E402

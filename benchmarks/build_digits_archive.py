@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cifar_archive import write_cifar_archive
+from support.cifar_archive import write_cifar_archive
 
 from rexsearch.datasets.cifar import CIFAR100
 

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import tiny_config
+from support.synthetic import tiny_config
 
 from rexsearch.checkpoints import (
     META_CONFIG,

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import runfixture
 from scipy import stats as sps
+from support import runfixture
 
 from rexsearch.cli import main
 from rexsearch.compare import compare_runs, edf_figure, write_comparison

@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import runfixture
+from support import runfixture
 
 from rexsearch import stats
 from rexsearch.cli import main
@@ -153,7 +153,7 @@ def test_sigterm_stops_confirm_like_a_run(tmp_path, cifar_server, monkeypatch, c
     import os
 
     import ray
-    from conftest import sigterm_when, study_counts
+    from support.drivers import sigterm_when, study_counts
 
     monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"

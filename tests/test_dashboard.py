@@ -13,7 +13,7 @@ import urllib.request
 
 import optuna
 import pytest
-import runfixture
+from support import runfixture
 
 from rexsearch.cli import main
 from rexsearch.dashboard import dashboard_server

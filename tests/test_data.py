@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cifar_archive import write_cifar_archive
-from conftest import CLASSES, class_patterned, serve_directory
+from support.cifar_archive import write_cifar_archive
+from support.synthetic import CLASSES, class_patterned, serve_directory
 
 from rexsearch.datasets import cifar, download
 from rexsearch.datasets.base import DataError, DataSet, cache_dir, file_md5
@@ -460,7 +460,7 @@ def test_the_archive_builder_gives_the_same_bytes_every_time(tmp_path, monkeypat
 def test_a_billion_laughs_pickle_is_refused_before_it_expands(tmp_path, monkeypatch, member, problem):
     """Lists that share references pass the archive's checksum and would expand into 2^40
     elements when read: refused from their shape, and the extracted folder is not kept."""
-    from cifar_archive import cifar_batch, write_members
+    from support.cifar_archive import cifar_batch, write_members
 
     bomb: list = [1]
     for _ in range(40):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from dataset_files import (
+from support.dataset_files import (
     fashion_env,
     make_folder,
     write_fashion,
     write_image,
 )
+from support.synthetic import tiny_config
 
 from rexsearch.cli import main
 from rexsearch.datasets import (
@@ -78,7 +78,7 @@ def test_a_proxy_learns_the_real_fashion_mnist(monkeypatch):
 
 # ---------------------------------------------------------------------------- what runs record
 def test_old_run_json_without_a_data_set_is_cifar100(tmp_path):
-    import runfixture
+    from support import runfixture
 
     from rexsearch.results import RunResults
 
@@ -98,7 +98,7 @@ def _record(run_dir: Path, data: dict, settings: dict | None = None) -> None:
 
 
 def test_report_card_and_table_name_the_data_set(tmp_path):
-    import runfixture
+    from support import runfixture
 
     from rexsearch.report import make_report
 
@@ -136,7 +136,7 @@ def test_report_card_and_table_name_the_data_set(tmp_path):
 
 
 def test_the_terminal_summary_names_the_data_set(tmp_path, capsys):
-    import runfixture
+    from support import runfixture
 
     from rexsearch.cli.search import print_front
     from rexsearch.results import RunResults
@@ -148,7 +148,7 @@ def test_the_terminal_summary_names_the_data_set(tmp_path, capsys):
 
 
 def test_compare_refuses_runs_on_different_data_sets(tmp_path):
-    import runfixture
+    from support import runfixture
 
     from rexsearch.compare import compare_runs
 
@@ -178,7 +178,7 @@ def test_mismatch_compares_names_then_digests():
 
 def _folder_run(tmp_path: Path) -> tuple[Path, Path]:
     """A run (the fixture's study) recorded as searched on an image folder."""
-    import runfixture
+    from support import runfixture
 
     from rexsearch.search import SearchSettings
 

@@ -2,8 +2,9 @@
 finding, downloading, verifying, decoding and caching them, and their refusals (hostile archives,
 IDX headers and images, caps).
 
-Every file is built in its original format (tiny, class-patterned: tests/dataset_files.py,
-tests/cifar_archive.py) and read from a folder or served over loopback.
+Every file is built in its original format (tiny, class-patterned:
+tests/support/dataset_files.py, tests/support/cifar_archive.py) and read from a folder or
+served over loopback.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cifar_archive import write_cifar10_archive
-from conftest import serve_directory
-from dataset_files import (
+from PIL import Image
+from support.cifar_archive import write_cifar10_archive
+from support.dataset_files import (
     COLOURS,
     fashion_env,
     make_folder,
@@ -26,7 +27,7 @@ from dataset_files import (
     write_fashion,
     write_image,
 )
-from PIL import Image
+from support.synthetic import serve_directory
 
 from rexsearch.datasets import (
     DATASETS,

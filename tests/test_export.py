@@ -8,9 +8,9 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-import runfixture
 import torch
 from safetensors.torch import load_file, save_file
+from support import runfixture
 
 import rexsearch
 from rexsearch.checkpoints import load_model

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_driver_script
 from optuna.trial import TrialState
+from support.drivers import run_driver_script
 
 from rexsearch import search
 from rexsearch.cli import main
@@ -262,7 +262,7 @@ def test_run_from_a_folder_holding_a_rexsearch_folder_trains(tmp_path):
     import subprocess
     import sys
 
-    from conftest import storage_run_args
+    from support.drivers import storage_run_args
 
     script = shutil.which("rexsearch", path=str(Path(sys.executable).parent))
     if script is None:

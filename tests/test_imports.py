@@ -89,8 +89,8 @@ def _files(*folders: str) -> list[Path]:
 
 
 def _project_module(name: str, local: set[str]) -> bool:
-    """Whether ``name`` is a module of this project: rexsearch's, or a script beside the tests
-    or the benchmarks (which they import by its bare name)."""
+    """Whether ``name`` is a module of this project: rexsearch's, or a script or package beside
+    the tests or the benchmarks (which they import by its bare name: ``support``, tests/support/)."""
     top = name.split(".")[0]
     return top == "rexsearch" or top in local
 
@@ -159,7 +159,9 @@ def _private_uses(source: str, here: str, local: set[str]) -> list[tuple[int, st
 
 
 def test_no_module_uses_another_modules_private_names():
-    local = {p.stem for folder in ("tests", "benchmarks") for p in (REPO / folder).glob("*.py")}
+    beside = [REPO / "tests", REPO / "benchmarks"]
+    local = {p.stem for folder in beside for p in folder.glob("*.py")}
+    local |= {p.parent.name for folder in beside for p in folder.glob("*/__init__.py")}  # support
     found = {}
     for path in _files(*CHECKED):
         uses = _private_uses(path.read_text(), _module_of(path), local)

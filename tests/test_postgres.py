@@ -2,7 +2,7 @@
 one-line errors (exit 2) for an unreachable server, a wrong password, a missing driver.
 
 The server is ``$REXSEARCH_TEST_POSTGRES_URL`` when set (``.ci/run`` starts one), else one
-started here with tests/pgserver.py when PostgreSQL's binaries are installed, else the
+started here with tests/support/pgserver.py when PostgreSQL's binaries are installed, else the
 tests that need a server are skipped.
 """
 
@@ -16,10 +16,10 @@ import urllib.request
 import uuid
 
 import optuna
-import pgserver
 import pytest
-from conftest import closed_port, storage_run_args
 from optuna.trial import TrialState
+from support import pgserver
+from support.drivers import closed_port, storage_run_args
 
 from rexsearch.cli import main
 from rexsearch.storage import open_storage

@@ -1,7 +1,7 @@
 """Runs, resume, exports, secrets and signals under careless or hostile use (README: Reliability).
 
-The fast tests work on the fake run of :mod:`runfixture`; the Ray tests are short rank-only
-searches on the session's Ray, plus one driver with its own local Ray that is killed.
+The fast tests work on the fake run of :mod:`support.runfixture`; the Ray tests are short
+rank-only searches on the session's Ray, plus one driver with its own local Ray that is killed.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-import runfixture
 import torch
-from conftest import sigterm_when, study_counts
 from optuna.trial import TrialState
+from support import runfixture
+from support.drivers import sigterm_when, study_counts
 
 from rexsearch.cli import main
 from rexsearch.errors import UserError

@@ -9,8 +9,8 @@ import re
 import optuna
 import pandas as pd
 import pytest
-import runfixture
 from scipy import stats
+from support import runfixture
 
 from rexsearch.cli import main
 from rexsearch.report import make_report, write_report

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-import runfixture
+from support import runfixture
 
 from rexsearch.cli import main
 from rexsearch.cli.search import print_front

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_driver_script, study_counts
 from optuna.trial import TrialState
+from support.drivers import run_driver_script, study_counts
 
 from rexsearch.cli import main
 from rexsearch.rundir import load_run
@@ -97,7 +97,7 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
 
 
 def test_run_on_fashion_mnist_trains_ten_class_proxies(tmp_path, monkeypatch, capsys):
-    from dataset_files import fashion_env, write_fashion
+    from support.dataset_files import fashion_env, write_fashion
 
     monkeypatch.setenv("REXSEARCH_FASHION_MNIST_MD5", fashion_env(write_fashion(tmp_path / "fm")))
     run_dir = tmp_path / "run"

@@ -12,7 +12,7 @@ import time
 
 import optuna
 import pytest
-from conftest import closed_port, storage_run_args
+from support.drivers import closed_port, storage_run_args
 
 from rexsearch.cli import main
 from rexsearch.errors import UserError

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import class_patterned
+from support.synthetic import class_patterned
 
 from rexsearch.augment import augment_batch, channels_last, crop_flip, normalize, take
 from rexsearch.bench import bench_training

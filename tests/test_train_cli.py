@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-import runfixture
-from conftest import tiny_config
+from support import runfixture
+from support.synthetic import tiny_config
 
 from rexsearch.cli import main
 from rexsearch.config import ReXNetConfig

@@ -7,8 +7,8 @@ In Python::
 
 From a shell (``.ci/run``)::
 
-    python tests/pgserver.py start DIR         # prints the SQLAlchemy URL
-    python tests/pgserver.py stop DIR          # stops it and removes DIR
+    python tests/support/pgserver.py start DIR    # prints the SQLAlchemy URL
+    python tests/support/pgserver.py stop DIR     # stops it and removes DIR
 
 Only the standard library is used (the user and database are set up with PostgreSQL's
 own ``initdb`` and ``createdb``). PostgreSQL refuses to run as root: as root, the server
@@ -276,7 +276,7 @@ class PostgresServer:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("start", "stop"):
-        print("usage: python tests/pgserver.py start|stop DIR", file=sys.stderr)
+        print("usage: python tests/support/pgserver.py start|stop DIR", file=sys.stderr)
         return 2
     command, directory = argv
     if command == "start":
