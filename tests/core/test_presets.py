@@ -14,7 +14,7 @@ from rexsearch.principles import (
     stagewise_schedule,
 )
 
-REFERENCE = Path(__file__).parent / "data" / "reference"
+REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 BLOCKS_1_0 = {
     "stem_out": 32,
     "outs": [16, 27, 38, 50, 61, 72, 84, 95, 106, 117, 128, 140, 151, 162, 174, 185],

@@ -8,7 +8,7 @@ from rexsearch import build_model, get_preset
 from rexsearch.errors import LayoutError
 from rexsearch.layouts import expected_shapes, from_layout, to_layout
 
-REFERENCE = Path(__file__).parent / "data" / "reference"
+REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 
 
 @pytest.mark.parametrize("layout", ["official", "timm"])
