@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.cifar_archive import write_cifar_archive
+from support.latency import RES, TINY_SPACE, draw_shapes
 from support.synthetic import (
     ARCHIVE_NAME,
     CLASSES,
@@ -87,3 +88,30 @@ def ray_session():
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def space():
+    """The tiny space of the latency tests (support.latency.TINY_SPACE)."""
+    from rexsearch.space import parse_space
+
+    return parse_space(TINY_SPACE, "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def table(space):
+    """A coarse one-thread latency table of the tiny space at RES, built once: the latency tests
+    (tests/latency/, tests/space/test_solve.py) share it, as they did in one module."""
+    from rexsearch.latency import build_table
+
+    shapes = draw_shapes(space)
+    return build_table(
+        threads=1,
+        resolution=RES,
+        shapes=shapes,
+        calibration=shapes[1::3][:3],
+        points=3,
+        warmup=1,
+        repeats=2,
+        activations=("silu", "relu6", "relu"),
+    )
