@@ -162,3 +162,51 @@ def quantile_groups(values: Sequence[float], fraction: float = 0.1) -> dict[str,
     k = max(1, round(fraction * n))
     start = max(0, (n - k) // 2)
     return {"top": order[:k], "middle": order[start : start + k], "bottom": order[n - k :]}
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's tau-b between a predictor and a target, with a bootstrap interval over items."""
+
+    tau: float
+    low: float
+    high: float
+    n: int
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two paired sequences (ties handled; NaN when either is constant)."""
+    from scipy import stats
+
+    if len(x) != len(y):
+        raise ValueError(f"paired sequences differ in length: {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return math.nan
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def rank_agreement(
+    x: Sequence[float],
+    y: Sequence[float],
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = CONFIDENCE,
+) -> RankAgreement:
+    """Kendall's tau-b of ``x`` against ``y`` with a percentile bootstrap interval.
+
+    The items (pairs) are resampled with replacement ``resamples`` times from a seeded
+    generator; resamples where tau is undefined (one side constant) are skipped.
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    tau = kendall_tau(xs, ys)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples if len(xs) > 2 else 0):
+        idx = rng.integers(0, len(xs), len(xs))
+        t = kendall_tau(xs[idx], ys[idx])
+        if not math.isnan(t):
+            draws.append(t)
+    if not draws:
+        return RankAgreement(tau, math.nan, math.nan, len(xs))
+    tail = (1.0 - level) / 2
+    return RankAgreement(tau, quantile(draws, tail), quantile(draws, 1.0 - tail), len(xs))

@@ -92,3 +92,20 @@ def test_quantile_interpolates_between_order_statistics():
     assert stats.quantile(values, 0.5) == 3.0
     assert stats.quantile(values, 0.9) == pytest.approx(float(np.quantile(values, 0.9)))
     assert stats.quantile([7.0], 0.25) == 7.0
+
+
+def test_kendall_tau_and_its_bootstrap_interval():
+    from rexsearch.stats import kendall_tau, rank_agreement
+
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # one side constant: undefined
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    strong = rank_agreement(x, x + 0.3 * rng.normal(size=40), resamples=500)
+    none = rank_agreement(x, rng.normal(size=40), resamples=500)
+    assert strong.n == 40 and strong.low <= strong.tau <= strong.high and strong.low > 0.4
+    assert none.low < 0 < none.high  # no agreement: the interval straddles zero
+    assert rank_agreement(x, x, resamples=200, seed=1) == rank_agreement(x, x, resamples=200, seed=1)
+    with pytest.raises(ValueError, match="differ in length"):
+        kendall_tau([1, 2], [1, 2, 3])
