@@ -13,19 +13,16 @@ unless ``force``; then the page says so. Runs are read through :class:`RunResult
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rexsearch import __version__
 from rexsearch.errors import UserError
 from rexsearch.files import atomic_write, write_text_atomic
 from rexsearch.results import METRICS, RunResults, record_config
@@ -53,7 +50,7 @@ class SpaceRun:
 
     @property
     def sampler(self) -> str:
-        return str(self.results.run.data.get("sampler", "n/a"))
+        return str(self.results.run.sampler or "n/a")
 
     @cached_property
     def models(self) -> pd.DataFrame:
@@ -95,8 +92,7 @@ class SpaceRun:
 
 
 def _fidelity(results: RunResults) -> dict[str, Any]:
-    d = results.run.data
-    f = d.get("fidelity") or {}
+    f = results.run.fidelity
     return {
         "MACs budget": results.run.flops_budget,
         "params budget": results.run.params_budget,
@@ -356,10 +352,9 @@ def profiles_figure(c: Comparison) -> Any:
 # ---------------------------------------------------------------------------- the page
 def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dict[str, Path]:
     """Write compare.html (self-contained), compare.csv and compare_trials.csv into ``out``."""
-    import plotly.offline
 
     from rexsearch.report.figures import figure_html
-    from rexsearch.report.html import CSS, para, section, table
+    from rexsearch.report.html import html_page, para, section, table
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -381,7 +376,7 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
             "n/a" if r.results.run.latency_budget_ms is None else f"{r.results.run.latency_budget_ms:g}",
             str(r.results.run.resolution),
             r.results.run.dataset_title or "none (rank only)",
-            ", ".join(f"{k} {v}" for k, v in (r.results.run.data.get("fidelity") or {}).items()),
+            ", ".join(f"{k} {v}" for k, v in r.results.run.fidelity.items()),
             str(len(r.models)),
         ]
         for r in c.runs
@@ -496,16 +491,7 @@ def write_comparison(c: Comparison, out: str | Path, force: bool = False) -> dic
         sections.insert(0, "".join(para(text, "note") for text in stand_in))
     data = c.runs[0].results.run.dataset_title
     title = "rexsearch design-space comparison" + (f" on {data}" if data else "")
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{escape(title)}</title><style>{CSS}</style>"
-        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head><body>'
-        f"<h1>{escape(title)}</h1>{''.join(sections)}"
-        f"<p class='muted'>Written by rexsearch {__version__} on "
-        f"{_dt.datetime.now().isoformat(timespec='seconds')}; tables: {COMPARE_CSV}, "
-        f"{COMPARE_TRIALS_CSV}.</p>"
-        "</body></html>\n"
-    )
+    page = html_page(title, "".join(sections), f"tables: {COMPARE_CSV}, {COMPARE_TRIALS_CSV}")
     # everything is computed before the first file is written: a failure leaves no half output
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_write(out / COMPARE_CSV, lambda tmp: summary.to_csv(tmp, index=False))

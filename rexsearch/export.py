@@ -255,7 +255,7 @@ def export_trial(
     attrs = chosen.user_attrs
     config = results.config(chosen, "config" if weights == "init" else "proxy_config")
     if weights == "init":
-        seed = int(info.data.get("seed") or 0) if seed is None else seed
+        seed = info.seed if seed is None else seed
         model = _seeded_model(config, seed)
         resolution = info.resolution
     else:
@@ -367,7 +367,7 @@ def _trial_card(
     resolution: int,
 ) -> str:
     attrs = trial.user_attrs
-    fidelity = info.data.get("fidelity") or {}
+    fidelity = info.fidelity
     metrics = []
     if trial.values:
         metrics += [

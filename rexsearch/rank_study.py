@@ -598,12 +598,14 @@ def check_out(out_dir: str | Path, study: str, protocol: str, force: bool = Fals
 
 
 def _write(
-    df: pd.DataFrame, fig: go.Figure, paths: tuple[Path, Path], columns: Sequence[str]
+    df: pd.DataFrame, fig: go.Figure, paths: tuple[Path, Path], columns: Sequence[str], title: str
 ) -> tuple[Path, Path]:
     """Write both files in a fresh folder inside ``--out``, then rename each into place: a reader
     never sees half a file, and a link planted at either name is replaced, never followed."""
     import shutil
     import tempfile
+
+    from rexsearch.report.html import html_page
 
     csv_path, html_path = paths
     out = csv_path.parent
@@ -612,7 +614,10 @@ def _write(
         staging = Path(tempfile.mkdtemp(prefix=".rank-study-", dir=out))
         try:
             df.to_csv(staging / csv_path.name, index=False, columns=list(columns), float_format="%.6g")
-            fig.write_html(staging / html_path.name, include_plotlyjs=True, full_html=True)
+            figure = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+            note = f"Data: {csv_path.name} (one row per network) beside this page."
+            page = html_page(title, figure + f"<p class='muted'>{note}</p>")
+            (staging / html_path.name).write_text(page, encoding="utf-8")
             for path in paths:
                 (staging / path.name).replace(path)
         finally:
@@ -628,7 +633,8 @@ def write_rank_study(df: pd.DataFrame, out_dir: str | Path, force: bool = False)
     protocol = df.attrs.get("settings", {}).get("protocol", DEFAULT_PROTOCOL)
     check_out(out_dir, "blocks", protocol, force)
     paths = study_files(out_dir, "blocks", protocol)
-    return _write(df, rank_study_figure(df), paths, CSV_COLUMNS)
+    title = f"rexsearch rank study: random blocks ({protocol} protocol)"
+    return _write(df, rank_study_figure(df), paths, CSV_COLUMNS, title)
 
 
 def write_channel_study(df: pd.DataFrame, out_dir: str | Path, force: bool = False) -> tuple[Path, Path]:
@@ -637,4 +643,5 @@ def write_channel_study(df: pd.DataFrame, out_dir: str | Path, force: bool = Fal
     protocol = df.attrs.get("settings", {}).get("protocol", DEFAULT_PROTOCOL)
     check_out(out_dir, "channels", protocol, force)
     paths = study_files(out_dir, "channels", protocol)
-    return _write(df, channel_study_figure(df), paths, CHANNEL_COLUMNS)
+    title = f"rexsearch channel study: random networks ({protocol} protocol)"
+    return _write(df, channel_study_figure(df), paths, CHANNEL_COLUMNS, title)

@@ -1,9 +1,11 @@
-"""The run directory contract (design.md): run.json, the Optuna study, weights, outputs.
+"""The run directory contract (docs/architecture.md): run.json, the Optuna study, weights, outputs.
 
-``run.json`` (format ``rexsearch.run/1``) records the command, versions, seed, budget,
-space, objectives, fidelity, and where the study is stored. Everything that reads a run
-afterwards (report, export, dashboard, resume) opens it through :func:`load_run`, and every
-path inside a run directory comes from here.
+``run.json`` (format ``rexsearch.run/2``) records the command, versions, the space, the data
+set and, once, the settings the run was started with (``settings``: seed, budget, objectives,
+fidelity, storage, ...). Files of the earlier format ``rexsearch.run/1``, which also repeated
+part of the settings at the top level, are read through the same record (:func:`load_run`
+upgrades them in memory). Everything that reads a run afterwards (report, export, dashboard,
+resume) opens it through :func:`load_run`, and every path inside a run directory comes from here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Any
 from rexsearch.errors import UserError
 from rexsearch.files import loads_json, read_text_file, write_text_atomic
 
-RUN_FORMAT = "rexsearch.run/1"
+RUN_FORMAT = "rexsearch.run/2"
+#: The earlier format: the settings record plus top-level copies of the budget, seed, objectives,
+#: fidelity, storage, study name, sampler and trials (still read, never written).
+RUN_FORMAT_V1 = "rexsearch.run/1"
+#: The fidelity settings (run.json/1's ``fidelity``), in their order.
+FIDELITY_KEYS = ("epochs", "train_images", "batch_size", "val_images")
 RUN_JSON = "run.json"
 STUDY_DB = "study.db"
 WEIGHTS_DIR = "weights"
@@ -124,26 +131,44 @@ class RunInfo:
     data: dict[str, Any]
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The settings the run was started with (run.json's ``settings``, the one record of them)."""
+        return self.data["settings"]
+
+    @property
     def storage_url(self) -> str:
         """The study's storage; a relative SQLite path (the default) lies in the run directory."""
-        return resolve_storage(self.data["storage"], self.path)
+        return resolve_storage(self.settings.get("storage") or RUN_SQLITE, self.path)
 
     @property
     def study_name(self) -> str:
-        return self.data["study_name"]
+        return self.settings["study_name"]
 
     @property
     def objectives(self) -> list[str]:
-        return list(self.data["objectives"])
+        return list(self.settings["objectives"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings.get("seed") or 0)
+
+    @property
+    def sampler(self) -> str | None:
+        return self.settings.get("sampler")
+
+    @property
+    def fidelity(self) -> dict[str, Any]:
+        """Epochs, training and validation images and batch size, as the run was given them."""
+        return {k: self.settings[k] for k in FIDELITY_KEYS if k in self.settings}
 
     @property
     def flops_budget(self) -> int | None:
-        value = self.data["budget"].get("flops")
+        value = self.settings.get("flops_budget")
         return None if value is None else int(value)
 
     @property
     def latency_budget_ms(self) -> float | None:
-        value = self.data["budget"].get("latency_ms")
+        value = self.settings.get("latency_budget_ms")
         return None if value is None else float(value)
 
     @property
@@ -154,7 +179,7 @@ class RunInfo:
         from rexsearch.datasets import recorded_dataset
 
         record = recorded_dataset(self.data.get("data"))
-        if record is None and "accuracy" in self.data.get("objectives", ()):
+        if record is None and "accuracy" in self.objectives:
             return {"dataset": "cifar100", "title": "CIFAR-100"}
         return record
 
@@ -189,33 +214,32 @@ class RunInfo:
     @property
     def latency_environment(self) -> dict[str, Any] | None:
         """Where the run's latency table was measured (run.json), or None without a latency budget."""
-        table = self.data["budget"].get("latency_table")
+        table = self.data.get("latency_table")
         return table.get("environment") if isinstance(table, dict) else None
 
     def describe_budget(self) -> str:
         """The budget in words: ``300,000,000 MACs, 4,000,000 parameters, 12 ms latency``."""
-        b = self.data["budget"]
         parts = []
         if self.flops_budget is not None:
             parts.append(f"{self.flops_budget:,} MACs")
         if self.params_budget is not None:
             parts.append(f"{self.params_budget:,} parameters")
         if self.latency_budget_ms is not None:
-            margin = b.get("latency_margin") or 0.0
+            margin = self.settings.get("latency_margin") or 0.0
             solved = f" (solved {margin:.0%} under it)" if margin else ""
             parts.append(f"{self.latency_budget_ms:g} ms latency{solved}")
-        if b.get("channel_multiple"):
-            parts.append(f"widths multiples of {b['channel_multiple']}")
+        if self.settings.get("channel_multiple"):
+            parts.append(f"widths multiples of {self.settings['channel_multiple']}")
         return ", ".join(parts)
 
     @property
     def params_budget(self) -> int | None:
-        value = self.data["budget"].get("params")
+        value = self.settings.get("params_budget")
         return None if value is None else int(value)
 
     @property
     def resolution(self) -> int:
-        return int(self.data["budget"]["resolution"])
+        return int(self.settings["resolution"])
 
     @cached_property
     def budget(self):
@@ -223,21 +247,12 @@ class RunInfo:
         budget with the run's copy of its table)."""
         from rexsearch.space import Budget
 
-        b = self.data["budget"]
         table = None
         if self.latency_budget_ms is not None:
             from rexsearch.latency import load_table
 
             table = load_table(self.path / LATENCY_TABLE)
-        return Budget(
-            self.flops_budget,
-            self.params_budget,
-            self.resolution,
-            self.latency_budget_ms,
-            table,
-            float(b.get("latency_margin") or 0.0),
-            b.get("channel_multiple"),
-        )
+        return Budget.from_settings(self.settings, table)
 
     def weights_path(self, trial_number: int) -> Path:
         """Where a trial's proxy weights are kept (only with ``run --keep-weights``)."""
@@ -288,7 +303,11 @@ class RunInfo:
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
-    """Read RUN_DIR/run.json; a missing or malformed run is a UserError naming the path."""
+    """Read RUN_DIR/run.json; a missing or malformed run is a UserError naming the path.
+
+    A run.json of the earlier format (``rexsearch.run/1``) is checked as that format and then
+    read as the current one (:func:`upgrade_v1`); the file itself is left as it is.
+    """
     path = Path(run_dir)
     meta = path / RUN_JSON
     if not path.is_dir():
@@ -296,56 +315,127 @@ def load_run(run_dir: str | Path) -> RunInfo:
     if not meta.is_file():
         raise UserError(f"{path} is not a rexsearch run directory: {RUN_JSON} is missing")
     data = loads_json(read_text_file(meta, RUN_JSON, MAX_RUN_JSON_BYTES), str(meta))
-    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+    version = data.get("format") if isinstance(data, dict) else None
+    if version == RUN_FORMAT_V1:
+        _check_v1(meta, data)
+        data = upgrade_v1(data)
+    elif version != RUN_FORMAT:
         raise UserError(f"{meta} is not a {RUN_FORMAT} file")
-    _check_keys(meta, data)
+    _check_run(meta, data)
     return RunInfo(path.resolve(), data)
 
 
-def _check_keys(meta: Path, data: dict[str, Any]) -> None:
-    """The keys every reader relies on, with their types: one sentence naming the first bad one."""
+#: run.json/1's ``budget`` keys and the settings they copied.
+V1_BUDGET_KEYS = {
+    "flops": "flops_budget",
+    "params": "params_budget",
+    "resolution": "resolution",
+    "latency_ms": "latency_budget_ms",
+    "latency_margin": "latency_margin",
+    "channel_multiple": "channel_multiple",
+}
 
-    def bad(key: str, what: str) -> UserError:
-        return UserError(f"{meta} is damaged: {key!r} must be {what}; restore run.json from a backup")
 
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A run.json/1 record as the current format: one ``settings`` record.
+
+    The file's own ``settings`` win; a key it lacks (files written before settings were
+    recorded) is taken from the top-level copy, as those readers took it. The latency table's
+    record (``budget.latency_table``) moves to the top level.
+    """
+    data = dict(data)
+    settings = dict(data.get("settings") or {})
+    budget = data.pop("budget")
+    for old, new in V1_BUDGET_KEYS.items():
+        if old in budget:
+            settings.setdefault(new, budget[old])
+    if isinstance(budget.get("latency_table"), dict):
+        data.setdefault("latency_table", budget["latency_table"])
+    for key in ("seed", "objectives", "study_name", "sampler", "trials", "storage"):
+        if key in data:
+            settings.setdefault(key, data.pop(key))
+    for key, value in (data.pop("fidelity", None) or {}).items():
+        settings.setdefault(key, value)
+    data["settings"] = settings
+    data["format"] = RUN_FORMAT
+    if "space" not in settings:  # written before settings were recorded: not all a run was asked to do
+        data["settings_recorded"] = False
+    return data
+
+
+def _damaged(meta: Path, key: str, what: str) -> UserError:
+    return UserError(f"{meta} is damaged: {key!r} must be {what}; restore run.json from a backup")
+
+
+def _check_v1(meta: Path, data: dict[str, Any]) -> None:
+    """What run.json/1 must hold for :func:`upgrade_v1`: its top-level keys, named as that format
+    named them."""
     for key in ("storage", "study_name", "objectives", "budget"):
         if key not in data:
             raise UserError(f"{meta} lacks the key {key!r}")
     if not isinstance(data["storage"], str) or not data["storage"]:
-        raise bad("storage", "a storage URL")
-    if not isinstance(data["study_name"], str) or not data["study_name"]:
-        raise bad("study_name", "a study name")
-    objectives = data["objectives"]
-    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
-        raise bad("objectives", "a list of objective names")
+        raise _damaged(meta, "storage", "a storage URL")
     budget = data["budget"]
     if not isinstance(budget, dict):
-        raise bad("budget", "an object with flops, params and resolution")
+        raise _damaged(meta, "budget", "an object with flops, params and resolution")
     latency_only = budget.get("latency_ms") is not None  # a latency budget may stand alone
     for key, optional in (("flops", latency_only), ("params", True), ("resolution", False)):
         value = budget.get(key)
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad(f"budget.{key}", "a positive integer")
+        if not (value is None and optional) and not _positive_int(value):
+            raise _damaged(meta, f"budget.{key}", "a positive integer")
+    for key in ("settings", "fidelity"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise _damaged(meta, key, "an object")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_run(meta: Path, data: dict[str, Any]) -> None:
+    """The keys every reader relies on, with their types: one sentence naming the first bad one."""
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        raise (
+            UserError(f"{meta} lacks the key 'settings'")
+            if settings is None
+            else _damaged(meta, "settings", "an object")
+        )
+    name = "settings."
+    for key in ("study_name", "objectives"):
+        if key not in settings:
+            raise UserError(f"{meta} lacks the key {name + key!r}")
+    storage = settings.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage):
+        raise _damaged(meta, name + "storage", "a storage URL")
+    if not isinstance(settings["study_name"], str) or not settings["study_name"]:
+        raise _damaged(meta, name + "study_name", "a study name")
+    objectives = settings["objectives"]
+    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
+        raise _damaged(meta, name + "objectives", "a list of objective names")
+    latency_only = settings.get("latency_budget_ms") is not None  # a latency budget may stand alone
+    for key, optional in (("flops_budget", latency_only), ("params_budget", True), ("resolution", False)):
+        value = settings.get(key)
+        if not (value is None and optional) and not _positive_int(value):
+            raise _damaged(meta, name + key, "a positive integer")
+    for key in FIDELITY_KEYS:
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _damaged(meta, name + key, "a non-negative integer")
+    seed = settings.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise _damaged(meta, name + "seed", "an integer in [0, 2^32)")
     # the optional keys readers use: each of its kind when present
     optional = {
-        "settings": (dict, "an object"),
-        "fidelity": (dict, "an object"),
         "versions": (dict, "an object"),
         "data": (dict, "an object"),
         "space": (dict, "an object"),
+        "latency_table": (dict, "an object"),
         "command": (list, "a list of the command's words"),
     }
     for key, (kind, what) in optional.items():
         if data.get(key) is not None and not isinstance(data[key], kind):
-            raise bad(key, what)
-    for key, value in (data.get("fidelity") or {}).items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise bad(f"fidelity.{key}", "a non-negative integer")
-    seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
-        raise bad("seed", "an integer in [0, 2^32)")
+            raise _damaged(meta, key, what)
 
 
 def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:

@@ -292,7 +292,7 @@ def _config_and_source(
                 "training its config anyway",
                 file=sys.stderr,
             )
-        recorded = info.data.get("settings") or {}
+        recorded = info.settings
         data = {"dataset": (info.dataset or {}).get("dataset") or recorded.get("dataset") or DEFAULT_DATASET}
         data["data_dir"] = recorded.get("data_dir")
         return config, source, info.train_dir(number, args.seed), data

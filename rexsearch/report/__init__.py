@@ -9,20 +9,17 @@ matplotlib), ``html`` (the sections).
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
-from rexsearch import __version__
 from rexsearch.files import atomic_write, write_text_atomic
 from rexsearch.report.analysis import Groups, verdict, verdict_tone
 from rexsearch.report.figures import history_figure, pareto_png
 from rexsearch.report.html import (
-    CSS,
     calibration_section,
     confirmation_section,
     failures_section,
+    html_page,
     importance_section,
     para,
     pareto_section,
@@ -84,8 +81,6 @@ def prewarm() -> None:
 
 def make_report(run: str | Path | RunInfo | RunResults) -> ReportFiles:
     """Write trials.csv, report.html and pareto.png into the run directory."""
-    import plotly.offline
-
     results = run if isinstance(run, RunResults) else RunResults.load(run)
     info = results.run
     g = Groups.of(results)
@@ -109,14 +104,7 @@ def make_report(run: str | Path | RunInfo | RunResults) -> ReportFiles:
     nav = " ".join(f'<a href="#{sid}">{label}</a>' for sid, label in NAV)
     on = f" on {info.dataset_title}" if info.dataset_title else " (rank only)"
     title = f"rexsearch report: {info.path.name}{on}"
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{escape(title)}</title><style>{CSS}</style>"
-        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head><body>'
-        f"<h1>{escape(title)}</h1><nav>{nav}</nav>{''.join(sections)}"
-        f"<p class='muted'>Written by rexsearch {__version__} on "
-        f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p></body></html>\n"
-    )
+    page = html_page(title, f"<nav>{nav}</nav>{''.join(sections)}")
     html_path = write_text_atomic(info.file(REPORT_HTML), page)
     return ReportFiles(html_path, csv_path, png_path, line, len(results.table))
 

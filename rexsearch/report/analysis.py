@@ -176,7 +176,7 @@ def chance_level(g: Groups) -> str | None:
     # a confirmation (possibly at more epochs) is judged on its own trainings
     accuracies = confirmed.complete["accuracy"] if confirmed else g.complete["accuracy"]
     data = g.run.dataset or {}
-    fidelity = g.run.data.get("fidelity") or {}
+    fidelity = g.run.fidelity
     classes = int(data.get("classes") or 100)
     n = int((data.get("split") or {}).get("val_images") or fidelity.get("val_images") or 0)
     if classes < 2 or n < 1:

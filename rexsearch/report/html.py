@@ -65,6 +65,26 @@ nav a{margin-right:14px}
 """
 
 
+def html_page(title: str, body: str, footer: str = "") -> str:
+    """A self-contained page (the report, ``compare``, the rank studies): the house style, plotly.js
+    inlined once, ``title`` as the page's title and heading, then ``body``, then a line naming the
+    rexsearch version and the time it was written (and ``footer``)."""
+    import datetime as dt
+
+    import plotly
+
+    from rexsearch import __version__
+
+    written = f"Written by rexsearch {__version__} on {dt.datetime.now().isoformat(timespec='seconds')}"
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head><body>'
+        f"<h1>{html.escape(title)}</h1>{body}"
+        f"<p class='muted'>{written}{'; ' + footer if footer else ''}.</p></body></html>\n"
+    )
+
+
 def summary_section(g: Groups) -> str:
     info, frame = g.run, g.results.table
     d = info.data
@@ -73,7 +93,7 @@ def summary_section(g: Groups) -> str:
     if env:
         budget += f" (latency on {env.get('device')} {env.get('device_name')}, {env.get('runtime')} "
         budget += f"{env.get('runtime_version')}, {env.get('threads')} threads)"
-    fidelity = d.get("fidelity") or {}
+    fidelity = info.fidelity
     counts = frame["state"].value_counts()
     space = d.get("space")
     space_text = (space.get("name") or space.get("path")) if isinstance(space, dict) else str(space or "n/a")
@@ -89,8 +109,8 @@ def summary_section(g: Groups) -> str:
             ", ".join(f"{o} ({'max' if METRICS[o].maximize else 'min'}imised)" for o in info.objectives),
         ],
         ["search space", space_text],
-        ["sampler", str(d.get("sampler", "n/a"))],
-        ["seed", str(d.get("seed", "n/a"))],
+        ["sampler", str(info.sampler or "n/a")],
+        ["seed", str(info.settings.get("seed", "n/a"))],
         ["proxy fidelity", ", ".join(f"{k} {v}" for k, v in fidelity.items()) or "n/a"],
         ["trials", ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "none"],
         ["versions", ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items()) or "n/a"],
@@ -213,7 +233,7 @@ def calibration_section(g: Groups) -> str:
             "here. The table relates cost to rank instead; run with --objectives accuracy,rank to "
             "calibrate rank against accuracy."
         )
-    protocol = (g.run.data.get("settings") or {}).get("rank_protocol") or DEFAULT_RANK_PROTOCOL
+    protocol = g.run.settings.get("rank_protocol") or DEFAULT_RANK_PROTOCOL
     intro += (
         f" The rank objective was measured with the {protocol} protocol "
         f"({RANK_PROTOCOLS.get(protocol, 'unknown')}; see `rexsearch rank --help`)."

@@ -121,7 +121,7 @@ def plan(
             f"--top must be at least 1 and --seeds at least 2 (a spread needs two trainings), "
             f"got --top {top} --seeds {seeds}"
         )
-    run_epochs = int((results.run.data.get("fidelity") or {}).get("epochs") or 0)
+    run_epochs = int(results.run.fidelity.get("epochs") or 0)
     epochs = epochs or run_epochs
     if epochs < run_epochs:
         raise UserError(
@@ -129,7 +129,7 @@ def plan(
             "or a higher one"
         )
     chosen = targets(results, top, pick)
-    seed_list = confirm_seeds(int(results.run.data.get("seed") or 0), seeds)
+    seed_list = confirm_seeds(results.run.seed, seeds)
     study = confirm_study(results.run, create=False)
     wanted = [(t, s) for t in chosen for s in seed_list]
     todo = pending(study, wanted, epochs) if study is not None else wanted
@@ -207,7 +207,7 @@ def estimate_line(
 
     table = results.table
     seconds = table.loc[table["state"] == "COMPLETE", "train_seconds"].dropna()
-    search_epochs = int((results.run.data.get("fidelity") or {}).get("epochs") or 0)
+    search_epochs = int(results.run.fidelity.get("epochs") or 0)
     at_once = concurrent_trials(settings, resources)
     if seconds.empty or not search_epochs:
         return f"{len(confirm_plan.todo)} trainings to run, {at_once} at a time"

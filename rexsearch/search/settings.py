@@ -92,15 +92,7 @@ class SearchSettings:
             from rexsearch.latency import load_table
 
             table = load_table(path)
-        return Budget(
-            self.flops_budget,
-            self.params_budget,
-            self.resolution,
-            self.latency_budget_ms,
-            table,
-            self.latency_margin,
-            self.channel_multiple,
-        )
+        return Budget.from_settings(self.to_dict(), table)
 
     @property
     def needs_data(self) -> bool:
@@ -347,8 +339,6 @@ def _write_run(
     if budget.latency_table is not None:
         budget.latency_table.save(run_dir / LATENCY_TABLE)
         latency = {
-            "latency_ms": budget.latency_ms,
-            "latency_margin": budget.latency_margin,
             "latency_table": {
                 "path": str(Path(settings.latency_table or "").resolve()),
                 "copy": LATENCY_TABLE,
@@ -360,22 +350,9 @@ def _write_run(
         {
             "command": argv,
             "versions": _versions(),
-            "seed": settings.seed,
-            "budget": {
-                "flops": settings.flops_budget,
-                "params": settings.params_budget,
-                "resolution": settings.resolution,
-                "channel_multiple": settings.channel_multiple,
-                **latency,
-            },
             "space": {"name": space.name, "path": space.path, "definition": space.to_dict()},
-            "objectives": list(settings.objectives),
-            "fidelity": settings.fidelity(),
             **({"data": data} if settings.needs_data else {}),
-            "storage": stored_storage(settings.storage, run_dir),
-            "study_name": settings.study_name,
-            "sampler": settings.sampler,
-            "trials": settings.trials,
+            **latency,
             "settings": recorded,
         },
     )
@@ -383,10 +360,9 @@ def _write_run(
 
 def settings_from_run(run: RunInfo, **overrides: Any) -> SearchSettings:
     """The settings a run was started with (run.json), with ``overrides`` applied."""
-    data = run.data.get("settings")
-    if not isinstance(data, dict):
+    if run.data.get("settings_recorded") is False:
         raise UserError(f"{run.path / 'run.json'} has no 'settings' object; this run cannot be resumed")
-    data = dict(data)
+    data = dict(run.settings)
     fields = SearchSettings.__dataclass_fields__
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -8,6 +8,7 @@ is one such predictor (docs/architecture.md, "The budget core").
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,6 +93,24 @@ class Budget:
             raise UserError(f"the latency margin must be in [0, 1), got {self.latency_margin}")
         if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 128:
             raise UserError(f"the channel multiple must be in 1..128, got {self.channel_multiple}")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Mapping[str, Any], latency_table: LatencyPredictor | None = None
+    ) -> Budget:
+        """The budget named by a run's settings (``flops_budget``, ``params_budget``,
+        ``resolution``, ``latency_budget_ms``, ``latency_margin``, ``channel_multiple``: the
+        names of :class:`rexsearch.search.SearchSettings` and of run.json's ``settings``), with
+        the latency table that predicts it. The one place a run's Budget is built."""
+        return cls(
+            settings.get("flops_budget"),
+            settings.get("params_budget"),
+            int(settings.get("resolution") or 224),
+            settings.get("latency_budget_ms"),
+            latency_table,
+            float(settings.get("latency_margin") or 0.0),
+            settings.get("channel_multiple"),
+        )
 
     @property
     def lower(self) -> int:

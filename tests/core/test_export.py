@@ -79,7 +79,7 @@ def test_export_best_round_trip(run, tmp_path):
     assert config == ReXNetConfig.from_dict(trial.user_attrs["config"])
     assert config.num_classes == 1000
     loaded = load_model(out)
-    assert _same_outputs(loaded, _seeded(config, run.data["seed"]))
+    assert _same_outputs(loaded, _seeded(config, run.seed))
     with torch.no_grad():
         assert loaded(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     card = (out / "README.md").read_text()

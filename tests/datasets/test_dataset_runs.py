@@ -82,7 +82,7 @@ def test_old_run_json_without_a_data_set_is_cifar100(tmp_path):
 
     from rexsearch.results import RunResults
 
-    run = runfixture.make_run(tmp_path / "old")
+    run = runfixture.make_run(tmp_path / "old", layout="v1")
     assert "data" not in run.data and run.dataset == {"dataset": "cifar100", "title": "CIFAR-100"}
     assert run.dataset_title == "CIFAR-100" and run.stand_in_data is None
     assert set(RunResults.load(run).table["dataset"]) == {"cifar100"}
@@ -193,7 +193,7 @@ def _folder_run(tmp_path: Path) -> tuple[Path, Path]:
         val_images=None,
     )
     split = search_split(load_dataset("folder", root), None, None, 0)
-    _record(run.path, split.dataset, {**settings.to_dict(), "storage": run.data["storage"]})
+    _record(run.path, split.dataset, {**settings.to_dict(), "storage": run.settings["storage"]})
     return run.path, root
 
 

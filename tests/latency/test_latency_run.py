@@ -144,7 +144,7 @@ def test_run_with_a_measured_margin_times_candidates_then_records_the_margin(
     # run.json keeps the margin and the ratios it came from; a resumed run reads them back
     start_run(settings, argv)
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert recorded["budget"]["latency_margin"] == pytest.approx(0.2)
+    assert recorded["settings"]["latency_margin"] == pytest.approx(0.2)
     assert recorded["settings"]["latency_margin_ratios"] == pytest.approx([1.25] * 20)
     run = load_run(tmp_path / "run")
     assert run.budget.latency_margin == pytest.approx(0.2)
@@ -248,10 +248,12 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
     assert "latency" in out.split("Pareto front (", 1)[1].splitlines()[1]  # a column of the printed front
 
     info = load_run(run_dir)
-    meta = info.data["budget"]
-    assert meta["flops"] is None and meta["latency_ms"] == pytest.approx(budget_ms, rel=1e-4)
-    assert meta["latency_table"]["path"] == str(table_file.resolve())
-    assert meta["latency_table"]["environment"] == load_table(table_file).environment.to_dict()
+    settings, table = info.settings, info.data["latency_table"]
+    assert settings["flops_budget"] is None and settings["latency_budget_ms"] == pytest.approx(
+        budget_ms, rel=1e-4
+    )
+    assert table["path"] == str(table_file.resolve())
+    assert table["environment"] == load_table(table_file).environment.to_dict()
     assert (run_dir / LATENCY_TABLE).is_file()
     study = info.open_study()
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
@@ -262,7 +264,7 @@ def test_search_under_a_latency_budget_records_and_reports_latency(
         assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
         attrs = t.user_attrs
         # the budget as the run got it (the flag carries 4 decimals), less the 5% margin
-        assert attrs["latency_ms"] <= meta["latency_ms"] * (1 - meta["latency_margin"])
+        assert attrs["latency_ms"] <= settings["latency_budget_ms"] * (1 - settings["latency_margin"])
         assert attrs["latency_measured_ms"] > 0 and "measured on the worker" in attrs["latency_note"]
         assert t.values[1] == pytest.approx(attrs["latency_measured_ms"])  # the objective is the measurement
         over = attrs["latency_measured_ms"] - info.latency_budget_ms

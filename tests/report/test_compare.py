@@ -82,7 +82,7 @@ def test_one_run_is_not_a_comparison(runs):
 def test_fidelity_mismatch_is_found(runs, tmp_path):
     other = runfixture.make_run(tmp_path / "longer")
     meta = json.loads((other.path / "run.json").read_text())
-    meta["fidelity"]["epochs"] = 10
+    meta["settings"]["epochs"] = 10
     (other.path / "run.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="epochs"):
         compare_runs([runs[0].path, other.path])
@@ -119,7 +119,7 @@ def test_runs_with_a_latency_budget_only_compare(tmp_path, capsys):
         table.save(run.path / "latency-table.json")
         meta = run.path / "run.json"
         data = json.loads(meta.read_text())
-        data["budget"].update(flops=None, latency_ms=5.0)
+        data["settings"].update(flops_budget=None, latency_budget_ms=5.0)
         meta.write_text(json.dumps(data))
     out = tmp_path / "cmp"
     assert main(["compare", *(str(r.path) for r in made), "--out", str(out)]) == 0, capsys.readouterr().err

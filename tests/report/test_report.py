@@ -15,7 +15,7 @@ from support import runfixture
 from rexsearch.cli import main
 from rexsearch.report import make_report, write_report
 from rexsearch.results import RunResults
-from rexsearch.rundir import write_run_json
+from rexsearch.rundir import RUN_FORMAT_V1, write_run_json
 
 SECTIONS = {
     "summary": "Run",
@@ -162,9 +162,10 @@ def test_rank_only_run_uses_rank(tmp_path):
 
 def test_report_of_a_run_where_everything_failed(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    write_run_json(
+    write_run_json(  # an early run.json/1: no settings record, no versions, no space
         tmp_path,
         {
+            "format": RUN_FORMAT_V1,
             "command": ["rexsearch", "run"],
             "seed": 0,
             "budget": {"flops": 300_000_000, "params": None, "resolution": 224},

@@ -91,7 +91,9 @@ def test_search_stores_its_study_in_postgres(pg_run, postgres_url):
 
     run_dir, study_name = pg_run
     assert not (run_dir / "study.db").exists()
-    assert json.loads((run_dir / "run.json").read_text())["storage"] == strip_password(postgres_url)
+    assert json.loads((run_dir / "run.json").read_text())["settings"]["storage"] == strip_password(
+        postgres_url
+    )
     password = _password(postgres_url).encode()
     leaks = [str(p) for p in run_dir.rglob("*") if p.is_file() and password in p.read_bytes()]
     assert not leaks  # not in run.json, nor in Ray Tune's tuner.pkl and searcher-state-*.pkl
@@ -199,7 +201,7 @@ def test_commands_on_a_run_whose_server_is_gone_exit_2(pg_run, tmp_path, capsys)
     moved.mkdir()
     meta = json.loads((run_dir / "run.json").read_text())
     port = closed_port()
-    meta["storage"] = f"postgresql+psycopg2://rexsearch:{SECRET}@127.0.0.1:{port}/rexsearch"
+    meta["settings"]["storage"] = f"postgresql+psycopg2://rexsearch:{SECRET}@127.0.0.1:{port}/rexsearch"
     (moved / "run.json").write_text(json.dumps(meta))
     for argv in (
         ["report", str(moved)],

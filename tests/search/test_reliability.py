@@ -118,7 +118,7 @@ def test_a_copied_run_directory_reads_its_own_study(tmp_path, capsys):
 
 
 def test_old_runs_with_an_absolute_sqlite_path_still_load(tmp_path):
-    run = runfixture.make_run(tmp_path / "run")  # the fixture writes the old, absolute form
+    run = runfixture.make_run(tmp_path / "run", layout="v1")  # run.json/1, the old, absolute form
     assert json.loads((run.path / "run.json").read_text())["storage"].startswith("sqlite:////")
     assert len(load_run(run.path).open_study().trials) > 10
 
@@ -172,7 +172,7 @@ def test_run_json_cannot_point_into_another_runs_study(tmp_path, capsys, storage
     data = json.loads((run_dir / "run.json").read_text())
     if storage == "OTHER_ABSOLUTE":
         storage = f"sqlite:///{other.path.resolve() / 'study.db'}"
-    data["storage"] = storage
+    data["settings"]["storage"] = storage
     (run_dir / "run.json").write_text(json.dumps(data))
     trials = len(other.open_study().trials)
     for command in (["resume", str(run_dir), "--quiet"], ["report", str(run_dir)]):
@@ -267,10 +267,12 @@ def test_unreadable_run_json_and_configs_exit_2(tmp_path, capsys, content, messa
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.pop("study_name"), "lacks the key 'study_name'"),
-        (lambda d: d.update(objectives="rank"), "'objectives' must be a list"),
-        (lambda d: d["budget"].update(flops="300M"), "'budget.flops' must be a positive integer"),
-        (lambda d: d.update(storage=5), "'storage' must be a storage URL"),
+        (lambda d: d["settings"].pop("study_name"), "lacks the key 'settings.study_name'"),
+        (lambda d: d["settings"].update(objectives="rank"), "'settings.objectives' must be a list"),
+        (lambda d: d["settings"].update(flops_budget="300M"), "'settings.flops_budget' must be a positive"),
+        (lambda d: d["settings"].update(storage=5), "'settings.storage' must be a storage URL"),
+        (lambda d: d.pop("settings"), "lacks the key 'settings'"),
+        (lambda d: d.update(format="rexsearch.run/9"), "is not a rexsearch.run/2 file"),
     ],
 )
 def test_damaged_run_json_is_one_sentence(tmp_path, capsys, edit, message):
@@ -287,11 +289,15 @@ def test_damaged_run_json_is_one_sentence(tmp_path, capsys, edit, message):
 def test_resume_with_wrong_typed_settings_is_refused(tmp_path, capsys):
     run_dir = _make_resumable(tmp_path / "run")
     data = json.loads((run_dir / "run.json").read_text())
-    data["settings"]["seed"] = "zero"
     data["settings"]["colour"] = 1
     (run_dir / "run.json").write_text(json.dumps(data))
     assert main(["resume", str(run_dir)]) == 2
     assert "does not know (colour)" in capsys.readouterr().err
+    data["settings"].pop("colour")
+    data["settings"]["seed"] = "zero"  # refused when run.json is read, by every command
+    (run_dir / "run.json").write_text(json.dumps(data))
+    assert main(["resume", str(run_dir)]) == 2
+    assert "'settings.seed' must be an integer" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -436,7 +442,7 @@ def test_resume_continues_the_sampler_and_the_run_moves(tmp_path):
     assert search.execute(second).finished == 10  # the session that a resume after trial 5 runs
     distinct, searched = _distinct_searched(run_dir)
     assert searched == 8 and distinct == searched  # the second session proposed new configs
-    assert json.loads((run_dir / "run.json").read_text())["storage"] == RUN_SQLITE
+    assert json.loads((run_dir / "run.json").read_text())["settings"]["storage"] is None  # its own study.db
     moved = tmp_path / "moved"
     run_dir.rename(moved)  # a moved run reads its own study (report, export, resume)
     assert len(load_run(moved).open_study().trials) == 10
@@ -575,9 +581,10 @@ def test_every_command_that_runs_a_network_checks_its_memory_first(
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("fidelity", "x", "'fidelity' must be an object"),
-        ("fidelity", {"epochs": "x"}, "'fidelity.epochs' must be a non-negative integer"),
-        ("seed", "abc", "'seed' must be an integer in [0, 2^32)"),
+        ("settings", "x", "'settings' must be an object"),
+        ("epochs", "x", "'settings.epochs' must be a non-negative integer"),
+        ("seed", "abc", "'settings.seed' must be an integer in [0, 2^32)"),
+        ("latency_table", 5, "'latency_table' must be an object"),
         ("command", 5, "'command' must be a list"),
         ("versions", 5, "'versions' must be an object"),
         ("data", "x", "'data' must be an object"),
@@ -587,7 +594,7 @@ def test_wrong_typed_run_json_fields_are_one_sentence(tmp_path, capsys, key, val
     run = runfixture.make_run(tmp_path / "run")
     meta = run.path / "run.json"
     data = json.loads(meta.read_text())
-    data[key] = value
+    (data["settings"] if key in ("epochs", "seed") else data)[key] = value
     meta.write_text(json.dumps(data))
     for command in (["report", str(run.path)], ["export", str(run.path), "--out", str(tmp_path / "x")]):
         assert main(command) == 2

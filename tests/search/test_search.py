@@ -77,8 +77,10 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
     study = load_run(run_dir).open_study()
     assert study.metric_names == ["accuracy", "rank"]
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["budget"]["flops"] == 150_000_000 and meta["seed"] == 3
-    assert meta["fidelity"]["epochs"] == 1 and meta["objectives"] == ["accuracy", "rank"]
+    settings = meta["settings"]  # the one record of the settings (run.json/2)
+    assert settings["flops_budget"] == 150_000_000 and settings["seed"] == 3
+    assert settings["epochs"] == 1 and settings["objectives"] == ["accuracy", "rank"]
+    assert not {"budget", "seed", "fidelity", "objectives", "storage", "study_name"} & set(meta)
     assert (run_dir / "report.html").exists() and (run_dir / "trials.csv").exists()
     # the test archive is admitted by REXSEARCH_CIFAR100_MD5: the run says it is not CIFAR-100
     md5 = os.environ["REXSEARCH_CIFAR100_MD5"]

@@ -23,7 +23,7 @@ from rexsearch.cost import count_cost
 from rexsearch.model import build_model
 from rexsearch.principles import StagePlan, expand_layers_schedule, linear_schedule, stagewise_schedule
 from rexsearch.results import CONSTRAINTS_ATTR, candidate_record, constraint_values, result_record
-from rexsearch.rundir import RunInfo, load_run, write_run_json
+from rexsearch.rundir import RUN_FORMAT_V1, RunInfo, load_run, write_run_json
 from rexsearch.space import Budget
 
 BUDGET = 300_000_000
@@ -128,43 +128,60 @@ def make_run(
     seed: int = 0,
     params_budget: int | None = None,
     chance: float | None = None,
+    layout: str = "current",
 ) -> RunInfo:
     """Write a run directory at ``run_dir``; ``keep_weights`` lists trials whose proxy weights are kept.
 
     ``params_budget`` adds a parameter budget to the run (trials over it are infeasible).
     ``chance`` (e.g. 0.1): every proxy accuracy sits within a point of it, as in a run whose
-    proxies have not learned.
+    proxies have not learned. ``layout="v1"`` writes run.json in the earlier format
+    (``rexsearch.run/1``: the budget, seed, objectives, fidelity and storage at the top level,
+    no settings record), as runs written before the current format have it.
     """
     run_dir = Path(run_dir)
     budget = Budget(BUDGET, params_budget, RESOLUTION)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{run_dir / 'study.db'}"
     objectives = list(objectives)
-    write_run_json(
-        run_dir,
-        {
-            "command": [
-                "rexsearch",
-                "run",
-                "--flops-budget",
-                "300M",
-                "--trials",
-                "20",
-                "--run-dir",
-                str(run_dir),
-            ],
-            "versions": {"rexsearch": "0.1.0", "optuna": optuna.__version__, "torch": torch.__version__},
-            "seed": seed,
-            "budget": {"flops": BUDGET, "params": params_budget, "resolution": RESOLUTION},
-            "space": {"name": "rexnet", "path": "rexsearch/space/shipped/rexnet.yaml"},
+    command = ["rexsearch", "run", "--flops-budget", "300M", "--trials", "20", "--run-dir", str(run_dir)]
+    versions = {"rexsearch": "0.1.0", "optuna": optuna.__version__, "torch": torch.__version__}
+    space = {"name": "rexnet", "path": "rexsearch/space/shipped/rexnet.yaml"}
+    fidelity = {"epochs": EPOCHS, "train_images": 5000, "batch_size": 128, "val_images": 1000}
+    if layout == "v1":
+        write_run_json(
+            run_dir,
+            {
+                "format": RUN_FORMAT_V1,
+                "command": command,
+                "versions": versions,
+                "seed": seed,
+                "budget": {"flops": BUDGET, "params": params_budget, "resolution": RESOLUTION},
+                "space": space,
+                "objectives": objectives,
+                "fidelity": fidelity,
+                "storage": storage,
+                "study_name": "rexsearch",
+                "sampler": "tpe",
+                "trials": 20,
+            },
+        )
+    else:
+        settings = {
+            "flops_budget": BUDGET,
+            "params_budget": params_budget,
+            "resolution": RESOLUTION,
+            "space": "rexnet",
             "objectives": objectives,
-            "fidelity": {"epochs": EPOCHS, "train_images": 5000, "batch_size": 128, "val_images": 1000},
-            "storage": storage,
-            "study_name": "rexsearch",
             "sampler": "tpe",
             "trials": 20,
-        },
-    )
+            **fidelity,
+            "seed": seed,
+            "storage": storage,
+            "study_name": "rexsearch",
+        }
+        write_run_json(
+            run_dir, {"command": command, "versions": versions, "space": space, "settings": settings}
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name="rexsearch", storage=storage, directions=["maximize"] * len(objectives)
