@@ -1,0 +1,167 @@
+"""Does the search beat random sampling? Searches with ``--sampler tpe`` against ``--sampler random``.
+
+Run (resumable: a finished step is skipped, an interrupted search is resumed):
+
+    python benchmarks/bench_samplers.py --out samplers              # measure, then tabulate
+    python benchmarks/bench_samplers.py --out samplers --analyse    # tabulate what is there
+
+For each sampler and seed, one ``rexsearch run`` with the same data set, budget, space, fidelity
+and number of trials (the command of ``reports/fashion-mnist/`` by default) into
+``OUT/<sampler>-seed<S>``; then ``rexsearch confirm RUN --top 1 --seeds K`` (the search's best
+and the baselines with K fresh seeds); then, with ``--long-epochs``, ``rexsearch train RUN
+--trial N`` of each search's best on the whole training set (top-1 on the test set). Each step
+runs the CLI as a user would, in a child process, one at a time.
+
+Writes ``OUT/samplers.csv`` (one row per search: its best trial, the best's proxy accuracy in
+the search, its confirmed mean and std, its long-training accuracy, the rexnet-linear
+baseline's confirmed mean) and prints the table with each sampler's mean over seeds and the
+Welch interval of the difference of means (TPE minus random) of the confirmed accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rexsearch.results import RunResults
+from rexsearch.rundir import RUN_JSON
+from rexsearch.stats import difference, mean, sample_std
+
+CLI = [sys.executable, "-m", "rexsearch.cli"]
+
+
+def cli(*args: str) -> None:
+    print("+ rexsearch " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run([*CLI, *args], check=True)
+
+
+def search(args: argparse.Namespace, sampler: str, seed: int) -> Path:
+    run_dir = args.out / f"{sampler}-seed{seed}"
+    if not (run_dir / RUN_JSON).exists():
+        cli(
+            "run",
+            *("--dataset", args.dataset, "--flops-budget", args.flops_budget, "--space", args.space),
+            *("--trials", str(args.trials), "--epochs", str(args.epochs)),
+            *("--train-images", str(args.train_images), "--val-images", str(args.val_images)),
+            *("--seed", str(seed), "--sampler", sampler, "--run-dir", str(run_dir), "--quiet"),
+        )
+    elif finished(run_dir) < args.trials:
+        cli("resume", str(run_dir), "--quiet")
+    results = RunResults.load(run_dir)
+    if len(results.confirmation.values(best_label(results))) < args.confirm_seeds:
+        cli("confirm", str(run_dir), "--top", "1", "--seeds", str(args.confirm_seeds), "--quiet")
+    return run_dir
+
+
+def best_label(results: RunResults) -> str:
+    """The confirmation's label of the search's best: ``trial-N``, or a baseline's name."""
+    number = results.best()[0].number
+    table = results.table
+    baseline = str(table.loc[table["number"] == number, "baseline"].iloc[0])
+    return baseline or f"trial-{number}"
+
+
+def finished(run_dir: Path) -> int:
+    table = RunResults.load(run_dir).table
+    return int((table["baseline"] == "").sum() - (table["state"] == "RUNNING").sum())
+
+
+def long_training(args: argparse.Namespace, run_dir: Path, trial: int) -> float | None:
+    if not args.long_epochs:
+        return None
+    out = run_dir / "train" / f"long-trial-{trial}"
+    metrics = out / "metrics.json"
+    if not (metrics.exists() and json.loads(metrics.read_text()).get("finished")):
+        cli(
+            "train",
+            *(str(run_dir), "--trial", str(trial), "--epochs", str(args.long_epochs)),
+            *("--warmup-epochs", str(args.long_warmup), "--seed", "1", "--out", str(out), "--quiet"),
+        )
+    return float(json.loads(metrics.read_text())["final_test_top1"])
+
+
+def row(args: argparse.Namespace, sampler: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    results = RunResults.load(run_dir)
+    number = results.best()[0].number
+    table = results.table
+    best = table[table["number"] == number].iloc[0]
+    confirmed = results.confirmation
+    mine = confirmed.values(best_label(results))
+    linear = confirmed.values("rexnet-linear")
+    return {
+        "sampler": sampler,
+        "seed": seed,
+        "best_trial": number,
+        "best_label": best_label(results),
+        "best_macs": int(best["macs"]),
+        "best_params": int(best["params"]),
+        "search_accuracy": float(best["value_accuracy"]),
+        "confirmed_mean": mean(mine),
+        "confirmed_std": sample_std(mine),
+        "confirmed_seeds": len(mine),
+        "rexnet_linear_mean": mean(linear),
+        "long_accuracy": long_training(args, run_dir, number),
+        "run_dir": str(run_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("samplers"))
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--flops-budget", default="100M")
+    parser.add_argument("--space", default="rexnet")
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--val-images", type=int, default=2000)
+    parser.add_argument("--confirm-seeds", type=int, default=3)
+    parser.add_argument("--long-epochs", type=int, default=0, help="0: no long training")
+    parser.add_argument("--long-warmup", type=float, default=0.2)
+    parser.add_argument("--analyse", action="store_true", help="only tabulate the searches already done")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for seed in args.seeds:  # seed-major: an interrupted study has both samplers at the first seeds
+        for sampler in args.samplers:
+            run_dir = args.out / f"{sampler}-seed{seed}"
+            if not args.analyse:
+                search(args, sampler, seed)
+            if (run_dir / RUN_JSON).exists():
+                rows.append(row(args, sampler, seed, run_dir))
+    if not rows:
+        raise SystemExit(f"no search in {args.out} yet")
+    with (args.out / "samplers.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for r in rows:
+        print(
+            f"{r['sampler']:<7} seed {r['seed']}: {r['best_label']}, search {100 * r['search_accuracy']:.2f}%"
+            f", confirmed {100 * r['confirmed_mean']:.2f}% ± {100 * r['confirmed_std']:.2f} "
+            f"({r['confirmed_seeds']} seeds), rexnet-linear {100 * r['rexnet_linear_mean']:.2f}%"
+            + (f", long {100 * r['long_accuracy']:.2f}%" if r["long_accuracy"] is not None else "")
+        )
+    by = {s: [r["confirmed_mean"] for r in rows if r["sampler"] == s] for s in args.samplers}
+    for s, values in by.items():
+        print(f"{s}: confirmed best {100 * mean(values):.2f}% mean over {len(values)} searches")
+    if len(args.samplers) == 2 and all(len(v) >= 2 for v in by.values()):
+        d = difference(*by.values())
+        print(
+            f"{args.samplers[0]} - {args.samplers[1]}: {100 * d.diff:+.2f} points, 95% Welch "
+            f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]: {d.verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()
