@@ -44,7 +44,7 @@ from rexsearch.datasets.splits import evaluation_split, search_split
 from rexsearch.proxy import proxy_config
 from rexsearch.rank import measure_rank
 from rexsearch.space import Budget, InfeasibleError, RandomTrial, baseline_configs, load_space
-from rexsearch.stats import kendall_tau, mean, rank_agreement
+from rexsearch.stats import agreement_difference, kendall_tau, mean, rank_agreement
 from rexsearch.train import Trainer, TrainSettings
 
 TRAININGS = "trainings.csv"
@@ -214,6 +214,21 @@ def agreement(rows: list[dict], proxy_seeds: list[int], resamples: int) -> list[
             out[-1]["tau_each_seed"] = taus
         else:
             add(key, label, [float(r[key]) for r in done], target, "long")
+    columns = {
+        "rank": "rank",
+        "nuclear_norm": "nuclear_norm",
+        "proxy_one_seed": f"proxy_seed{proxy_seeds[0]}",
+    }
+    for key, column in columns.items():  # does a signal beat plain cost? paired, same networks
+        for cost in ("params", "macs"):
+            d = agreement_difference(
+                [float(r[column]) for r in done], [float(r[cost]) for r in done], target, resamples
+            )
+            out.append(
+                {"predictor": f"{key}-minus-{cost}", "label": f"{PREDICTORS[key]} minus {PREDICTORS[cost]}"}
+                | {"against": "long (paired difference of tau)", "networks": d.n, "tau": d.tau}
+                | {"low": d.low, "high": d.high}
+            )
     if len(proxy_seeds) >= 2:
         a, b = proxy_seeds[:2]
         add(

@@ -210,3 +210,28 @@ def rank_agreement(
         return RankAgreement(tau, math.nan, math.nan, len(xs))
     tail = (1.0 - level) / 2
     return RankAgreement(tau, quantile(draws, tail), quantile(draws, 1.0 - tail), len(xs))
+
+
+def agreement_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    y: Sequence[float],
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = CONFIDENCE,
+) -> RankAgreement:
+    """``tau(a, y) - tau(b, y)``, two predictors of the same target, with a paired percentile
+    bootstrap interval (the same resampled items for both, so their shared noise cancels)."""
+    xa, xb, ys = (np.asarray(v, dtype=float) for v in (a, b, y))
+    diff = kendall_tau(xa, ys) - kendall_tau(xb, ys)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples if len(ys) > 2 else 0):
+        idx = rng.integers(0, len(ys), len(ys))
+        d = kendall_tau(xa[idx], ys[idx]) - kendall_tau(xb[idx], ys[idx])
+        if not math.isnan(d):
+            draws.append(d)
+    if not draws:
+        return RankAgreement(diff, math.nan, math.nan, len(ys))
+    tail = (1.0 - level) / 2
+    return RankAgreement(diff, quantile(draws, tail), quantile(draws, 1.0 - tail), len(ys))

@@ -109,3 +109,15 @@ def test_kendall_tau_and_its_bootstrap_interval():
     assert rank_agreement(x, x, resamples=200, seed=1) == rank_agreement(x, x, resamples=200, seed=1)
     with pytest.raises(ValueError, match="differ in length"):
         kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_paired_difference_of_two_predictors():
+    from rexsearch.stats import agreement_difference
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=40)
+    good, noise = y + 0.3 * rng.normal(size=40), rng.normal(size=40)
+    d = agreement_difference(good, noise, y, resamples=500)
+    assert d.tau > 0.4 and d.low > 0  # the good predictor beats noise beyond the interval
+    same = agreement_difference(good, good, y, resamples=100)
+    assert (same.tau, same.low, same.high) == (0.0, 0.0, 0.0)  # paired: identical predictors tie exactly
