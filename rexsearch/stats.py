@@ -10,7 +10,7 @@ A share (k of n) gets the exact Clopper-Pearson interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,6 +185,26 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
+def bootstrap_statistic(
+    statistic: Callable[..., float], columns: Sequence[np.ndarray], resamples: int, seed: int, level: float
+) -> RankAgreement:
+    """``statistic(*columns)`` and its percentile bootstrap interval over the items (rows)
+    shared by ``columns``; resamples where it is undefined (NaN) are skipped."""
+    n = len(columns[0])
+    value = statistic(*columns)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples if n > 2 else 0):
+        idx = rng.integers(0, n, n)
+        d = statistic(*(c[idx] for c in columns))
+        if not math.isnan(d):
+            draws.append(d)
+    if not draws:
+        return RankAgreement(value, math.nan, math.nan, n)
+    tail = (1.0 - level) / 2
+    return RankAgreement(value, quantile(draws, tail), quantile(draws, 1.0 - tail), n)
+
+
 def rank_agreement(
     x: Sequence[float],
     y: Sequence[float],
@@ -197,19 +217,8 @@ def rank_agreement(
     The items (pairs) are resampled with replacement ``resamples`` times from a seeded
     generator; resamples where tau is undefined (one side constant) are skipped.
     """
-    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    tau = kendall_tau(xs, ys)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples if len(xs) > 2 else 0):
-        idx = rng.integers(0, len(xs), len(xs))
-        t = kendall_tau(xs[idx], ys[idx])
-        if not math.isnan(t):
-            draws.append(t)
-    if not draws:
-        return RankAgreement(tau, math.nan, math.nan, len(xs))
-    tail = (1.0 - level) / 2
-    return RankAgreement(tau, quantile(draws, tail), quantile(draws, 1.0 - tail), len(xs))
+    columns = [np.asarray(x, dtype=float), np.asarray(y, dtype=float)]
+    return bootstrap_statistic(kendall_tau, columns, resamples, seed, level)
 
 
 def agreement_difference(
@@ -222,16 +231,9 @@ def agreement_difference(
 ) -> RankAgreement:
     """``tau(a, y) - tau(b, y)``, two predictors of the same target, with a paired percentile
     bootstrap interval (the same resampled items for both, so their shared noise cancels)."""
-    xa, xb, ys = (np.asarray(v, dtype=float) for v in (a, b, y))
-    diff = kendall_tau(xa, ys) - kendall_tau(xb, ys)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples if len(ys) > 2 else 0):
-        idx = rng.integers(0, len(ys), len(ys))
-        d = kendall_tau(xa[idx], ys[idx]) - kendall_tau(xb[idx], ys[idx])
-        if not math.isnan(d):
-            draws.append(d)
-    if not draws:
-        return RankAgreement(diff, math.nan, math.nan, len(ys))
-    tail = (1.0 - level) / 2
-    return RankAgreement(diff, quantile(draws, tail), quantile(draws, 1.0 - tail), len(ys))
+    columns = [np.asarray(v, dtype=float) for v in (a, b, y)]
+
+    def diff(xa: np.ndarray, xb: np.ndarray, ys: np.ndarray) -> float:
+        return kendall_tau(xa, ys) - kendall_tau(xb, ys)
+
+    return bootstrap_statistic(diff, columns, resamples, seed, level)
