@@ -358,8 +358,6 @@ def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
         settings.setdefault(key, value)
     data["settings"] = settings
     data["format"] = RUN_FORMAT
-    if "space" not in settings:  # written before settings were recorded: not all a run was asked to do
-        data["settings_recorded"] = False
     return data
 
 

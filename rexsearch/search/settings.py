@@ -228,15 +228,6 @@ class SearchSettings:
         """Where Ray Tune keeps the experiment: ``--storage-path`` or RUN_DIR/ray (one node only)."""
         return self.storage_path or str(Path(self.run_dir).resolve() / RAY_DIR)
 
-    def fidelity(self) -> dict[str, Any]:
-        """Epochs, training and validation images, batch size, as given (run.json's ``fidelity``)."""
-        return {
-            "epochs": self.epochs,
-            "train_images": self.train_images,
-            "batch_size": self.batch_size,
-            "val_images": self.val_images,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["objectives"] = list(self.objectives)
@@ -360,7 +351,7 @@ def _write_run(
 
 def settings_from_run(run: RunInfo, **overrides: Any) -> SearchSettings:
     """The settings a run was started with (run.json), with ``overrides`` applied."""
-    if run.data.get("settings_recorded") is False:
+    if "space" not in run.settings:  # a run.json/1 written before settings were recorded
         raise UserError(f"{run.path / 'run.json'} has no 'settings' object; this run cannot be resumed")
     data = dict(run.settings)
     fields = SearchSettings.__dataclass_fields__
