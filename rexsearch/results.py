@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from rexsearch.space import Budget
 
 OBJECTIVES = ("accuracy", "rank", "latency")
+#: What ``rexsearch run`` optimises unless told: proxy accuracy alone. Rank is still measured and
+#: recorded for every trial, but on real images it did not rank networks better than params or
+#: MACs beyond noise (reports/fidelity/README.md), so it is no longer a default objective.
+DEFAULT_OBJECTIVES = ("accuracy",)
 PICKS = ("accuracy", "rank", "latency", "balanced")
 #: How the ``rank`` objective is measured (:func:`rexsearch.rank.measure_rank`'s ``protocol``).
 RANK_PROTOCOLS: dict[str, str] = {
@@ -649,6 +653,7 @@ class RunResults:
 
 __all__ = [
     "BEST_DEFINITION",
+    "DEFAULT_OBJECTIVES",
     "METRICS",
     "OBJECTIVES",
     "PICKS",

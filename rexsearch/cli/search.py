@@ -30,7 +30,7 @@ from rexsearch.cli.status import StatusLine, duration_text
 from rexsearch.cost import format_count
 from rexsearch.datasets import DEFAULT_DATASET
 from rexsearch.errors import UserError
-from rexsearch.results import DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
+from rexsearch.results import DEFAULT_OBJECTIVES, DEFAULT_RANK_PROTOCOL, RANK_PROTOCOLS
 from rexsearch.space import Budget, load_space, shipped_space_names
 
 #: The largest batch the CPU speed probe trains (its images/s barely change above it), and its
@@ -71,16 +71,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search channel configurations inside a MACs budget (conv+linear multiply-"
         "accumulates at --resolution, batch 1) and/or a latency budget predicted by a latency table "
         "of this machine. Trials train proxies on a data set (--dataset, CIFAR-100 by default) on Ray "
-        "Tune; Optuna maximises proxy accuracy and feature rank (and may minimise latency). Writes a run "
-        "directory (run.json, study.db, ray/, trials.csv, report.html).",
+        "Tune; Optuna maximises proxy accuracy (and, if asked, feature rank; it may minimise latency). "
+        "Writes a run directory (run.json, study.db, ray/, trials.csv, report.html).",
     )
     add_budget_flags(p)
     p.add_argument("--space", default="rexnet", help=f"space name ({shipped}) or YAML file (default rexnet)")
     p.add_argument(
         "--objectives",
-        default="accuracy,rank",
+        default=",".join(DEFAULT_OBJECTIVES),
         help="comma-separated: accuracy, rank, latency (minimised; needs --latency-budget) "
-        "(default accuracy,rank; without accuracy no data is needed)",
+        "(default accuracy: rank is recorded for every trial but did not rank networks better than "
+        "params on real images; without accuracy no data is needed)",
     )
     p.add_argument("--sampler", default="tpe", help="tpe, nsga2, gp or random (default tpe)")
     p.add_argument("--trials", type=positive_int, default=64, help="trials to finish (default 64)")

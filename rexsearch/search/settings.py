@@ -13,7 +13,7 @@ from rexsearch import __version__
 from rexsearch.confirmation import CONFIRM_SUFFIX
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
-from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
+from rexsearch.results import DEFAULT_OBJECTIVES, DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
 from rexsearch.rundir import (
     LATENCY_TABLE,
     LOCK_FILE,
@@ -43,7 +43,7 @@ class SearchSettings:
     params_budget: int | None = None
     resolution: int = 224
     space: str = "rexnet"
-    objectives: tuple[str, ...] = OBJECTIVES
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     sampler: str = "tpe"
     trials: int = 64
     epochs: int = 30

@@ -17,7 +17,7 @@ from typing import Any
 
 from rexsearch.config import ReXNetConfig
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
-from rexsearch.results import DEFAULT_RANK_PROTOCOL, OBJECTIVES
+from rexsearch.results import DEFAULT_OBJECTIVES, DEFAULT_RANK_PROTOCOL
 from rexsearch.rundir import weights_path
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class TrialJob:
     """The settings every trial of a session runs with."""
 
-    objectives: tuple[str, ...] = OBJECTIVES
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     resolution: int = 224
     seed: int = 0
     threads: int = 1

@@ -54,6 +54,8 @@ def test_run_end_to_end_over_loopback(tmp_path, cifar_server, monkeypatch):
             "1",
             "--seed",
             "3",
+            "--objectives",
+            "accuracy,rank",
             "--quiet",
         ]
     )
@@ -104,16 +106,20 @@ def test_run_on_fashion_mnist_trains_ten_class_proxies(tmp_path, monkeypatch, ca
     monkeypatch.setenv("REXSEARCH_FASHION_MNIST_MD5", fashion_env(write_fashion(tmp_path / "fm")))
     run_dir = tmp_path / "run"
     args = ["run", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--flops-budget", "100M"]
-    args += ["--objectives", "accuracy", "--trials", "2", "--epochs", "1", "--train-images", "100"]
+    args += ["--trials", "2", "--epochs", "1", "--train-images", "100"]  # the default objectives
     args += ["--val-images", "50", "--batch-size", "25", "--cpus-per-trial", "1", "--run-dir", str(run_dir)]
     assert main([*args, "--quiet"]) == 0
     assert "Pareto front on Fashion-MNIST" in capsys.readouterr().out
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["data"]["dataset"] == "fashion-mnist" and meta["data"]["classes"] == 10
     assert meta["data"]["split"]["train_images"] == 100 and meta["data"]["image_shape"] == [1, 32, 32]
+    # accuracy alone is the default objective; rank is still measured and recorded per trial
+    assert meta["settings"]["objectives"] == ["accuracy"]
+    assert load_run(run_dir).open_study().metric_names == ["accuracy"]
     for t in _trials(run_dir):
         assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
         assert t.user_attrs["proxy_config"]["num_classes"] == 10
+        assert len(t.values) == 1 and 0 < t.user_attrs["rank"] <= 1
     import pandas as pd
 
     assert set(pd.read_csv(run_dir / "trials.csv")["dataset"]) == {"fashion-mnist"}
