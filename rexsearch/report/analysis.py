@@ -255,8 +255,16 @@ def single_training_verdict(g: Groups) -> str:
     return "; ".join(parts) + f" at the budget ({budget})."
 
 
+#: Bootstrap resamples behind the report's intervals on Kendall's tau (about a second per predictor).
+CALIBRATION_RESAMPLES = 1000
+
+
 def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> list[dict[str, Any]]:
+    """Per predictor: Kendall's tau (with p and a 95% bootstrap interval over trials, ``tau_low``
+    and ``tau_high``) and Spearman's rho (with p) against ``target``, over the rows with both."""
     from scipy import stats
+
+    from rexsearch.stats import rank_agreement
 
     out = []
     for name in predictors:
@@ -267,9 +275,32 @@ def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> li
                 warnings.simplefilter("ignore")
                 tau = stats.kendalltau(pair[name], pair[target])
                 rho = stats.spearmanr(pair[name], pair[target])
+                interval = rank_agreement(pair[name], pair[target], resamples=CALIBRATION_RESAMPLES)
             row.update(tau=float(tau.statistic), tau_p=float(tau.pvalue))
+            row.update(tau_low=interval.low, tau_high=interval.high)
             row.update(rho=float(rho.statistic), rho_p=float(rho.pvalue))
         out.append(row)
+    return out
+
+
+def tau_differences(df: pd.DataFrame, target: str, predictor: str, others: Sequence[str]) -> dict[str, Any]:
+    """``tau(predictor, target) - tau(other, target)`` for each other, with a paired 95% bootstrap
+    interval over the rows that have all of them (:func:`rexsearch.stats.agreement_difference`);
+    only the others that vary there."""
+    from rexsearch.stats import agreement_difference
+
+    rows = df[[predictor, *others, target]].dropna()
+    out: dict[str, Any] = {}
+    if len(rows) < 3 or rows[predictor].nunique() < 2 or rows[target].nunique() < 2:
+        return out
+    for other in others:
+        if rows[other].nunique() < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[other] = agreement_difference(
+                rows[predictor], rows[other], rows[target], resamples=CALIBRATION_RESAMPLES
+            )
     return out
 
 

@@ -11,7 +11,16 @@ import pandas as pd
 
 from rexsearch.cost import macs_convention
 from rexsearch.datasets import describe as describe_dataset
-from rexsearch.report.analysis import Groups, correlations, fmt_macs, fmt_metric, importances, profile_configs
+from rexsearch.report.analysis import (
+    Groups,
+    correlations,
+    fmt_macs,
+    fmt_metric,
+    importances,
+    profile_configs,
+    tau_differences,
+)
+from rexsearch.report.evidence import fidelity_evidence
 from rexsearch.report.figures import (
     confirmation_figure,
     importance_figure,
@@ -221,17 +230,17 @@ def calibration_section(g: Groups) -> str:
     if g.metric == "accuracy":
         target, predictors = "accuracy", ["rank", "nuclear_norm", "macs", "params"]
         intro = (
-            "Does the rank proxy predict proxy accuracy better than plain cost does? Kendall's tau and "
-            "Spearman's rho (scipy.stats) between each predictor and accuracy over all complete trials "
-            "(baselines and infeasible trials included). If rank is no better than MACs or params, its "
-            "measurement cost buys nothing."
+            "Does the rank proxy predict proxy accuracy better than plain cost does? Kendall's tau (with "
+            "a 95% bootstrap interval over trials) and Spearman's rho (scipy.stats) between each "
+            "predictor and accuracy over all complete trials (baselines and infeasible trials "
+            "included). If rank is no better than MACs or params, its measurement cost buys nothing."
         )
     else:
         target, predictors = "rank", ["nuclear_norm", "macs", "params"]
         intro = (
             "This run is rank-only: no accuracy was measured, so the rank proxy cannot be calibrated "
-            "here. The table relates cost to rank instead; run with --objectives accuracy,rank to "
-            "calibrate rank against accuracy."
+            "here. The table relates cost to rank instead; run with --objectives accuracy (rank is "
+            "recorded for every trial) to calibrate rank against accuracy."
         )
     protocol = g.run.settings.get("rank_protocol") or DEFAULT_RANK_PROTOCOL
     intro += (
@@ -244,6 +253,7 @@ def calibration_section(g: Groups) -> str:
             c["predictor"],
             str(c["n"]),
             fnum(c.get("tau")),
+            f"[{fnum(c.get('tau_low'))}, {fnum(c.get('tau_high'))}]" if "tau" in c else "n/a",
             fpval(c.get("tau_p")),
             fnum(c.get("rho")),
             fpval(c.get("rho_p")),
@@ -252,24 +262,40 @@ def calibration_section(g: Groups) -> str:
     ]
     parts = [
         para(intro),
-        table(["predictor", "trials", "Kendall tau", "p", "Spearman rho", "p"], rows),
+        table(["predictor", "trials", "Kendall tau", "95% interval", "p", "Spearman rho", "p"], rows),
     ]
     if g.metric == "accuracy":
-        by = {c["predictor"]: c.get("tau") for c in corr}
-        if by.get("rank") is not None and not math.isnan(by["rank"]):
-            costs = [
-                abs(by[k]) for k in ("macs", "params") if by.get(k) is not None and not math.isnan(by[k])
-            ]
-            better = not costs or abs(by["rank"]) > max(costs)
-            parts.append(
-                para(
-                    f"Rank {'predicts' if better else 'does not predict'} accuracy better than MACs and "
-                    f"params here (|tau| {abs(by['rank']):.3f} vs "
-                    f"{max(costs) if costs else float('nan'):.3f}).",
-                    "note",
-                )
-            )
+        verdict = rank_verdict(tau_differences(g.complete, "rank", "accuracy", ["macs", "params"]))
+        if verdict:
+            parts.append(para(verdict, "note"))
+    parts.append(para(fidelity_evidence(g.run.dataset["dataset"] if g.run.dataset else None), "note"))
     return section("calibration", "Rank proxy calibration", *parts)
+
+
+def rank_verdict(diffs: dict[str, Any]) -> str:
+    """A sentence on whether rank ordered this run's trials by accuracy better than each cost
+    beyond noise (the paired interval of the tau difference above zero), or "" with nothing
+    to compare."""
+    if not diffs:
+        return ""
+    names = {name: METRICS[name].label if name in METRICS else name for name in diffs}
+    shown = "; ".join(
+        f"rank minus {names[n]}: {d.tau:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" for n, d in diffs.items()
+    )
+    groups = {
+        "better than": [names[n] for n, d in diffs.items() if d.low > 0],
+        "not better than": [names[n] for n, d in diffs.items() if d.low <= 0 <= d.high],
+        "worse than": [names[n] for n, d in diffs.items() if d.high < 0],
+    }
+    said = [
+        f"{word} {(' or ' if word.startswith('not') else ' and ').join(found)} beyond noise"
+        for word, found in groups.items()
+        if found
+    ]
+    return (
+        f"In this run, at ordering the trials by proxy accuracy, rank is {' and '.join(said)} "
+        f"(differences of Kendall tau with paired 95% bootstrap intervals: {shown})."
+    )
 
 
 def importance_section(g: Groups) -> str:

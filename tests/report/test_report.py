@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from html import escape as html_escape
 
 import optuna
 import pandas as pd
@@ -14,8 +15,11 @@ from support import runfixture
 
 from rexsearch.cli import main
 from rexsearch.report import make_report, write_report
+from rexsearch.report.analysis import CALIBRATION_RESAMPLES, tau_differences
+from rexsearch.report.html import rank_verdict
 from rexsearch.results import RunResults
 from rexsearch.rundir import RUN_FORMAT_V1, write_run_json
+from rexsearch.stats import rank_agreement
 
 SECTIONS = {
     "summary": "Run",
@@ -131,6 +135,14 @@ def test_report_numbers(run, report):
     assert f"<td>{tau:.3f}</td>" in html
     assert f"<td>{rho:.3f}</td>" in html
     assert "RuntimeError: fvcore counted 1 MACs more than the analytic model" in html
+    # the calibration: tau's bootstrap interval, a paired verdict on rank against cost, and the
+    # fidelity study's evidence labelled with its data set (the fake run is on CIFAR-100)
+    tau_rank = rank_agreement(everything["rank"], everything["accuracy"], resamples=CALIBRATION_RESAMPLES)
+    assert f"<td>[{tau_rank.low:.3f}, {tau_rank.high:.3f}]</td>" in html
+    diffs = tau_differences(everything, "rank", "accuracy", ["macs", "params"])
+    assert set(diffs) == {"macs", "params"}
+    assert html_escape(rank_verdict(diffs)) in html
+    assert "Evidence from real images (Fashion-MNIST, not this run&#x27;s data set;" in html
     assert "off the right edge" in html  # the infeasible outlier does not squash the MACs axis
 
 
