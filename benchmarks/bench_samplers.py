@@ -5,8 +5,9 @@ Run (resumable: a finished step is skipped, an interrupted search is resumed):
     python benchmarks/bench_samplers.py --out samplers              # measure, then tabulate
     python benchmarks/bench_samplers.py --out samplers --analyse    # tabulate what is there
 
-For each sampler and seed, one ``rexsearch run`` with the same data set, budget, space, fidelity
-and number of trials (the command of ``reports/fashion-mnist/`` by default) into
+For each sampler and seed, one ``rexsearch run`` with the same data set, budget, space, fidelity,
+objectives (``accuracy`` by default, the product's default) and number of trials (the command
+of ``reports/fashion-mnist/`` by default) into
 ``OUT/<sampler>-seed<S>``; then ``rexsearch confirm RUN --top 1 --seeds K`` (the search's best
 and the baselines with K fresh seeds); then, with ``--long-epochs``, ``rexsearch train RUN
 --trial N`` of each search's best on the whole training set (top-1 on the test set). Each step
@@ -46,7 +47,8 @@ def search(args: argparse.Namespace, sampler: str, seed: int) -> Path:
         cli(
             "run",
             *("--dataset", args.dataset, "--flops-budget", args.flops_budget, "--space", args.space),
-            *("--trials", str(args.trials), "--epochs", str(args.epochs)),
+            *("--objectives", args.objectives, "--trials", str(args.trials)),
+            *("--epochs", str(args.epochs)),
             *("--train-images", str(args.train_images), "--val-images", str(args.val_images)),
             *("--seed", str(seed), "--sampler", sampler, "--run-dir", str(run_dir), "--quiet"),
         )
@@ -120,6 +122,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--flops-budget", default="100M")
     parser.add_argument("--space", default="rexnet")
+    parser.add_argument("--objectives", default="accuracy", help="the searches' --objectives")
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=5000)
@@ -130,6 +133,9 @@ def main() -> None:
     parser.add_argument("--analyse", action="store_true", help="only tabulate the searches already done")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    setup = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "analyse"}
+    if not args.analyse:
+        (args.out / "setup.json").write_text(json.dumps(setup, indent=2) + "\n")
 
     rows = []
     for seed in args.seeds:  # seed-major: an interrupted study has both samplers at the first seeds
