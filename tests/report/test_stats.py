@@ -100,6 +100,11 @@ def test_kendall_tau_and_its_bootstrap_interval():
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # one side constant: undefined
+    # tau-b with ties, as scipy computes it, on both sides of the pairwise/scipy switch
+    rng = np.random.default_rng(1)
+    for n in (5, 40, 1500):
+        x, y = rng.integers(0, 6, n), rng.integers(0, 4, n) + 0.1 * rng.integers(0, 2, n)
+        assert kendall_tau(x, y) == pytest.approx(sps.kendalltau(x, y).statistic, abs=1e-12)
     rng = np.random.default_rng(0)
     x = rng.normal(size=40)
     strong = rank_agreement(x, x + 0.3 * rng.normal(size=40), resamples=500)
