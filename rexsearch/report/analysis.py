@@ -255,8 +255,11 @@ def single_training_verdict(g: Groups) -> str:
     return "; ".join(parts) + f" at the budget ({budget})."
 
 
-#: Bootstrap resamples behind the report's intervals on Kendall's tau (about a second per predictor).
+#: Bootstrap resamples behind the report's intervals on Kendall's tau.
 CALIBRATION_RESAMPLES = 1000
+#: Fewest trials for a bootstrap interval on tau (and the verdict built on it): below it the
+#: percentile bootstrap of a handful of items gives intervals far narrower than the truth.
+MIN_INTERVAL_TRIALS = 10
 
 
 def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> list[dict[str, Any]]:
@@ -275,9 +278,10 @@ def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> li
                 warnings.simplefilter("ignore")
                 tau = stats.kendalltau(pair[name], pair[target])
                 rho = stats.spearmanr(pair[name], pair[target])
-                interval = rank_agreement(pair[name], pair[target], resamples=CALIBRATION_RESAMPLES)
             row.update(tau=float(tau.statistic), tau_p=float(tau.pvalue))
-            row.update(tau_low=interval.low, tau_high=interval.high)
+            if len(pair) >= MIN_INTERVAL_TRIALS:
+                interval = rank_agreement(pair[name], pair[target], resamples=CALIBRATION_RESAMPLES)
+                row.update(tau_low=interval.low, tau_high=interval.high)
             row.update(rho=float(rho.statistic), rho_p=float(rho.pvalue))
         out.append(row)
     return out
@@ -286,12 +290,12 @@ def correlations(df: pd.DataFrame, target: str, predictors: Sequence[str]) -> li
 def tau_differences(df: pd.DataFrame, target: str, predictor: str, others: Sequence[str]) -> dict[str, Any]:
     """``tau(predictor, target) - tau(other, target)`` for each other, with a paired 95% bootstrap
     interval over the rows that have all of them (:func:`rexsearch.stats.agreement_difference`);
-    only the others that vary there."""
+    only the others that vary there, and nothing below :data:`MIN_INTERVAL_TRIALS` rows."""
     from rexsearch.stats import agreement_difference
 
     rows = df[[predictor, *others, target]].dropna()
     out: dict[str, Any] = {}
-    if len(rows) < 3 or rows[predictor].nunique() < 2 or rows[target].nunique() < 2:
+    if len(rows) < MIN_INTERVAL_TRIALS or rows[predictor].nunique() < 2 or rows[target].nunique() < 2:
         return out
     for other in others:
         if rows[other].nunique() < 2:

@@ -52,7 +52,13 @@ def fidelity_evidence(run_dataset: str | None) -> str:
     set and saying when that is not the data set of the run the text is shown with."""
     s = FIDELITY_STUDY
     tau: dict[str, Tau] = s["tau"]
-    where = s["title"] if run_dataset == s["dataset"] else f"{s['title']}, not this run's data set"
+    where = (
+        s["title"]
+        if run_dataset == s["dataset"]
+        else f"{s['title']}; this run trained on no data"
+        if run_dataset is None
+        else f"{s['title']}, not this run's data set"
+    )
     return (
         f"Evidence from real images ({where}; {s['source']} in the rexsearch repository): over "
         f"{s['networks']} networks at {s['budget']}, against {s['long']}, the rank objective ranked "

@@ -12,6 +12,7 @@ import pandas as pd
 from rexsearch.cost import macs_convention
 from rexsearch.datasets import describe as describe_dataset
 from rexsearch.report.analysis import (
+    MIN_INTERVAL_TRIALS,
     Groups,
     correlations,
     fmt_macs,
@@ -253,7 +254,7 @@ def calibration_section(g: Groups) -> str:
             c["predictor"],
             str(c["n"]),
             fnum(c.get("tau")),
-            f"[{fnum(c.get('tau_low'))}, {fnum(c.get('tau_high'))}]" if "tau" in c else "n/a",
+            f"[{fnum(c.get('tau_low'))}, {fnum(c.get('tau_high'))}]" if "tau_low" in c else "n/a",
             fpval(c.get("tau_p")),
             fnum(c.get("rho")),
             fpval(c.get("rho_p")),
@@ -264,7 +265,15 @@ def calibration_section(g: Groups) -> str:
         para(intro),
         table(["predictor", "trials", "Kendall tau", "95% interval", "p", "Spearman rho", "p"], rows),
     ]
-    if g.metric == "accuracy":
+    if len(g.complete) < MIN_INTERVAL_TRIALS:
+        parts.append(
+            para(
+                f"Intervals and a verdict need at least {MIN_INTERVAL_TRIALS} complete trials; this run "
+                f"has {len(g.complete)}, so the table's taus are single estimates only.",
+                "note",
+            )
+        )
+    elif g.metric == "accuracy":
         verdict = rank_verdict(tau_differences(g.complete, "rank", "accuracy", ["macs", "params"]))
         if verdict:
             parts.append(para(verdict, "note"))
@@ -292,6 +301,8 @@ def rank_verdict(diffs: dict[str, Any]) -> str:
         for word, found in groups.items()
         if found
     ]
+    if not said:  # no interval could be had (undefined taus in every resample)
+        return ""
     return (
         f"In this run, at ordering the trials by proxy accuracy, rank is {' and '.join(said)} "
         f"(differences of Kendall tau with paired 95% bootstrap intervals: {shown})."

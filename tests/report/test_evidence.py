@@ -33,6 +33,25 @@ def test_evidence_names_its_data_set_and_says_when_it_is_another():
     assert "(Fashion-MNIST, not this run's data set;" in other
     assert "rank objective ranked networks at Kendall tau 0.25 [-0.06, 0.54], params at 0.00" in other
     assert "did not beat params or MACs beyond noise" in other
+    assert "(Fashion-MNIST; this run trained on no data;" in fidelity_evidence(None)
+
+
+def test_calibration_has_no_interval_or_verdict_on_a_handful_of_trials():
+    import numpy as np
+    import pandas as pd
+
+    from rexsearch.report.analysis import MIN_INTERVAL_TRIALS, correlations, tau_differences
+
+    def frame(n: int) -> pd.DataFrame:  # rank orders accuracy perfectly, the costs do not
+        order = np.arange(n, dtype=float)
+        return pd.DataFrame({"rank": order, "accuracy": order, "macs": order[::-1] % 3, "params": order % 2})
+
+    few, enough = frame(MIN_INTERVAL_TRIALS - 1), frame(MIN_INTERVAL_TRIALS)
+    assert correlations(few, "accuracy", ["rank"])[0]["tau"] == pytest.approx(1.0)
+    assert "tau_low" not in correlations(few, "accuracy", ["rank"])[0]
+    assert tau_differences(few, "rank", "accuracy", ["macs", "params"]) == {}
+    assert correlations(enough, "accuracy", ["rank"])[0]["tau_low"] == pytest.approx(1.0)
+    assert set(tau_differences(enough, "rank", "accuracy", ["macs", "params"])) == {"macs", "params"}
 
 
 def _agreement(tau: float, low: float, high: float) -> RankAgreement:
