@@ -39,7 +39,7 @@ from rexsearch.confirmation import Confirmation, confirm_study
 from rexsearch.cost import count_cost
 from rexsearch.errors import ConfigError, UserError
 from rexsearch.proxy import PROXY_RESOLUTION, proxy_config
-from rexsearch.rundir import RunInfo, load_run
+from rexsearch.rundir import RUN_JSON, RunInfo, load_run
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +54,8 @@ OBJECTIVES = ("accuracy", "rank", "latency")
 #: MACs beyond noise (reports/fidelity/README.md), so it is no longer a default objective.
 DEFAULT_OBJECTIVES = ("accuracy",)
 PICKS = ("accuracy", "rank", "latency", "balanced")
+#: Optuna samplers ``rexsearch run --sampler`` offers (:func:`rexsearch.search.study.make_sampler`).
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
 #: How the ``rank`` objective is measured (:func:`rexsearch.rank.measure_rank`'s ``protocol``).
 RANK_PROTOCOLS: dict[str, str] = {
     "batchnorm": "Gaussian images, BatchNorm on batch statistics, rank at rtol 0.03",
@@ -502,6 +504,12 @@ class RunResults:
     def load(cls, run: RunInfo | str | Path, study: optuna.Study | None = None) -> RunResults:
         info = run if isinstance(run, RunInfo) else load_run(run)
         study = study if study is not None else info.open_study()
+        names = study.metric_names  # set by every run; None in a study made elsewhere
+        if names is not None and list(names) != list(info.objectives):
+            raise UserError(
+                f"{info.path / RUN_JSON} names the objectives {','.join(info.objectives)} but its study "
+                f"records {','.join(names)}; restore run.json from a backup"
+            )
         return cls(info, tuple(study.get_trials(deepcopy=False)), study)
 
     @property
@@ -657,6 +665,7 @@ __all__ = [
     "METRICS",
     "OBJECTIVES",
     "PICKS",
+    "SAMPLERS",
     "Metric",
     "RunResults",
     "TrialRecord",

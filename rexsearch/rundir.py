@@ -408,9 +408,24 @@ def _check_run(meta: Path, data: dict[str, Any]) -> None:
         raise _damaged(meta, name + "storage", "a storage URL")
     if not isinstance(settings["study_name"], str) or not settings["study_name"]:
         raise _damaged(meta, name + "study_name", "a study name")
+    from rexsearch.results import OBJECTIVES, RANK_PROTOCOLS, SAMPLERS
+
     objectives = settings["objectives"]
-    if not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives):
-        raise _damaged(meta, name + "objectives", "a list of objective names")
+    if (
+        not isinstance(objectives, list)
+        or not objectives
+        or not all(isinstance(o, str) and o in OBJECTIVES for o in objectives)
+        or len(set(objectives)) != len(objectives)
+    ):
+        raise _damaged(meta, name + "objectives", f"a list of distinct names from {', '.join(OBJECTIVES)}")
+    for key, choices in (("sampler", SAMPLERS), ("rank_protocol", tuple(RANK_PROTOCOLS))):
+        if settings.get(key) is not None and settings[key] not in choices:
+            raise _damaged(meta, name + key, f"one of {', '.join(choices)}")
+    latency = settings.get("latency_budget_ms")
+    if latency is not None and (
+        isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 < latency < 1e9
+    ):
+        raise _damaged(meta, name + "latency_budget_ms", "a positive number of milliseconds")
     latency_only = settings.get("latency_budget_ms") is not None  # a latency budget may stand alone
     for key, optional in (("flops_budget", latency_only), ("params_budget", True), ("resolution", False)):
         value = settings.get(key)

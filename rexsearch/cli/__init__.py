@@ -18,6 +18,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rexsearch._version import __version__
 from rexsearch.errors import UserError
@@ -51,10 +52,20 @@ def command_help(name: str) -> str:
     return COMMANDS[name][1]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors said in one line (the usage block is in ``--help``);
+    the commands' parsers are of this class too (``add_subparsers`` makes its own kind)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):  # e.g. --flops-budget -5M: read as an option
+            message += " (a value that starts with '-' is written --option=VALUE)"
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None, full: bool = False) -> argparse.ArgumentParser:
     """The parser; with ``command``, only that command's module is imported and registered
     (the others are listed by name and help), with ``full`` every module is."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rexsearch",
         description="Channel-configuration search for ReXNet-style CNNs under a compute budget.",
     )

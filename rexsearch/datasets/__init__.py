@@ -77,6 +77,17 @@ def dataset_help() -> str:
     return "; ".join(f"{d.name}: {d.summary}" for d in DATASETS.values())
 
 
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """Refuse a given ``--data-dir`` that is not a folder: a mistyped path is not silently
+    replaced by the cache, a system copy or a download."""
+    if data_dir is None:
+        return
+    given = Path(data_dir).expanduser()
+    if not given.is_dir():
+        what = "a file" if given.exists() else "nothing is there"
+        raise DataError(f"--data-dir {data_dir} is not a folder ({what}); give the folder holding the data")
+
+
 def load_dataset(
     name: str = DEFAULT_DATASET,
     data_dir: str | Path | None = None,
@@ -91,6 +102,7 @@ def load_dataset(
     Raises :class:`DataError` when the data cannot be had, with the ways out in the message.
     """
     dataset_info(name)
+    check_data_dir(data_dir)
     if name == "folder":
         if data_dir is None:
             raise DataError("--dataset folder needs --data-dir PATH: a folder with one sub-folder per class")
@@ -193,6 +205,7 @@ __all__ = [
     "Progress",
     "Split",
     "cache_dir",
+    "check_data_dir",
     "dataset_help",
     "dataset_info",
     "describe",

@@ -13,7 +13,7 @@ from rexsearch import __version__
 from rexsearch.confirmation import CONFIRM_SUFFIX
 from rexsearch.errors import UserError
 from rexsearch.files import os_error_message
-from rexsearch.results import DEFAULT_OBJECTIVES, DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS
+from rexsearch.results import DEFAULT_OBJECTIVES, DEFAULT_RANK_PROTOCOL, OBJECTIVES, RANK_PROTOCOLS, SAMPLERS
 from rexsearch.rundir import (
     LATENCY_TABLE,
     LOCK_FILE,
@@ -29,7 +29,6 @@ from rexsearch.rundir import (
 from rexsearch.space import Budget, load_space
 from rexsearch.storage import mask_passwords, mask_url, open_storage
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 #: The smallest budget resolution: the proxy's image size (CIFAR's), at which every proxy is trained.
 MIN_RESOLUTION = 32
 
@@ -111,7 +110,9 @@ class SearchSettings:
 
     def validate(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives):
+        if not bad and len(set(self.objectives)) != len(self.objectives):
+            raise UserError(f"--objectives names an objective twice: {','.join(self.objectives)!r}")
+        if bad or not self.objectives:
             raise UserError(
                 f"--objectives must be a comma-separated subset of {', '.join(OBJECTIVES)}, "
                 f"got {','.join(self.objectives)!r}"
@@ -199,9 +200,11 @@ class SearchSettings:
             ) from None
 
     def _validate_dataset(self) -> None:
-        from rexsearch.datasets import dataset_info
+        from rexsearch.datasets import check_data_dir, dataset_info
 
         dataset_info(self.dataset)  # an unknown name is refused, naming the choices
+        if self.needs_data:
+            check_data_dir(self.data_dir)
         if self.dataset != "folder":
             return
         if not self.data_dir:
@@ -249,7 +252,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _check_new_run_dir(run_dir: Path) -> None:
+def check_new_run_dir(run_dir: Path) -> None:
     """Refuse a ``--run-dir`` that is a file, holds a run, or holds anything but a run lock."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; give a directory (new or empty)")
@@ -275,7 +278,7 @@ def begin_run(settings: SearchSettings, argv: list[str], data: dict[str, Any] | 
     the second is refused before it writes anything.
     """
     run_dir = Path(settings.run_dir)
-    _check_new_run_dir(run_dir)
+    check_new_run_dir(run_dir)
     if settings.storage:  # a shared database may already hold a study of that name
         names = {s.study_name for s in open_storage(settings.storage).get_all_studies()}
         if settings.study_name in names:
@@ -296,7 +299,7 @@ def begin_run(settings: SearchSettings, argv: list[str], data: dict[str, Any] | 
         raise UserError(os_error_message(exc, run_dir, "create the run directory")) from None
     lock = RunLock.acquire(run_dir)
     try:
-        _check_new_run_dir(run_dir)
+        check_new_run_dir(run_dir)
         _write_run(run_dir, settings, space, [mask_passwords(str(a)) for a in argv], recorded, data)
     except OSError as exc:
         lock.release()

@@ -230,6 +230,50 @@ def test_bad_flags_exit_2_before_run_json(tmp_path, capsys, args, message):
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("run-dir-file", "is a file; give a directory"),
+        ("run-dir-full", "exists and is not empty; choose another --run-dir"),
+        ("data-dir-missing", "is not a folder (nothing is there)"),
+        ("data-dir-file", "is not a folder (a file)"),
+        ("objectives-twice", "--objectives names an objective twice"),
+    ],
+)
+def test_bad_run_and_data_dirs_are_refused_before_data_or_ray(tmp_path, capsys, monkeypatch, case, message):
+    """Refused in one line before the data set is looked for: the CIFAR-100 download would fail
+    on this closed loopback port with another message, and nothing is written."""
+    monkeypatch.setenv("REXSEARCH_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("REXSEARCH_CIFAR100_URL", "http://127.0.0.1:9/cifar-100-python.tar.gz")
+    a_file, full, run_dir = tmp_path / "afile", tmp_path / "full", tmp_path / "run"
+    a_file.write_text("x")
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    extra = {
+        "run-dir-file": ["--run-dir", str(a_file)],
+        "run-dir-full": ["--run-dir", str(full)],
+        "data-dir-missing": ["--run-dir", str(run_dir), "--data-dir", str(tmp_path / "typo")],
+        "data-dir-file": ["--run-dir", str(run_dir), "--data-dir", str(a_file)],
+        "objectives-twice": ["--run-dir", str(run_dir), "--objectives", "accuracy,rank,accuracy"],
+    }[case]
+    assert main(["run", "--flops-budget", "300M", "--trials", "2", *extra, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "download" not in err, err
+    assert a_file.read_text() == "x" and [p.name for p in full.iterdir()] == ["keep.txt"]
+    assert not run_dir.exists() and not (tmp_path / "cache").exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["run", "--flops-budget", "400M", "--trials", "0"], ["run", "--flops-budget", "-5M"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rexsearch run: error: argument ") and err.count("\n") == 1, err
+        assert "(see `rexsearch run --help`)" in err and "usage:" not in err
+    assert "written --option=VALUE" in err  # -5M was read as an option
+
+
 def test_run_dir_that_is_a_file(tmp_path, capsys):
     from rexsearch.search import SearchSettings, start_run
 
@@ -588,13 +632,20 @@ def test_every_command_that_runs_a_network_checks_its_memory_first(
         ("command", 5, "'command' must be a list"),
         ("versions", 5, "'versions' must be an object"),
         ("data", "x", "'data' must be an object"),
+        ("objectives", ["bogus"], "'settings.objectives' must be a list of distinct names from accuracy"),
+        ("objectives", ["rank", "rank"], "'settings.objectives' must be a list of distinct names"),
+        ("sampler", "annealing", "'settings.sampler' must be one of tpe, nsga2, gp, random"),
+        ("latency_budget_ms", "fast", "'settings.latency_budget_ms' must be a positive number"),
+        # well-formed, but not what the study records: a rank run's values are not accuracies
+        ("objectives", ["accuracy"], "names the objectives accuracy but its study records accuracy,rank"),
     ],
 )
 def test_wrong_typed_run_json_fields_are_one_sentence(tmp_path, capsys, key, value, message):
     run = runfixture.make_run(tmp_path / "run")
     meta = run.path / "run.json"
     data = json.loads(meta.read_text())
-    (data["settings"] if key in ("epochs", "seed") else data)[key] = value
+    settings_keys = ("epochs", "seed", "objectives", "sampler", "latency_budget_ms")
+    (data["settings"] if key in settings_keys else data)[key] = value
     meta.write_text(json.dumps(data))
     for command in (["report", str(run.path)], ["export", str(run.path), "--out", str(tmp_path / "x")]):
         assert main(command) == 2
