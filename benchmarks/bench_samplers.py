@@ -108,8 +108,45 @@ def row(args: argparse.Namespace, sampler: str, seed: int, run_dir: Path) -> dic
         "confirmed_seeds": len(mine),
         "rexnet_linear_mean": mean(linear),
         "long_accuracy": long_training(args, run_dir, number),
+        **search_profile(table),
         "run_dir": str(run_dir),
     }
+
+
+#: Searched-trial counts at which each search's best-so-far proxy accuracy is recorded.
+CHECKPOINTS = (10, 20, 30)
+
+
+def searched(table: Any) -> Any:
+    """The complete searched trials (no baselines) in the order they were started."""
+    done = table[(table["baseline"] == "") & (table["state"] == "COMPLETE")]
+    return done.sort_values("number")
+
+
+def search_profile(table: Any) -> dict[str, Any]:
+    """How the search went, beyond its best: the best proxy accuracy after the first N searched
+    trials, the mean of its top 5 and the mean of all its searched trials."""
+    acc = searched(table)["value_accuracy"].astype(float).tolist()
+    out: dict[str, Any] = {f"best_after_{n}": max(acc[:n]) if len(acc) >= n else None for n in CHECKPOINTS}
+    out["top5_mean"] = mean(sorted(acc)[-5:]) if len(acc) >= 5 else None
+    out["searched_mean"] = mean(acc) if acc else None
+    out["searched_trials"] = len(acc)
+    return out
+
+
+def shared_start(out: Path, samplers: list[str], seed: int) -> int:
+    """How many searched trials, from the first, proposed the same config in every sampler's
+    search of ``seed`` (TPE starts with random draws from the same seeded generator)."""
+    orders = []
+    for sampler in samplers:
+        run_dir = out / f"{sampler}-seed{seed}"
+        if not (run_dir / RUN_JSON).exists():
+            return 0
+        orders.append(searched(RunResults.load(run_dir).table)["config_hash"].tolist())
+    n = 0
+    while all(len(o) > n for o in orders) and len({o[n] for o in orders}) == 1:
+        n += 1
+    return n
 
 
 def main() -> None:
@@ -158,6 +195,15 @@ def main() -> None:
             f"({r['confirmed_seeds']} seeds), rexnet-linear {100 * r['rexnet_linear_mean']:.2f}%"
             + (f", long {100 * r['long_accuracy']:.2f}%" if r["long_accuracy"] is not None else "")
         )
+    for seed in args.seeds:
+        n = shared_start(args.out, args.samplers, seed)
+        print(f"seed {seed}: the searches' first {n} searched trials proposed the same configs")
+    for key in (*(f"best_after_{n}" for n in CHECKPOINTS), "top5_mean", "searched_mean"):
+        means = {}
+        for s in args.samplers:
+            values = [r[key] for r in rows if r["sampler"] == s and r[key] is not None]
+            means[s] = f"{100 * mean(values):.2f}% ({len(values)})" if values else "n/a"
+        print(f"{key}: " + ", ".join(f"{s} {v}" for s, v in means.items()))
     by = {s: [r["confirmed_mean"] for r in rows if r["sampler"] == s] for s in args.samplers}
     for s, values in by.items():
         print(f"{s}: confirmed best {100 * mean(values):.2f}% mean over {len(values)} searches")
