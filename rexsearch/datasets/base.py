@@ -92,6 +92,16 @@ def cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "rexsearch"
 
 
+def replace_hint(path: Path) -> str:
+    """What to do with a file that is not the expected one: a cached copy is rexsearch's to
+    delete and download again; anything else is the user's own file, never to be deleted."""
+    try:
+        cached = path.resolve().is_relative_to(cache_dir().resolve())
+    except OSError:
+        cached = False
+    return "Delete it to download again" if cached else "Put the original file there instead"
+
+
 def file_md5(path: str | Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from rexsearch.augment import CIFAR100_MEAN, CIFAR100_STD
-from rexsearch.datasets.base import DataError, DataSet, Progress, cache_dir, file_md5
+from rexsearch.datasets.base import DataError, DataSet, Progress, cache_dir, file_md5, replace_hint
 from rexsearch.datasets.cache import load_decoded, save_decoded
 from rexsearch.datasets.download import (
     NETWORK_ERRORS,
@@ -242,7 +242,7 @@ def extract_verified(spec: CifarSpec, archive: Path) -> Path:
     if actual != expected:
         raise DataError(
             f"{archive} has md5 {actual}, expected {expected}: it is incomplete or not the {spec.title} "
-            f"python archive. Delete it to download again, or set {spec.env_md5} if it is a re-packed mirror."
+            f"python archive. {replace_hint(archive)}, or set {spec.env_md5} if it is a re-packed mirror."
         )
     try:
         with _lock(spec, archive.parent):

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from rexsearch.datasets.base import DataError, DataSet, Progress, cache_dir, file_md5, one_line
+from rexsearch.datasets.base import DataError, DataSet, Progress, cache_dir, file_md5, one_line, replace_hint
 from rexsearch.datasets.cache import load_decoded, save_decoded
 from rexsearch.datasets.download import (
     DECOMPRESSION_ERRORS,
@@ -318,7 +318,7 @@ def _verify(path: Path, name: str, data_md5: str, accepted: set[str]) -> str:
         return own
     raise DataError(
         f"{path} has md5 {own} (content {data_md5}), expected {' or '.join(sorted(accepted))}: it is "
-        f"incomplete or not Fashion-MNIST's {name}. Delete it to download again, or set {ENV_MD5} if it "
+        f"incomplete or not Fashion-MNIST's {name}. {replace_hint(path)}, or set {ENV_MD5} if it "
         "is a re-packed copy."
     )
 

@@ -103,9 +103,17 @@ def test_data_dir_archive_and_extracted_folder(cifar_archive, tmp_path, monkeypa
 def test_local_archive_with_wrong_md5_is_refused(cifar_archive, tmp_path):
     path, _ = cifar_archive
     (tmp_path / ARCHIVE_NAME).write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(DataError, match=r"has md5 \w+, expected eb9058c3a382ffc7106e4002c42a8d85"):
+    with pytest.raises(DataError, match=r"has md5 \w+, expected eb9058c3a382ffc7106e4002c42a8d85") as refused:
         load_cifar100(tmp_path)
     assert not (tmp_path / FOLDER_NAME).exists()
+    # the user's own file: never "delete it" (that is only said of rexsearch's cached copy)
+    assert "Put the original file there instead" in str(refused.value) and "Delete" not in str(refused.value)
+    assert (tmp_path / ARCHIVE_NAME).exists()
+    cached = cache_dir() / ARCHIVE_NAME
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="Delete it to download again"):
+        load_cifar100(download=False)
 
 
 def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> str:
