@@ -112,6 +112,11 @@ class SearchSettings:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not bad and len(set(self.objectives)) != len(self.objectives):
             raise UserError(f"--objectives names an objective twice: {','.join(self.objectives)!r}")
+        if tuple(self.objectives) == ("latency",):
+            raise UserError(
+                "--objectives latency alone would only find the fastest network; pair it with accuracy "
+                "or rank (e.g. --objectives accuracy,latency)"
+            )
         if bad or not self.objectives:
             raise UserError(
                 f"--objectives must be a comma-separated subset of {', '.join(OBJECTIVES)}, "

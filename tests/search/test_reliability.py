@@ -238,6 +238,7 @@ def test_bad_flags_exit_2_before_run_json(tmp_path, capsys, args, message):
         ("data-dir-missing", "is not a folder (nothing is there)"),
         ("data-dir-file", "is not a folder (a file)"),
         ("objectives-twice", "--objectives names an objective twice"),
+        ("latency-alone", "--objectives latency alone would only find the fastest network"),
     ],
 )
 def test_bad_run_and_data_dirs_are_refused_before_data_or_ray(tmp_path, capsys, monkeypatch, case, message):
@@ -255,6 +256,7 @@ def test_bad_run_and_data_dirs_are_refused_before_data_or_ray(tmp_path, capsys, 
         "data-dir-missing": ["--run-dir", str(run_dir), "--data-dir", str(tmp_path / "typo")],
         "data-dir-file": ["--run-dir", str(run_dir), "--data-dir", str(a_file)],
         "objectives-twice": ["--run-dir", str(run_dir), "--objectives", "accuracy,rank,accuracy"],
+        "latency-alone": ["--run-dir", str(run_dir), "--objectives", "latency"],
     }[case]
     assert main(["run", "--flops-budget", "300M", "--trials", "2", *extra, "--quiet"]) == 2
     err = capsys.readouterr().err
