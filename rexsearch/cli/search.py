@@ -230,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _resume(args.run_dir, args.address, args.data_dir, args.quiet, args.storage_path, args.dataset)
     from rexsearch.search import SearchSettings
 
-    dataset = args.dataset or DEFAULT_DATASET
+    dataset = DEFAULT_DATASET if args.dataset is None else args.dataset
 
     budget = budget_from_args(args)
     _check_latency_table(budget, args.latency_table)

@@ -314,7 +314,7 @@ def _config_and_source(
 
 def cmd_train(args: argparse.Namespace) -> int:
     config, source, default_out, default_data = _config_and_source(args)
-    dataset = args.dataset or default_data["dataset"]
+    dataset = default_data["dataset"] if args.dataset is None else args.dataset
     data_dir = args.data_dir or (default_data["data_dir"] if dataset == default_data["dataset"] else None)
     settings = TrainSettings(
         epochs=args.epochs,

@@ -239,6 +239,7 @@ def test_bad_flags_exit_2_before_run_json(tmp_path, capsys, args, message):
         ("data-dir-file", "is not a folder (a file)"),
         ("objectives-twice", "--objectives names an objective twice"),
         ("latency-alone", "--objectives latency alone would only find the fastest network"),
+        ("dataset-empty", "--dataset must be one of cifar100, cifar10, fashion-mnist, folder, got ''"),
     ],
 )
 def test_bad_run_and_data_dirs_are_refused_before_data_or_ray(tmp_path, capsys, monkeypatch, case, message):
@@ -257,6 +258,7 @@ def test_bad_run_and_data_dirs_are_refused_before_data_or_ray(tmp_path, capsys, 
         "data-dir-file": ["--run-dir", str(run_dir), "--data-dir", str(a_file)],
         "objectives-twice": ["--run-dir", str(run_dir), "--objectives", "accuracy,rank,accuracy"],
         "latency-alone": ["--run-dir", str(run_dir), "--objectives", "latency"],
+        "dataset-empty": ["--run-dir", str(run_dir), "--dataset", ""],
     }[case]
     assert main(["run", "--flops-budget", "300M", "--trials", "2", *extra, "--quiet"]) == 2
     err = capsys.readouterr().err
