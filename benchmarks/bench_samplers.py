@@ -109,8 +109,16 @@ def row(args: argparse.Namespace, sampler: str, seed: int, run_dir: Path) -> dic
         "rexnet_linear_mean": mean(linear),
         "long_accuracy": long_training(args, run_dir, number),
         **search_profile(table),
+        "search_minutes": search_minutes(results.trials),
         "run_dir": str(run_dir),
     }
+
+
+def search_minutes(trials: Any) -> float | None:
+    """Minutes from the first trial's start to the last one's end (the search's trials only)."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    return round((max(ends) - min(starts)).total_seconds() / 60, 1) if starts and ends else None
 
 
 #: Searched-trial counts at which each search's best-so-far proxy accuracy is recorded.
