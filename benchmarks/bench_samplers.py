@@ -69,8 +69,9 @@ def best_label(results: RunResults) -> str:
 
 
 def finished(run_dir: Path) -> int:
+    """Trials that ended, the baselines included (``--trials`` counts them too)."""
     table = RunResults.load(run_dir).table
-    return int((table["baseline"] == "").sum() - (table["state"] == "RUNNING").sum())
+    return int((table["state"] != "RUNNING").sum())
 
 
 def long_training(args: argparse.Namespace, run_dir: Path, trial: int) -> float | None:
@@ -188,8 +189,12 @@ def main() -> None:
             run_dir = args.out / f"{sampler}-seed{seed}"
             if not args.analyse:
                 search(args, sampler, seed)
-            if (run_dir / RUN_JSON).exists():
-                rows.append(row(args, sampler, seed, run_dir))
+            if not (run_dir / RUN_JSON).exists():
+                continue
+            if finished(run_dir) < args.trials:  # --analyse while a search runs: only whole ones
+                print(f"{run_dir.name}: {finished(run_dir)} of {args.trials} trials so far", file=sys.stderr)
+                continue
+            rows.append(row(args, sampler, seed, run_dir))
     if not rows:
         raise SystemExit(f"no search in {args.out} yet")
     with (args.out / "samplers.csv").open("w", newline="") as f:
