@@ -107,6 +107,7 @@ def row(args: argparse.Namespace, sampler: str, seed: int, run_dir: Path) -> dic
         "confirmed_mean": mean(mine),
         "confirmed_std": sample_std(mine),
         "confirmed_seeds": len(mine),
+        "confirmed_values": ";".join(f"{v:.4f}" for v in mine),
         "rexnet_linear_mean": mean(linear),
         "long_accuracy": long_training(args, run_dir, number),
         **search_profile(table),
@@ -211,6 +212,14 @@ def main() -> None:
     for seed in args.seeds:
         n = shared_start(args.out, args.samplers, seed)
         print(f"seed {seed}: the searches' first {n} searched trials proposed the same configs")
+        pair = [r for s in args.samplers for r in rows if r["sampler"] == s and r["seed"] == seed]
+        if len(args.samplers) == 2 and len(pair) == 2 and all(r["confirmed_seeds"] >= 2 for r in pair):
+            a, b = ([float(v) for v in r["confirmed_values"].split(";")] for r in pair)
+            d = difference(a, b)
+            print(
+                f"seed {seed}: {args.samplers[0]}'s best - {args.samplers[1]}'s best: {100 * d.diff:+.2f} "
+                f"points, 95% Welch [{100 * d.low:+.2f}, {100 * d.high:+.2f}] over the confirmation seeds"
+            )
     for key in (*(f"best_after_{n}" for n in CHECKPOINTS), "top5_mean", "searched_mean"):
         means = {}
         for s in args.samplers:
